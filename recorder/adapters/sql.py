@@ -1,0 +1,185 @@
+"""``SQLEventBuffer``: the durable adapter, on PostgreSQL (psycopg 3) or SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy.engine import URL, Engine
+
+from recorder import statements
+from recorder.adapter import EnvelopeInput, RecordResult
+from recorder.engine import create_engine, is_sqlite, read_only, storage_errors, write_statement
+from recorder.envelope import (
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    ParsedEnvelope,
+    decode_stored,
+    parse_envelope,
+    validate_envelope_id,
+)
+from recorder.errors import ConfigurationError
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def max_envelope_bytes_from_env() -> int:
+    """``RECORDER_MAX_ENVELOPE_BYTES``, or the default limit."""
+    raw = os.environ.get("RECORDER_MAX_ENVELOPE_BYTES")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_ENVELOPE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(
+            f"RECORDER_MAX_ENVELOPE_BYTES must be a positive number of bytes, not {raw!r}"
+        )
+    return value
+
+
+class SQLEventBuffer:
+    """Records envelopes in the ``envelopes`` table; the dedupe window lasts until retention prunes.
+
+    Parameters
+    ----------
+    url_or_engine
+        A database URL (``postgresql://...``, ``sqlite:///recorder.db``) or an
+        engine from :func:`recorder.engine.create_engine`. An engine passed in
+        stays the caller's: :meth:`close` does not dispose of it.
+    max_envelope_bytes
+        Larger envelopes are :class:`~recorder.errors.InvalidEnvelope`. Defaults
+        to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
+    upgrade
+        Apply the schema migrations first (handy for the embedded SQLite
+        database; production deployments run ``recorder db upgrade``).
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        *,
+        max_envelope_bytes: int | None = None,
+        upgrade: bool = False,
+        clock: Clock = utc_now,
+    ) -> None:
+        if isinstance(url_or_engine, Engine):
+            self._engine = url_or_engine
+            self._owns_engine = False
+        else:
+            self._engine = create_engine(url_or_engine)
+            self._owns_engine = True
+        self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
+        self._clock = clock
+        self._insert = statements.insert_envelope(self._engine.dialect)
+        if upgrade:
+            from recorder.db import upgrade as upgrade_schema
+
+            upgrade_schema(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def parse(self, envelope_id: object, envelope: object) -> ParsedEnvelope:
+        """Validate an envelope against this buffer's limits without storing it."""
+        return parse_envelope(envelope_id, envelope, max_bytes=self.max_envelope_bytes)
+
+    def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
+        parsed = self.parse(envelope_id, envelope)
+        params = statements.record_params(parsed, self._clock())
+        with storage_errors(f"recording envelope {parsed.envelope_id}"), write_statement(
+            self._engine
+        ) as conn:
+            inserted = conn.execute(self._insert, params).rowcount
+        return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
+
+    def record_many(self, parsed: Sequence[ParsedEnvelope]) -> int:
+        """Record a batch atomically (one transaction); return how many were new.
+
+        Used by ``recorder import``. On PostgreSQL the batch goes through COPY
+        into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
+        NOTHING``; on SQLite through one executemany in ``BEGIN IMMEDIATE``.
+        """
+        if not parsed:
+            return 0
+        received_at = self._clock()
+        with storage_errors(f"recording a batch of {len(parsed)} envelopes"):
+            if is_sqlite(self._engine):
+                with self._engine.begin() as conn:
+                    rows = [statements.record_params(p, received_at) for p in parsed]
+                    return int(conn.execute(self._insert, rows).rowcount)
+            return self._copy_batch(parsed, received_at)
+
+    def _copy_batch(self, parsed: Iterable[ParsedEnvelope], received_at: dt.datetime) -> int:
+        with self._engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            with raw.cursor() as cursor:
+                cursor.execute(statements.CREATE_IMPORT_STAGING)
+                with cursor.copy(statements.COPY_INTO_IMPORT_STAGING) as copy:
+                    for p in parsed:
+                        c = p.columns
+                        copy.write_row(
+                            (
+                                p.envelope_id,
+                                c["envelope_type"],
+                                received_at,
+                                c["team_id"],
+                                c["enterprise_id"],
+                                c["api_app_id"],
+                                c["event_id"],
+                                c["event_type"],
+                                c["channel_id"],
+                                c["user_id"],
+                                c["retry_attempt"],
+                                c["retry_reason"],
+                                p.queryable_text,
+                                p.text,
+                                p.sha256,
+                            )
+                        )
+                cursor.execute(statements.INSERT_FROM_IMPORT_STAGING)
+                return int(cursor.rowcount)
+
+    def seen(self, envelope_id: str) -> bool:
+        envelope_id = validate_envelope_id(envelope_id)
+        with storage_errors(f"looking up envelope {envelope_id}"), read_only(self._engine) as conn:
+            return conn.execute(statements.select_seen(envelope_id)).first() is not None
+
+    def delete(self, envelope_id: str) -> None:
+        envelope_id = validate_envelope_id(envelope_id)
+        with storage_errors(f"deleting envelope {envelope_id}"), write_statement(
+            self._engine
+        ) as conn:
+            conn.execute(statements.delete_envelope(envelope_id))
+
+    def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be zero or more")
+        with storage_errors("listing pending envelopes"), read_only(self._engine) as conn:
+            texts = conn.execute(statements.select_pending(limit)).scalars().all()
+        return [decode_stored(text) for text in texts]
+
+    def complete(self, envelope_id: str) -> None:
+        envelope_id = validate_envelope_id(envelope_id)
+        with storage_errors(f"completing envelope {envelope_id}"), write_statement(
+            self._engine
+        ) as conn:
+            conn.execute(statements.complete_envelope(envelope_id, self._clock()))
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def __enter__(self) -> SQLEventBuffer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,162 @@
+"""Engines for PostgreSQL and SQLite, and the translation of driver errors.
+
+Everything that differs between the two engines at the connection level lives
+here: URL defaults, pool settings, SQLite pragmas and ``BEGIN IMMEDIATE``, and
+which connections run in autocommit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from recorder.errors import ConfigurationError, InvalidEnvelope, SchemaMissing, StorageUnavailable
+
+DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+
+# Execution option: a read-only SQLite transaction begins DEFERRED so readers
+# never queue behind writers (WAL lets them run side by side).
+READ_ONLY = "recorder_read_only"
+
+
+def database_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick the drivers the recorder supports.
+
+    ``postgresql://`` means psycopg 3; ``sqlite://`` the standard library.
+    """
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {mask_url(str(url))!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend != "sqlite":
+        raise ConfigurationError(
+            f"unsupported database {backend!r} in {mask_url(parsed)}; use postgresql:// or sqlite://"
+        )
+    return parsed
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL as text with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def create_engine(url: str | URL, **engine_options: Any) -> Engine:
+    """An engine configured for the recorder's workload on PostgreSQL or SQLite."""
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, engine_options)
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 10,
+        "pool_timeout": 10,
+        "connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS},
+    }
+    options.update(engine_options)
+    return sa.create_engine(parsed, **options)
+
+
+def _sqlite_engine(url: URL, engine_options: dict[str, Any]) -> Engine:
+    options: dict[str, Any] = {
+        "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+    }
+    options.update(engine_options)
+    engine = sa.create_engine(url, **options)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # The driver's own transaction handling would BEGIN DEFERRED lazily;
+        # turning it off lets the "begin" hook below choose the lock mode.
+        dbapi_connection.isolation_level = None
+        busy_ms = int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)
+        for pragma in (
+            f"PRAGMA busy_timeout = {busy_ms}",
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA foreign_keys = ON",
+        ):
+            dbapi_connection.execute(pragma)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A writer that starts DEFERRED and upgrades later can fail with
+        # "database is locked" without waiting; IMMEDIATE waits its turn.
+        mode = "DEFERRED" if conn.get_execution_options().get(READ_ONLY) else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_statement(engine: Engine) -> Iterator[Connection]:
+    """A connection for one atomic write statement.
+
+    PostgreSQL runs it in autocommit (one round trip: a single statement is
+    atomic on its own); SQLite wraps it in ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+    """
+    if is_sqlite(engine):
+        with engine.begin() as conn:
+            yield conn
+    else:
+        with engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that never blocks writers."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{READ_ONLY: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """Translate driver and SQLAlchemy errors into the recorder's own.
+
+    The envelope's fault (a value the database refuses) becomes
+    :class:`InvalidEnvelope`; every other database failure becomes
+    :class:`StorageUnavailable`, so no failure is ever mistaken for a result.
+    """
+    try:
+        yield
+    except (sa_exc.DataError, psycopg.DataError) as exc:
+        raise InvalidEnvelope(f"{action}: the database refused the value: {_first_line(exc)}") from exc
+    except (sa_exc.SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+        message = _first_line(exc)
+        orig = getattr(exc, "orig", exc)
+        if isinstance(orig, psycopg.errors.UndefinedTable) or "no such table" in message:
+            raise SchemaMissing(
+                f"{action}: the database has no recorder schema; run `recorder db upgrade` "
+                f"({message})"
+            ) from exc
+        raise StorageUnavailable(f"{action}: {message}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__

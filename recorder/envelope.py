@@ -1,0 +1,343 @@
+"""Envelope parsing and column extraction: pure functions, no I/O.
+
+An envelope is stored twice over: ``envelope_text`` keeps the exact JSON text
+(the bytes ``envelope_sha256`` covers, what ``recorder query --format jsonl``
+prints), and ``envelope`` keeps a queryable JSON copy (``jsonb`` on
+PostgreSQL). jsonb cannot hold ``\\u0000`` or lone UTF-16 surrogates, so for
+those rare envelopes the queryable copy has U+FFFD in their place while the
+exact text is kept untouched.
+
+Limits (both part of the documented interface):
+
+* ``envelope_id``: a non-empty string of at most :data:`MAX_ENVELOPE_ID_LENGTH`
+  characters, with no NUL and no lone surrogate.
+* the stored JSON text: at most ``max_bytes`` UTF-8 bytes,
+  :data:`DEFAULT_MAX_ENVELOPE_BYTES` unless configured
+  (``RECORDER_MAX_ENVELOPE_BYTES``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from recorder.errors import InvalidEnvelope
+
+MAX_ENVELOPE_ID_LENGTH = 255
+DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
+#: Extracted reporting columns longer than this are left empty: they would be
+#: hostile or malformed, and a btree index entry has a size limit.
+MAX_COLUMN_LENGTH = 255
+
+# JSON escapes that PostgreSQL's jsonb rejects: NUL, and any surrogate escape
+# (paired ones are accepted, but telling them apart needs a parse anyway).
+_JSONB_UNSAFE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEnvelope:
+    """One envelope, ready to store."""
+
+    envelope_id: str
+    text: str
+    """The exact JSON text stored in ``envelope_text``."""
+    data: dict[str, Any]
+    """The decoded envelope."""
+    sha256: str
+    """Hex digest of ``text`` encoded as UTF-8."""
+    queryable_text: str
+    """JSON text for the queryable ``envelope`` column (jsonb-safe)."""
+    columns: dict[str, Any]
+    """Reporting columns (see :func:`extract_columns`)."""
+
+    def row(self) -> dict[str, Any]:
+        """The values of one ``envelopes`` row, except times and processing state."""
+        return {
+            "envelope_id": self.envelope_id,
+            **self.columns,
+            "envelope_json": self.queryable_text,
+            "envelope_text": self.text,
+            "envelope_sha256": self.sha256,
+        }
+
+
+def validate_envelope_id(envelope_id: object) -> str:
+    """Return ``envelope_id`` unchanged if it can be stored, else raise InvalidEnvelope."""
+    if not isinstance(envelope_id, str):
+        raise InvalidEnvelope(
+            f"envelope_id must be a string, not {type(envelope_id).__name__}"
+        )
+    if not envelope_id:
+        raise InvalidEnvelope("envelope_id is empty")
+    if len(envelope_id) > MAX_ENVELOPE_ID_LENGTH:
+        raise InvalidEnvelope(
+            f"envelope_id is {len(envelope_id)} characters long; "
+            f"the limit is {MAX_ENVELOPE_ID_LENGTH}"
+        )
+    if not _storable_text(envelope_id):
+        raise InvalidEnvelope("envelope_id contains NUL or a lone surrogate")
+    return envelope_id
+
+
+def parse_envelope(
+    envelope_id: object,
+    envelope: object,
+    *,
+    max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
+) -> ParsedEnvelope:
+    """Validate one envelope and compute everything stored with it.
+
+    ``envelope`` is a mapping, or JSON text as str or bytes (kept byte for
+    byte). If the envelope carries an ``envelope_id`` field it must equal
+    ``envelope_id``.
+
+    Raises
+    ------
+    InvalidEnvelope
+        With a message that says what is wrong (and sizes, for the size limit).
+    """
+    envelope_id = validate_envelope_id(envelope_id)
+    if isinstance(envelope, bytes | bytearray | memoryview):
+        text = _utf8_text(bytes(envelope), max_bytes)
+        data = _decode(text)
+    elif isinstance(envelope, str):
+        _check_size(len(_utf8_bytes(envelope)), max_bytes)
+        text = envelope
+        data = _decode(text)
+    elif isinstance(envelope, Mapping):
+        data = dict(envelope)
+        text = _encode(data)
+        _check_size(len(text.encode("utf-8")), max_bytes)
+    else:
+        raise InvalidEnvelope(
+            f"envelope must be a mapping, str or bytes, not {type(envelope).__name__}"
+        )
+    return _build(envelope_id, text, data)
+
+
+def parse_envelope_text(
+    text: str | bytes, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+) -> ParsedEnvelope:
+    """Parse one envelope whose id is its own ``envelope_id`` field (a JSON Lines record)."""
+    if isinstance(text, bytes):
+        text = _utf8_text(text, max_bytes)
+    else:
+        _check_size(len(_utf8_bytes(text)), max_bytes)
+    data = _decode(text)
+    if "envelope_id" not in data:
+        raise InvalidEnvelope("envelope has no envelope_id field")
+    return _build(validate_envelope_id(data["envelope_id"]), text, data)
+
+
+def _build(envelope_id: str, text: str, data: dict[str, Any]) -> ParsedEnvelope:
+    body_id = data.get("envelope_id", envelope_id)
+    if body_id != envelope_id:
+        raise InvalidEnvelope(
+            f"envelope_id {envelope_id!r} does not match the envelope's own {body_id!r}"
+        )
+    return ParsedEnvelope(
+        envelope_id=envelope_id,
+        text=text,
+        data=data,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        queryable_text=_queryable(text, data),
+        columns=extract_columns(data),
+    )
+
+
+def decode_stored(text: str) -> dict[str, Any]:
+    """Decode an ``envelope_text`` value read back from storage."""
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
+def extract_columns(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The reporting columns of an envelope; absent or unusable values are None.
+
+    Understands ``events_api``, ``slash_commands`` and ``interactive``
+    envelopes; any other type still yields what the common fields give.
+    """
+    envelope_type = _text(data.get("type"))
+    payload = data.get("payload")
+    if not isinstance(payload, Mapping):
+        payload = {}
+    columns: dict[str, Any] = {
+        "envelope_type": envelope_type,
+        "team_id": None,
+        "enterprise_id": None,
+        "api_app_id": _text(payload.get("api_app_id")),
+        "event_id": None,
+        "event_type": None,
+        "channel_id": None,
+        "user_id": None,
+        "retry_attempt": _int32(data.get("retry_attempt")),
+        "retry_reason": _text(data.get("retry_reason")),
+    }
+    if envelope_type == "events_api":
+        _events_api(payload, columns)
+    elif envelope_type == "slash_commands":
+        columns["team_id"] = _text(payload.get("team_id"))
+        columns["enterprise_id"] = _text(payload.get("enterprise_id"))
+        columns["channel_id"] = _text(payload.get("channel_id"))
+        columns["user_id"] = _text(payload.get("user_id"))
+        columns["event_type"] = _text(payload.get("command"))
+    else:
+        # interactive payloads, and the best guess for types Slack adds later
+        _interactive(payload, columns)
+    return columns
+
+
+def _events_api(payload: Mapping[str, Any], columns: dict[str, Any]) -> None:
+    event = payload.get("event")
+    if not isinstance(event, Mapping):
+        event = {}
+    authorizations = payload.get("authorizations")
+    first_auth = (
+        authorizations[0]
+        if isinstance(authorizations, list) and authorizations and isinstance(authorizations[0], Mapping)
+        else {}
+    )
+    columns["team_id"] = _text(payload.get("team_id")) or _text(first_auth.get("team_id"))
+    columns["enterprise_id"] = _text(payload.get("enterprise_id")) or _text(
+        first_auth.get("enterprise_id")
+    )
+    columns["event_id"] = _text(payload.get("event_id"))
+    columns["event_type"] = _text(event.get("type"))
+    item = event.get("item")
+    columns["channel_id"] = (
+        _id_of(event.get("channel"))
+        or (_text(item.get("channel")) if isinstance(item, Mapping) else None)
+        or _text(event.get("channel_id"))
+    )
+    columns["user_id"] = _id_of(event.get("user")) or _text(event.get("user_id"))
+
+
+def _interactive(payload: Mapping[str, Any], columns: dict[str, Any]) -> None:
+    team = payload.get("team")
+    enterprise = payload.get("enterprise")
+    columns["team_id"] = _id_of(team) or _text(payload.get("team_id"))
+    columns["enterprise_id"] = (
+        _id_of(enterprise)
+        or (_text(team.get("enterprise_id")) if isinstance(team, Mapping) else None)
+        or _text(payload.get("enterprise_id"))
+    )
+    columns["channel_id"] = _id_of(payload.get("channel")) or _text(payload.get("channel_id"))
+    columns["user_id"] = _id_of(payload.get("user")) or _text(payload.get("user_id"))
+    columns["event_type"] = _text(payload.get("type"))
+
+
+def _id_of(value: object) -> str | None:
+    """A Slack reference is either an id string or an object with an ``id``."""
+    if isinstance(value, Mapping):
+        return _text(value.get("id"))
+    return _text(value)
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= MAX_COLUMN_LENGTH and _storable_text(value):
+        return value
+    return None
+
+
+def _int32(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and -_INT32_MAX <= value <= _INT32_MAX:
+        return value
+    return None
+
+
+def _storable_text(value: str) -> bool:
+    """True when ``value`` can be a database text value: UTF-8 encodable, no NUL."""
+    if value.isascii():
+        return "\x00" not in value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _utf8_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEnvelope(
+            f"envelope text has a lone surrogate at character {exc.start}, outside a JSON escape"
+        ) from exc
+
+
+def _utf8_text(raw: bytes, max_bytes: int) -> str:
+    _check_size(len(raw), max_bytes)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEnvelope(
+            f"envelope bytes are not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from exc
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise InvalidEnvelope(
+            f"envelope is {size:,} bytes; the limit is {max_bytes:,} bytes "
+            "(RECORDER_MAX_ENVELOPE_BYTES)"
+        )
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidEnvelope(f"envelope contains {name}, which is not JSON")
+
+
+def _decode(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except InvalidEnvelope:
+        raise
+    except RecursionError as exc:
+        raise InvalidEnvelope("envelope is nested too deeply to decode") from exc
+    except ValueError as exc:
+        raise InvalidEnvelope(f"envelope is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidEnvelope(f"envelope must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _encode(data: Mapping[str, Any]) -> str:
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except RecursionError as exc:
+        raise InvalidEnvelope("envelope is nested too deeply to encode") from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidEnvelope(f"envelope cannot be encoded as JSON: {exc}") from exc
+    if _storable_text(text):
+        return text
+    # Lone surrogates cannot be UTF-8; \u escapes keep them exactly.
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def _queryable(text: str, data: dict[str, Any]) -> str:
+    if _JSONB_UNSAFE_ESCAPE.search(text) is None:
+        return text
+    return json.dumps(_jsonb_safe(data), ensure_ascii=False, separators=(",", ":"))
+
+
+def _jsonb_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return _safe_str(value)
+    if isinstance(value, dict):
+        return {_safe_str(k): _jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_safe(v) for v in value]
+    return value
+
+
+def _safe_str(value: str) -> str:
+    if _storable_text(value):
+        return value
+    return "".join(
+        "\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value
+    )

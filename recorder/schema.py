@@ -1,0 +1,127 @@
+"""The one MetaData: every table the recorder owns, and nothing else defines them.
+
+Table and column names are part of the public SQL reporting interface
+(auditors' queries depend on them). Alembic migrations in ``migrations/``
+create this schema; a test proves the two agree on PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive ISO text, so values
+    are converted to UTC on the way in and marked UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC time is required")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
+        return value.astimezone(dt.timezone.utc)  # type: ignore[no-any-return]
+
+
+#: ``jsonb`` on PostgreSQL, JSON text elsewhere.
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+PENDING = "pending"
+DONE = "done"
+
+envelopes = Table(
+    "envelopes",
+    metadata,
+    Column("envelope_id", Text, primary_key=True),
+    Column("envelope_type", Text, comment="events_api, slash_commands, interactive, ..."),
+    Column("received_at", UTCDateTime, nullable=False, comment="when the recorder stored it (UTC)"),
+    Column("team_id", Text),
+    Column("enterprise_id", Text),
+    Column("api_app_id", Text),
+    Column(
+        "event_id",
+        Text,
+        unique=True,
+        comment="payload.event_id of events_api envelopes; a retry in a new envelope is a duplicate",
+    ),
+    Column("event_type", Text, comment="event type, slash command, or interactive payload type"),
+    Column("channel_id", Text),
+    Column("user_id", Text),
+    Column("retry_attempt", Integer),
+    Column("retry_reason", Text),
+    Column(
+        "envelope",
+        JSONDocument,
+        nullable=False,
+        comment="the envelope as queryable JSON; NUL and lone surrogates replaced by U+FFFD",
+    ),
+    Column(
+        "envelope_text",
+        Text,
+        nullable=False,
+        comment="the exact JSON text as received; envelope_sha256 covers it",
+    ),
+    Column("envelope_sha256", Text, nullable=False, comment="hex SHA-256 of envelope_text (UTF-8)"),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("completed_at", UTCDateTime),
+    Column(
+        "attempts",
+        Integer,
+        nullable=False,
+        server_default=text("1"),
+        comment="handler dispatches so far: 1 when recorded, +1 per recovery claim",
+    ),
+    Column("claimed_at", UTCDateTime, comment="when the current dispatch attempt started"),
+    CheckConstraint(f"status IN ('{PENDING}', '{DONE}')", name="status"),
+    Index("ix_envelopes_received_at", "received_at"),
+    Index("ix_envelopes_team_id_received_at", "team_id", "received_at"),
+    Index("ix_envelopes_channel_id_received_at", "channel_id", "received_at"),
+    Index("ix_envelopes_user_id_received_at", "user_id", "received_at"),
+    Index("ix_envelopes_event_type_received_at", "event_type", "received_at"),
+    Index(
+        "ix_envelopes_pending",
+        "received_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+)
