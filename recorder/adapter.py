@@ -108,4 +108,3 @@ class EventBufferAdapter(Protocol):
     def close(self) -> None:
         """Release connections and background resources. Calling it twice is harmless."""
         ...
-

@@ -27,7 +27,9 @@ def migrations_dir() -> Path:
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
-    raise ConfigurationError(f"no migrations found beside {package}; the installation is incomplete")
+    raise ConfigurationError(
+        f"no migrations found beside {package}; the installation is incomplete"
+    )
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

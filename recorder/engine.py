@@ -144,7 +144,9 @@ def storage_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (sa_exc.DataError, psycopg.DataError) as exc:
-        raise InvalidEnvelope(f"{action}: the database refused the value: {_first_line(exc)}") from exc
+        raise InvalidEnvelope(
+            f"{action}: the database refused the value: {_first_line(exc)}"
+        ) from exc
     except (sa_exc.SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
         message = _first_line(exc)
         orig = getattr(exc, "orig", exc)

@@ -69,9 +69,7 @@ class ParsedEnvelope:
 def validate_envelope_id(envelope_id: object) -> str:
     """Return ``envelope_id`` unchanged if it can be stored, else raise InvalidEnvelope."""
     if not isinstance(envelope_id, str):
-        raise InvalidEnvelope(
-            f"envelope_id must be a string, not {type(envelope_id).__name__}"
-        )
+        raise InvalidEnvelope(f"envelope_id must be a string, not {type(envelope_id).__name__}")
     if not envelope_id:
         raise InvalidEnvelope("envelope_id is empty")
     if len(envelope_id) > MAX_ENVELOPE_ID_LENGTH:
@@ -199,7 +197,9 @@ def _events_api(payload: Mapping[str, Any], columns: dict[str, Any]) -> None:
     authorizations = payload.get("authorizations")
     first_auth = (
         authorizations[0]
-        if isinstance(authorizations, list) and authorizations and isinstance(authorizations[0], Mapping)
+        if isinstance(authorizations, list)
+        and authorizations
+        and isinstance(authorizations[0], Mapping)
         else {}
     )
     columns["team_id"] = _text(payload.get("team_id")) or _text(first_auth.get("team_id"))
@@ -245,7 +245,11 @@ def _text(value: object) -> str | None:
 
 
 def _int32(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and -_INT32_MAX <= value <= _INT32_MAX:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and -_INT32_MAX <= value <= _INT32_MAX
+    ):
         return value
     return None
 
@@ -338,6 +342,4 @@ def _jsonb_safe(value: Any) -> Any:
 def _safe_str(value: str) -> str:
     if _storable_text(value):
         return value
-    return "".join(
-        "\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value
-    )
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)

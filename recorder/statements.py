@@ -58,6 +58,7 @@ def insert_envelope(dialect: Dialect) -> Insert:
         if name != "envelope"
     }
     values["received_at"] = sa.bindparam("received_at", type_=UTCDateTime)
+    stmt: Insert
     if dialect.name == "postgresql":
         # The text is already JSON: cast it server side rather than let the
         # JSON type serialise it a second time.
@@ -71,7 +72,7 @@ def insert_envelope(dialect: Dialect) -> Insert:
     return stmt.execution_options(preserve_rowcount=True)
 
 
-def select_seen(envelope_id: str) -> sa.Select[tuple[int]]:
+def select_seen(envelope_id: str) -> sa.Select[int]:
     return sa.select(sa.literal(1)).where(envelopes.c.envelope_id == envelope_id)
 
 
@@ -79,7 +80,7 @@ def delete_envelope(envelope_id: str) -> Delete:
     return sa.delete(envelopes).where(envelopes.c.envelope_id == envelope_id)
 
 
-def select_pending(limit: int | None) -> sa.Select[tuple[str]]:
+def select_pending(limit: int | None) -> sa.Select[str]:
     """Stored text of pending envelopes, oldest first (served by ``ix_envelopes_pending``)."""
     stmt = (
         sa.select(envelopes.c.envelope_text)
@@ -110,15 +111,13 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {IMPORT_STAGING_TABLE} (
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_INTO_IMPORT_STAGING = (
-    f"COPY {IMPORT_STAGING_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
-)
+COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
 
 # No conflict target, as in insert_envelope: both unique keys dedupe, and rows
 # repeated inside one batch are skipped like any other duplicate.
 INSERT_FROM_IMPORT_STAGING = f"""
-INSERT INTO envelopes ({', '.join(RECORD_COLUMNS)})
-SELECT {', '.join('envelope::jsonb' if c == 'envelope' else c for c in RECORD_COLUMNS)}
+INSERT INTO envelopes ({", ".join(RECORD_COLUMNS)})
+SELECT {", ".join("envelope::jsonb" if c == "envelope" else c for c in RECORD_COLUMNS)}
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
 """

@@ -29,8 +29,15 @@ def upgrade() -> None:
     op.create_table(
         "envelopes",
         sa.Column("envelope_id", sa.Text(), nullable=False),
-        sa.Column("envelope_type", sa.Text(), comment="events_api, slash_commands, interactive, ..."),
-        sa.Column("received_at", UTC_TIMESTAMP, nullable=False, comment="when the recorder stored it (UTC)"),
+        sa.Column(
+            "envelope_type", sa.Text(), comment="events_api, slash_commands, interactive, ..."
+        ),
+        sa.Column(
+            "received_at",
+            UTC_TIMESTAMP,
+            nullable=False,
+            comment="when the recorder stored it (UTC)",
+        ),
         sa.Column("team_id", sa.Text()),
         sa.Column("enterprise_id", sa.Text()),
         sa.Column("api_app_id", sa.Text()),
@@ -39,7 +46,11 @@ def upgrade() -> None:
             sa.Text(),
             comment="payload.event_id of events_api envelopes; a retry in a new envelope is a duplicate",
         ),
-        sa.Column("event_type", sa.Text(), comment="event type, slash command, or interactive payload type"),
+        sa.Column(
+            "event_type",
+            sa.Text(),
+            comment="event type, slash command, or interactive payload type",
+        ),
         sa.Column("channel_id", sa.Text()),
         sa.Column("user_id", sa.Text()),
         sa.Column("retry_attempt", sa.Integer()),
@@ -56,7 +67,12 @@ def upgrade() -> None:
             nullable=False,
             comment="the exact JSON text as received; envelope_sha256 covers it",
         ),
-        sa.Column("envelope_sha256", sa.Text(), nullable=False, comment="hex SHA-256 of envelope_text (UTF-8)"),
+        sa.Column(
+            "envelope_sha256",
+            sa.Text(),
+            nullable=False,
+            comment="hex SHA-256 of envelope_text (UTF-8)",
+        ),
         sa.Column("status", sa.Text(), server_default=sa.text("'pending'"), nullable=False),
         sa.Column("completed_at", UTC_TIMESTAMP),
         sa.Column(
@@ -73,9 +89,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_envelopes_received_at", "envelopes", ["received_at"])
     op.create_index("ix_envelopes_team_id_received_at", "envelopes", ["team_id", "received_at"])
-    op.create_index("ix_envelopes_channel_id_received_at", "envelopes", ["channel_id", "received_at"])
+    op.create_index(
+        "ix_envelopes_channel_id_received_at", "envelopes", ["channel_id", "received_at"]
+    )
     op.create_index("ix_envelopes_user_id_received_at", "envelopes", ["user_id", "received_at"])
-    op.create_index("ix_envelopes_event_type_received_at", "envelopes", ["event_type", "received_at"])
+    op.create_index(
+        "ix_envelopes_event_type_received_at", "envelopes", ["event_type", "received_at"]
+    )
     op.create_index(
         "ix_envelopes_pending",
         "envelopes",

@@ -94,9 +94,10 @@ class SQLEventBuffer:
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
         params = statements.record_params(parsed, self._clock())
-        with storage_errors(f"recording envelope {parsed.envelope_id}"), write_statement(
-            self._engine
-        ) as conn:
+        with (
+            storage_errors(f"recording envelope {parsed.envelope_id}"),
+            write_statement(self._engine) as conn,
+        ):
             inserted = conn.execute(self._insert, params).rowcount
         return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
 
@@ -155,9 +156,10 @@ class SQLEventBuffer:
 
     def delete(self, envelope_id: str) -> None:
         envelope_id = validate_envelope_id(envelope_id)
-        with storage_errors(f"deleting envelope {envelope_id}"), write_statement(
-            self._engine
-        ) as conn:
+        with (
+            storage_errors(f"deleting envelope {envelope_id}"),
+            write_statement(self._engine) as conn,
+        ):
             conn.execute(statements.delete_envelope(envelope_id))
 
     def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -169,9 +171,10 @@ class SQLEventBuffer:
 
     def complete(self, envelope_id: str) -> None:
         envelope_id = validate_envelope_id(envelope_id)
-        with storage_errors(f"completing envelope {envelope_id}"), write_statement(
-            self._engine
-        ) as conn:
+        with (
+            storage_errors(f"completing envelope {envelope_id}"),
+            write_statement(self._engine) as conn,
+        ):
             conn.execute(statements.complete_envelope(envelope_id, self._clock()))
 
     def close(self) -> None:

@@ -1,0 +1,27 @@
+"""Test support for bots and adapters: the Socket Mode simulator, the adapter
+conformance suite, and fault injection for backends.
+
+Names load lazily, so the conformance suite needs no Slack dependencies and
+the simulator needs no pytest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SocketModeSimulator": "recorder.testing.simulator",
+    "AdapterConformance": "recorder.testing.conformance",
+    "TTLConformance": "recorder.testing.conformance",
+    "TcpProxy": "recorder.testing.faults",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
