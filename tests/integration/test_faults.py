@@ -1,0 +1,106 @@
+"""TcpProxy, the fault injector other tests rely on, against real servers."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+from recorder.testing import TcpProxy
+from tests.conftest import closed_port
+
+
+def _pg_target(url: str) -> tuple[str, int]:
+    parsed = make_url(url)
+    return parsed.host or "127.0.0.1", parsed.port or 5432
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_forwards_postgresql_then_cut_refuses_and_restore_reopens_same_port(
+    pg_server_url: str,
+) -> None:
+    with TcpProxy(*_pg_target(pg_server_url)) as proxy:
+        url = _libpq(proxy.url_for(pg_server_url))
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+        assert proxy.live_connections == 1
+        port = proxy.port
+
+        started = time.monotonic()
+        proxy.cut()
+        assert proxy.is_cut
+        assert proxy.live_connections == 0
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=5)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(proxy.address, timeout=5).close()
+        # Refused at once, not after a connect timeout.
+        assert time.monotonic() - started < 4
+
+        proxy.restore()
+        assert not proxy.is_cut
+        assert proxy.port == port
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as again:
+            assert again.execute("SELECT 'back'").fetchone() == ("back",)
+        assert proxy.accepted == 2
+
+
+def test_url_for_keeps_credentials_path_and_query() -> None:
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        assert (
+            proxy.url_for("postgresql+psycopg://u:p%40ss@db.example:6543/app?sslmode=disable")
+            == f"postgresql+psycopg://u:p%40ss@127.0.0.1:{proxy.port}/app?sslmode=disable"
+        )
+        assert proxy.url_for("redis://localhost/3") == f"redis://127.0.0.1:{proxy.port}/3"
+
+
+def test_redis_through_proxy_goes_away_and_comes_back(
+    redis_server_url: str, redis_namespace: str
+) -> None:
+    target = make_url(redis_server_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 6379) as proxy:
+        client = redis.Redis.from_url(proxy.url_for(redis_server_url), socket_timeout=5)
+        key = f"{redis_namespace}:k"
+        assert client.set(key, "v")
+        proxy.cut()
+        with pytest.raises(redis.ConnectionError):
+            client.get(key)
+        proxy.restore()
+        assert client.get(key) == b"v"
+        client.close()
+
+
+def test_cut_and_restore_are_idempotent_and_close_is_final() -> None:
+    proxy = TcpProxy("127.0.0.1", 9)
+    proxy.cut()
+    proxy.cut()
+    proxy.restore()
+    proxy.restore()
+    assert not proxy.is_cut
+    proxy.close()
+    assert proxy.is_cut
+    with pytest.raises(RuntimeError, match="closed"):
+        proxy.restore()
+
+
+def test_target_down_is_seen_as_a_closed_connection() -> None:
+    with TcpProxy("127.0.0.1", closed_port()) as proxy:
+        sock = socket.create_connection(proxy.address, timeout=5)
+        sock.settimeout(5)
+        # The proxy accepts, fails to reach the target, and resets the client.
+        try:
+            data = sock.recv(1)
+        except ConnectionResetError:
+            data = b""
+        finally:
+            sock.close()
+        assert data == b""
