@@ -1,0 +1,175 @@
+"""``MemoryEventBuffer``: an in-process adapter with a TTL dedupe window.
+
+For a single bot process, tests, and development. Nothing survives a restart
+and nothing is shared between processes: use :class:`~recorder.adapters.sql.SQLEventBuffer`
+or :class:`~recorder.adapters.redis.RedisEventBuffer` when several instances
+share one Socket Mode stream.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from recorder.adapter import EnvelopeInput, RecordResult
+from recorder.adapters.sql import max_envelope_bytes_from_env
+from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
+from recorder.errors import ConfigurationError, StorageUnavailable
+
+__all__ = ["MemoryEventBuffer"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    text: str
+    event_id: str | None
+    expires_at: float
+
+
+class MemoryEventBuffer:
+    """Records envelopes in a dict guarded by one lock; entries expire after ``ttl_seconds``.
+
+    Expired entries are swept from the front of an insertion-ordered dict on
+    every call (amortised O(1) per call), so memory stays bounded by the
+    envelopes of the last ``ttl_seconds`` under a steady stream. An expired
+    envelope is forgotten entirely: ``seen`` is false, it leaves ``pending``,
+    and recording it again (or a retry with its event id) is ``NEW``.
+
+    After :meth:`close` the stored envelopes are dropped and every call raises
+    :class:`~recorder.errors.StorageUnavailable`, so a closed buffer can never
+    report an envelope as ``NEW``.
+
+    Parameters
+    ----------
+    ttl_seconds
+        The dedupe window, in seconds (positive).
+    max_envelope_bytes
+        Larger envelopes are :class:`~recorder.errors.InvalidEnvelope`. Defaults
+        to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
+    clock
+        Monotonic seconds; injectable so tests can move time forward.
+
+    Raises
+    ------
+    ConfigurationError
+        ``ttl_seconds`` is not a positive number.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float = 300,
+        *,
+        max_envelope_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float):
+            raise ConfigurationError(f"ttl_seconds must be a number, not {ttl_seconds!r}")
+        if not ttl_seconds > 0:
+            raise ConfigurationError(f"ttl_seconds must be positive, not {ttl_seconds!r}")
+        self.ttl_seconds = float(ttl_seconds)
+        self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
+        # Insertion order is expiry order (one TTL, a monotonic clock), so the
+        # sweep only ever looks at the front.
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._event_ids: dict[str, str] = {}
+        # Insertion order is recording order: pending lists it oldest first.
+        self._pending: OrderedDict[str, None] = OrderedDict()
+
+    def parse(self, envelope_id: object, envelope: object) -> ParsedEnvelope:
+        """Validate an envelope against this buffer's limits without storing it."""
+        return parse_envelope(envelope_id, envelope, max_bytes=self.max_envelope_bytes)
+
+    def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
+        parsed = self.parse(envelope_id, envelope)
+        event_id = parsed.columns["event_id"]
+        with self._lock:
+            now = self._open_and_swept()
+            if parsed.envelope_id in self._entries or (
+                event_id is not None and event_id in self._event_ids
+            ):
+                return RecordResult.DUPLICATE
+            self._entries[parsed.envelope_id] = _Entry(
+                text=parsed.text, event_id=event_id, expires_at=now + self.ttl_seconds
+            )
+            if event_id is not None:
+                self._event_ids[event_id] = parsed.envelope_id
+            self._pending[parsed.envelope_id] = None
+        return RecordResult.NEW
+
+    def seen(self, envelope_id: str) -> bool:
+        envelope_id = validate_envelope_id(envelope_id)
+        with self._lock:
+            self._open_and_swept()
+            return envelope_id in self._entries
+
+    def delete(self, envelope_id: str) -> None:
+        envelope_id = validate_envelope_id(envelope_id)
+        with self._lock:
+            self._open_and_swept()
+            self._forget(envelope_id)
+
+    def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be zero or more")
+        with self._lock:
+            self._open_and_swept()
+            texts: list[str] = []
+            for envelope_id in self._pending:
+                if limit is not None and len(texts) >= limit:
+                    break
+                texts.append(self._entries[envelope_id].text)
+        # Decoded outside the lock, and afresh each time: callers may mutate them.
+        return [decode_stored(text) for text in texts]
+
+    def complete(self, envelope_id: str) -> None:
+        envelope_id = validate_envelope_id(envelope_id)
+        with self._lock:
+            self._open_and_swept()
+            self._pending.pop(envelope_id, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._entries.clear()
+            self._event_ids.clear()
+            self._pending.clear()
+
+    def __len__(self) -> int:
+        """How many envelopes are held (unexpired), completed or not."""
+        with self._lock:
+            self._open_and_swept()
+            return len(self._entries)
+
+    def __enter__(self) -> MemoryEventBuffer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open_and_swept(self) -> float:
+        """Raise if closed, drop expired entries, and return the current time. Needs the lock."""
+        if self._closed:
+            raise StorageUnavailable("the memory event buffer is closed")
+        now = self._clock()
+        entries = self._entries
+        while entries:
+            envelope_id, entry = next(iter(entries.items()))
+            if entry.expires_at > now:
+                break
+            self._forget(envelope_id)
+        return now
+
+    def _forget(self, envelope_id: str) -> None:
+        entry = self._entries.pop(envelope_id, None)
+        if entry is None:
+            return
+        if entry.event_id is not None and self._event_ids.get(entry.event_id) == envelope_id:
+            del self._event_ids[entry.event_id]
+        self._pending.pop(envelope_id, None)
