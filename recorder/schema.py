@@ -12,10 +12,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -124,4 +127,107 @@ envelopes = Table(
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
     ),
+)
+
+
+# -- retention: policies, legal holds, the prune log, the change log
+
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("keep_seconds", BigInteger, nullable=False, comment="records older than this expire"),
+    Column("team_id", Text, comment="match: NULL matches any value"),
+    Column("channel_id", Text),
+    Column("user_id", Text),
+    Column("envelope_type", Text),
+    Column("event_type", Text),
+    Column(
+        "priority",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="the matching policy with the highest priority decides; ties go to the name first in order",
+    ),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("keep_seconds > 0", name="keep_positive"),
+)
+
+legal_holds = Table(
+    "legal_holds",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("team_id", Text, comment="match: NULL matches any value"),
+    Column("channel_id", Text),
+    Column("user_id", Text),
+    Column("since", UTCDateTime, comment="holds records received at or after this time"),
+    Column("until", UTCDateTime, comment="holds records received before this time"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("released_at", UTCDateTime, comment="NULL while the hold is in force"),
+    Column("released_by", Text),
+)
+
+PRUNE_STATUSES = ("running", "completed", "stopped", "failed", "locked_out")
+
+prune_runs = Table(
+    "prune_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("status", Text, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("cutoffs", JSONDocument, comment="policy name -> ISO cutoff time"),
+    Column(
+        "deleted_per_policy",
+        JSONDocument,
+        comment="policy name -> rows deleted (would be deleted, for a dry run)",
+    ),
+    Column("deleted_total", BigInteger, nullable=False, server_default=text("0")),
+    Column("held_count", BigInteger, comment="expired rows kept because a legal hold covers them"),
+    Column(
+        "skipped_count",
+        BigInteger,
+        comment="expired, unheld rows left for a later run (time budget, rows locked by writers)",
+    ),
+    Column("error", Text),
+    Column("actor", Text),
+    Column("host", Text),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in PRUNE_STATUSES) + ")", name="status"
+    ),
+    Index("ix_prune_runs_started_at", "started_at"),
+)
+
+pruned_envelopes = Table(
+    "pruned_envelopes",
+    metadata,
+    Column(
+        "prune_run_id",
+        Integer,
+        ForeignKey("prune_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("envelope_id", Text, primary_key=True),
+    Column("envelope_sha256", Text, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("policy_name", Text, nullable=False),
+    comment="one row per envelope a prune run removed, written in the deleting transaction",
+)
+Index("ix_pruned_envelopes_envelope_id", pruned_envelopes.c.envelope_id)
+
+change_log = Table(
+    "change_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False, comment="create, update, remove, add, release"),
+    Column("object_kind", Text, nullable=False, comment="retention_policy or legal_hold"),
+    Column("object_name", Text, nullable=False),
+    Column("details", JSONDocument),
+    Index("ix_change_log_at", "at"),
 )
