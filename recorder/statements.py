@@ -98,6 +98,109 @@ def complete_envelope(envelope_id: str, completed_at: dt.datetime) -> Update:
     )
 
 
+# -- recovery of envelopes whose handler never finished (recorder.slack)
+
+
+def _claimed_or_received() -> sa.ColumnElement[dt.datetime]:
+    """When the current dispatch attempt started: the last claim, else the recording."""
+    return sa.func.coalesce(envelopes.c.claimed_at, envelopes.c.received_at, type_=UTCDateTime)
+
+
+def claim_stale(
+    dialect: Dialect,
+    *,
+    cutoff: dt.datetime,
+    now: dt.datetime,
+    limit: int,
+    max_attempts: int | None,
+) -> Update:
+    """Claim pending envelopes whose attempt started before ``cutoff``, oldest first.
+
+    One statement picks and claims (``attempts + 1``, ``claimed_at = now``), so
+    two instances never claim one envelope: on PostgreSQL the picking subquery
+    locks with ``FOR UPDATE SKIP LOCKED`` (a row another claimer holds is
+    skipped, and one it has just claimed is no longer stale on the re-check);
+    on SQLite the caller runs it inside ``BEGIN IMMEDIATE``, which serialises
+    writers. Returns ``envelope_id, envelope_text, attempts`` of each claim.
+    """
+    conditions: list[sa.ColumnElement[bool]] = [
+        envelopes.c.status == PENDING,
+        _claimed_or_received() < sa.bindparam("cutoff", cutoff, type_=UTCDateTime),
+    ]
+    if max_attempts is not None:
+        conditions.append(envelopes.c.attempts < max_attempts)
+    stale = (
+        sa.select(envelopes.c.envelope_id)
+        .where(*conditions)
+        .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
+        .limit(limit)
+    )
+    if dialect.name == "postgresql":
+        stale = stale.with_for_update(skip_locked=True)
+    return (
+        sa.update(envelopes)
+        .where(envelopes.c.envelope_id.in_(stale))
+        .values(attempts=envelopes.c.attempts + 1, claimed_at=now)
+        .returning(envelopes.c.envelope_id, envelopes.c.envelope_text, envelopes.c.attempts)
+    )
+
+
+def renew_claims(envelope_ids: list[str], now: dt.datetime) -> Update:
+    """Extend the lease of envelopes still being handled, so recovery leaves them alone."""
+    return (
+        sa.update(envelopes)
+        .where(envelopes.c.envelope_id.in_(envelope_ids), envelopes.c.status == PENDING)
+        .values(claimed_at=now)
+    )
+
+
+def count_pending() -> sa.Select[int]:
+    return sa.select(sa.func.count()).select_from(envelopes).where(envelopes.c.status == PENDING)
+
+
+# -- the local spool (recorder.slack): SQLite rows moved into the main database
+
+#: Processing-state columns a drained row keeps, beside RECORD_COLUMNS.
+STATE_COLUMNS: tuple[str, ...] = ("status", "completed_at", "attempts", "claimed_at")
+
+
+def select_drainable(cutoff: dt.datetime, exclude: list[str], limit: int) -> sa.Select[Any]:
+    """Spooled rows ready to move: finished, or pending and not claimed since ``cutoff``.
+
+    Rows whose handler is still running (``exclude``, and any claim renewed
+    after ``cutoff``) stay, so their completion is recorded where they are.
+    """
+    ready = sa.or_(
+        envelopes.c.status == DONE,
+        _claimed_or_received() < sa.bindparam("cutoff", cutoff, type_=UTCDateTime),
+    )
+    stmt = sa.select(
+        envelopes.c.envelope_id,
+        envelopes.c.envelope_text,
+        envelopes.c.received_at,
+        *(envelopes.c[name] for name in STATE_COLUMNS),
+    ).where(ready)
+    if exclude:
+        stmt = stmt.where(envelopes.c.envelope_id.not_in(exclude))
+    return stmt.order_by(envelopes.c.received_at, envelopes.c.envelope_id).limit(limit)
+
+
+def insert_drained(dialect: Dialect) -> Insert:
+    """:func:`insert_envelope` plus the processing state the row had in the spool.
+
+    A row already present (another instance recorded the envelope, or an
+    earlier drain got this far) is skipped: draining is idempotent.
+    """
+    stmt = insert_envelope(dialect)
+    return stmt.values(
+        {name: sa.bindparam(name, type_=envelopes.c[name].type) for name in STATE_COLUMNS}
+    )
+
+
+def delete_envelopes(envelope_ids: list[str]) -> Delete:
+    return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(envelope_ids))
+
+
 # -- bulk import on PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT
 
 IMPORT_STAGING_TABLE = "recorder_import_staging"
@@ -121,3 +224,71 @@ SELECT {", ".join("envelope::jsonb" if c == "envelope" else c for c in RECORD_CO
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
 """
+
+
+# -- audit queries (recorder query): keyset pagination on (received_at, envelope_id)
+
+#: Columns an audit query returns, in output order; envelope_text last.
+AUDIT_COLUMNS: tuple[str, ...] = (
+    "received_at",
+    "envelope_id",
+    "envelope_type",
+    "event_type",
+    "team_id",
+    "enterprise_id",
+    "api_app_id",
+    "channel_id",
+    "user_id",
+    "event_id",
+    "retry_attempt",
+    "retry_reason",
+    "status",
+    "envelope_sha256",
+    "envelope_text",
+)
+
+
+def select_envelopes_page(
+    *,
+    page_size: int,
+    after: tuple[dt.datetime, str] | None = None,
+    team_id: str | None = None,
+    channel_id: str | None = None,
+    user_id: str | None = None,
+    envelope_type: str | None = None,
+    event_type: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> sa.Select[Any]:
+    """One page of matching envelopes, oldest first, after the keyset ``after``.
+
+    ``since`` is inclusive and ``until`` exclusive. The keyset condition is
+    spelled ``received_at >= t AND (received_at > t OR envelope_id > id)``
+    rather than as a row comparison so that both engines bound the scan of
+    the ``(column, received_at)`` indexes by time.
+    """
+    received_at = envelopes.c.received_at
+    conditions: list[sa.ColumnElement[bool]] = []
+    for column, value in (
+        ("team_id", team_id),
+        ("channel_id", channel_id),
+        ("user_id", user_id),
+        ("envelope_type", envelope_type),
+        ("event_type", event_type),
+    ):
+        if value is not None:
+            conditions.append(envelopes.c[column] == value)
+    if since is not None:
+        conditions.append(received_at >= sa.bindparam("since", since, type_=UTCDateTime))
+    if until is not None:
+        conditions.append(received_at < sa.bindparam("until", until, type_=UTCDateTime))
+    if after is not None:
+        after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
+        conditions.append(received_at >= after_at)
+        conditions.append(sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]))
+    return (
+        sa.select(*(envelopes.c[name] for name in AUDIT_COLUMNS))
+        .where(*conditions)
+        .order_by(received_at, envelopes.c.envelope_id)
+        .limit(page_size)
+    )
