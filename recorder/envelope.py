@@ -36,6 +36,16 @@ MAX_COLUMN_LENGTH = 255
 # JSON escapes that PostgreSQL's jsonb rejects: NUL, and any surrogate escape
 # (paired ones are accepted, but telling them apart needs a parse anyway).
 _JSONB_UNSAFE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+# Every escape in JSON text, left to right, so that an escaped backslash is
+# consumed whole and "\\u0000" (a backslash, then "u0000") is not taken for NUL.
+# ``pair``: a surrogate pair (jsonb accepts it); ``other``: any other escape
+# jsonb accepts; what is left (NUL, a lone surrogate) needs replacing.
+_JSON_ESCAPE = re.compile(
+    r"\\(?:(?P<pair>u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})"
+    r"|(?P<other>u[0-9a-fA-F]{4}|.))",
+    re.DOTALL,
+)
 _INT32_MAX = 2**31 - 1
 
 
@@ -143,7 +153,7 @@ def _build(envelope_id: str, text: str, data: dict[str, Any]) -> ParsedEnvelope:
         text=text,
         data=data,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        queryable_text=_queryable(text, data),
+        queryable_text=_queryable(text),
         columns=extract_columns(data),
     )
 
@@ -323,23 +333,17 @@ def _encode(data: Mapping[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
-def _queryable(text: str, data: dict[str, Any]) -> str:
+def _queryable(text: str) -> str:
     if _JSONB_UNSAFE_ESCAPE.search(text) is None:
         return text
-    return json.dumps(_jsonb_safe(data), ensure_ascii=False, separators=(",", ":"))
+    # Rewritten in the text rather than re-encoded from the decoded value, so
+    # everything else (numbers such as 1e400 that a float cannot hold, key
+    # order) stays as received. Stored text never holds a raw NUL or lone
+    # surrogate (those are not valid JSON or UTF-8), only these escapes.
+    return _JSON_ESCAPE.sub(_jsonb_safe_escape, text)
 
 
-def _jsonb_safe(value: Any) -> Any:
-    if isinstance(value, str):
-        return _safe_str(value)
-    if isinstance(value, dict):
-        return {_safe_str(k): _jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonb_safe(v) for v in value]
-    return value
-
-
-def _safe_str(value: str) -> str:
-    if _storable_text(value):
-        return value
-    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+def _jsonb_safe_escape(match: re.Match[str]) -> str:
+    if match.group("pair") is not None or match.group("other") is not None:
+        return match.group(0)
+    return "\\ufffd"
