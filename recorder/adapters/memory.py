@@ -8,6 +8,7 @@ share one Socket Mode stream.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -17,7 +18,15 @@ from typing import Any
 
 from recorder.adapter import EnvelopeInput, RecordResult
 from recorder.adapters.sql import max_envelope_bytes_from_env
-from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
+from recorder.envelope import (
+    DEFAULT_REDACTION,
+    ParsedEnvelope,
+    Redaction,
+    decode_stored,
+    parse_envelope,
+    resolve_redaction,
+    validate_envelope_id,
+)
 from recorder.errors import ConfigurationError, StorageUnavailable
 
 __all__ = ["MemoryEventBuffer"]
@@ -50,6 +59,12 @@ class MemoryEventBuffer:
     max_envelope_bytes
         Larger envelopes are :class:`~recorder.errors.InvalidEnvelope`. Defaults
         to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
+    redaction
+        JSON paths masked or dropped in the stored copy
+        (:class:`~recorder.envelope.Redaction`). By default ``payload.token``
+        and the response URLs are masked, or what ``RECORDER_REDACT`` says;
+        ``None`` or ``Redaction.none()`` stores envelopes as received. The
+        caller's envelope is never modified.
     clock
         Monotonic seconds; injectable so tests can move time forward.
 
@@ -64,6 +79,7 @@ class MemoryEventBuffer:
         ttl_seconds: float = 300,
         *,
         max_envelope_bytes: int | None = None,
+        redaction: Redaction | None = DEFAULT_REDACTION,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float):
@@ -72,6 +88,7 @@ class MemoryEventBuffer:
             raise ConfigurationError(f"ttl_seconds must be positive, not {ttl_seconds!r}")
         self.ttl_seconds = float(ttl_seconds)
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
+        self.redaction = resolve_redaction(redaction, os.environ)
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
@@ -84,7 +101,9 @@ class MemoryEventBuffer:
 
     def parse(self, envelope_id: object, envelope: object) -> ParsedEnvelope:
         """Validate an envelope against this buffer's limits without storing it."""
-        return parse_envelope(envelope_id, envelope, max_bytes=self.max_envelope_bytes)
+        return parse_envelope(
+            envelope_id, envelope, max_bytes=self.max_envelope_bytes, redaction=self.redaction
+        )
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)

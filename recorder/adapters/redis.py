@@ -28,6 +28,7 @@ that every key hashes to one slot, as the scripts need.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -35,7 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.adapter import EnvelopeInput, RecordResult
 from recorder.adapters.sql import max_envelope_bytes_from_env
-from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
+from recorder.envelope import (
+    DEFAULT_REDACTION,
+    ParsedEnvelope,
+    Redaction,
+    decode_stored,
+    parse_envelope,
+    resolve_redaction,
+    validate_envelope_id,
+)
 from recorder.errors import ConfigurationError, MissingDependency, StorageUnavailable
 
 if TYPE_CHECKING:
@@ -156,6 +165,12 @@ class RedisEventBuffer:
     max_envelope_bytes
         Larger envelopes are :class:`~recorder.errors.InvalidEnvelope`. Defaults
         to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
+    redaction
+        JSON paths masked or dropped in the stored copy
+        (:class:`~recorder.envelope.Redaction`). By default ``payload.token``
+        and the response URLs are masked, or what ``RECORDER_REDACT`` says;
+        ``None`` or ``Redaction.none()`` stores envelopes as received. The
+        caller's envelope is never modified.
     client
         A ``redis.Redis`` client to use instead of one built from ``url``; it
         stays the caller's (:meth:`close` leaves it open). Give it socket
@@ -180,6 +195,7 @@ class RedisEventBuffer:
         ttl_seconds: float = 300,
         *,
         max_envelope_bytes: int | None = None,
+        redaction: Redaction | None = DEFAULT_REDACTION,
         client: Redis[Any] | None = None,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout: float = DEFAULT_SOCKET_CONNECT_TIMEOUT_SECONDS,
@@ -196,6 +212,7 @@ class RedisEventBuffer:
         self.ttl_seconds = float(ttl_seconds)
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
+        self.redaction = resolve_redaction(redaction, os.environ)
         if client is not None:
             self._client: Redis[Any] = client
             self._owns_client = False
@@ -228,7 +245,9 @@ class RedisEventBuffer:
 
     def parse(self, envelope_id: object, envelope: object) -> ParsedEnvelope:
         """Validate an envelope against this buffer's limits without storing it."""
-        return parse_envelope(envelope_id, envelope, max_bytes=self.max_envelope_bytes)
+        return parse_envelope(
+            envelope_id, envelope, max_bytes=self.max_envelope_bytes, redaction=self.redaction
+        )
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)

@@ -14,9 +14,12 @@ from recorder.adapter import EnvelopeInput, RecordResult
 from recorder.engine import create_engine, is_sqlite, read_only, storage_errors, write_statement
 from recorder.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
+    DEFAULT_REDACTION,
     ParsedEnvelope,
+    Redaction,
     decode_stored,
     parse_envelope,
+    resolve_redaction,
     validate_envelope_id,
 )
 from recorder.errors import ConfigurationError
@@ -56,6 +59,12 @@ class SQLEventBuffer:
     max_envelope_bytes
         Larger envelopes are :class:`~recorder.errors.InvalidEnvelope`. Defaults
         to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
+    redaction
+        JSON paths masked or dropped in the stored copy
+        (:class:`~recorder.envelope.Redaction`). By default ``payload.token``
+        and the response URLs are masked, or what ``RECORDER_REDACT`` says;
+        ``None`` or ``Redaction.none()`` stores envelopes as received. The
+        caller's envelope is never modified.
     upgrade
         Apply the schema migrations first (handy for the embedded SQLite
         database; production deployments run ``recorder db upgrade``).
@@ -66,6 +75,7 @@ class SQLEventBuffer:
         url_or_engine: str | URL | Engine,
         *,
         max_envelope_bytes: int | None = None,
+        redaction: Redaction | None = DEFAULT_REDACTION,
         upgrade: bool = False,
         clock: Clock = utc_now,
     ) -> None:
@@ -76,6 +86,7 @@ class SQLEventBuffer:
             self._engine = create_engine(url_or_engine)
             self._owns_engine = True
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
+        self.redaction = resolve_redaction(redaction, os.environ)
         self._clock = clock
         self._insert = statements.insert_envelope(self._engine.dialect)
         if upgrade:
@@ -89,7 +100,9 @@ class SQLEventBuffer:
 
     def parse(self, envelope_id: object, envelope: object) -> ParsedEnvelope:
         """Validate an envelope against this buffer's limits without storing it."""
-        return parse_envelope(envelope_id, envelope, max_bytes=self.max_envelope_bytes)
+        return parse_envelope(
+            envelope_id, envelope, max_bytes=self.max_envelope_bytes, redaction=self.redaction
+        )
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
