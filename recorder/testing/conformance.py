@@ -78,7 +78,11 @@ CROSS_PROCESS_IDS = 25
 def events_api_envelope(
     envelope_id: str, *, event_id: str | None = None, text: str = "hello"
 ) -> dict[str, Any]:
-    """A realistic ``events_api`` envelope; ``event_id`` defaults to one derived from the id."""
+    """A realistic ``events_api`` envelope; ``event_id`` defaults to one derived from the id.
+
+    It carries no secret an adapter would redact (``payload.token``, response
+    URLs), so what ``pending`` returns can be compared with what was recorded.
+    """
     return {
         "envelope_id": envelope_id,
         "type": "events_api",
@@ -86,7 +90,6 @@ def events_api_envelope(
         "retry_attempt": 0,
         "retry_reason": "",
         "payload": {
-            "token": "verification-token",
             "team_id": "T0CONFORM",
             "api_app_id": "A0CONFORM",
             "type": "event_callback",
