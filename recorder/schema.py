@@ -231,3 +231,56 @@ change_log = Table(
     Column("details", JSONDocument),
     Index("ix_change_log_at", "at"),
 )
+
+
+# -- tamper evidence: sealed blocks, each chaining the previous one's digest
+
+SEAL_KINDS = ("range", "late")
+
+seal_blocks = Table(
+    "seal_blocks",
+    metadata,
+    Column("block_no", Integer, primary_key=True, autoincrement=False),
+    Column(
+        "kind",
+        Text,
+        nullable=False,
+        comment="range: the next envelopes in (received_at, envelope_id) order; "
+        "late: envelopes adopted after their range was sealed",
+    ),
+    Column("sealed_at", UTCDateTime, nullable=False),
+    Column("cutoff", UTCDateTime, comment="range blocks: envelopes received up to this time"),
+    Column("first_received_at", UTCDateTime, nullable=False),
+    Column("first_envelope_id", Text, nullable=False),
+    Column("last_received_at", UTCDateTime, nullable=False),
+    Column("last_envelope_id", Text, nullable=False),
+    Column("envelope_count", Integer, nullable=False),
+    Column("prev_digest", Text, nullable=False, comment="digest of the block before (zeros first)"),
+    Column(
+        "digest",
+        Text,
+        nullable=False,
+        unique=True,
+        comment="hex SHA-256 over this block's header, prev_digest and its envelopes' digests",
+    ),
+    CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in SEAL_KINDS) + ")", name="kind"),
+    comment="the hash chain of `recorder seal`; `recorder verify` recomputes it",
+)
+
+sealed_envelopes = Table(
+    "sealed_envelopes",
+    metadata,
+    Column(
+        "block_no",
+        Integer,
+        ForeignKey("seal_blocks.block_no"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("envelope_id", Text, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("envelope_sha256", Text, nullable=False),
+    comment="each sealed envelope's digest as sealed; kept after pruning, as the proof",
+)
+Index("ix_sealed_envelopes_envelope_id", sealed_envelopes.c.envelope_id)
