@@ -551,3 +551,30 @@ def test_hostile_column_values_are_left_empty() -> None:
     longest = "C" * MAX_COLUMN_LENGTH
     envelope["payload"]["event"]["channel"] = longest
     assert extract_columns(envelope)["channel_id"] == longest
+
+
+@pytest.mark.parametrize(
+    ("escaped", "queryable"),
+    [
+        ("\\u0000", "\\ufffd"),
+        ("\\ud800", "\\ufffd"),
+        ("\\udfff", "\\ufffd"),
+        ("\\ud800\\ud800", "\\ufffd\\ufffd"),
+        ("\\udc00\\ud800", "\\ufffd\\ufffd"),
+        ("\\ud83d\\ude00\\u0000", "\\ud83d\\ude00\\ufffd"),
+        ("\\\\u0000\\u0000", "\\\\u0000\\ufffd"),
+        ("\\\\\\u0000", "\\\\\\ufffd"),
+        ('\\"\\u0000\\n\\u00e9', '\\"\\ufffd\\n\\u00e9'),
+    ],
+)
+def test_queryable_copy_replaces_only_the_escapes_jsonb_rejects(
+    escaped: str, queryable: str
+) -> None:
+    text = '{"envelope_id":"e1","s":"' + escaped + '","n":1e400,"f":1.10}'
+    parsed = parse_envelope("e1", text)
+    assert parsed.text == text
+    # Numbers a float cannot hold, and everything else, stay as received.
+    assert (
+        parsed.queryable_text == '{"envelope_id":"e1","s":"' + queryable + '","n":1e400,"f":1.10}'
+    )
+    json.loads(parsed.queryable_text)
