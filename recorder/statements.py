@@ -15,7 +15,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from recorder.envelope import ParsedEnvelope
-from recorder.schema import DONE, PENDING, UTCDateTime, envelopes
+from recorder.schema import (
+    DONE,
+    PENDING,
+    UTCDateTime,
+    envelopes,
+    legal_holds,
+    pruned_envelopes,
+)
 
 #: Columns written on record, in the order the COPY import path sends them.
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -292,3 +299,175 @@ def select_envelopes_page(
         .order_by(received_at, envelopes.c.envelope_id)
         .limit(page_size)
     )
+
+
+# -- retention: the prune batch, the counts a prune run reports, legal holds
+
+#: Columns a retention policy or a legal hold can match on, NULL meaning "any".
+POLICY_MATCH_COLUMNS: tuple[str, ...] = (
+    "team_id",
+    "channel_id",
+    "user_id",
+    "envelope_type",
+    "event_type",
+)
+HOLD_MATCH_COLUMNS: tuple[str, ...] = ("team_id", "channel_id", "user_id")
+
+Match = dict[str, str | None]
+"""Column name -> required value; a missing or None value matches anything."""
+
+
+def _matches(match: Match) -> sa.ColumnElement[bool]:
+    """True where a row has every value ``match`` requires (never NULL, so NOT works)."""
+    terms = [
+        envelopes.c[name].is_not_distinct_from(value)
+        for name, value in match.items()
+        if value is not None
+    ]
+    return sa.and_(sa.true(), *terms)
+
+
+def held() -> sa.Exists:
+    """True for an envelope that a legal hold in force covers.
+
+    Evaluated inside every prune statement, so a hold placed while a prune
+    run is going protects its records from the next batch on.
+    """
+    h = legal_holds.c
+    e = envelopes.c
+    return sa.exists().where(
+        h.released_at.is_(None),
+        *(sa.or_(h[name].is_(None), h[name] == e[name]) for name in HOLD_MATCH_COLUMNS),
+        sa.or_(h.since.is_(None), e.received_at >= h.since),
+        sa.or_(h.until.is_(None), e.received_at < h.until),
+    )
+
+
+def expired_under(
+    match: Match, outranked_by: list[Match], cutoff: dt.datetime
+) -> list[sa.ColumnElement[bool]]:
+    """Conditions for rows a policy decides, and has expired, whether held or not.
+
+    A row is decided by the policy when it matches it and matches none of the
+    policies that outrank it (``outranked_by``, listed in precedence order).
+    The positive match is spelled with ``=`` so that the
+    ``(column, received_at)`` indexes serve it.
+    """
+    conditions: list[sa.ColumnElement[bool]] = [
+        envelopes.c[name] == value for name, value in match.items() if value is not None
+    ]
+    conditions.extend(sa.not_(_matches(higher)) for higher in outranked_by)
+    conditions.append(envelopes.c.received_at < sa.bindparam("cutoff", cutoff, type_=UTCDateTime))
+    return conditions
+
+
+def _after(after: tuple[dt.datetime, str] | None) -> list[sa.ColumnElement[bool]]:
+    if after is None:
+        return []
+    received_at = envelopes.c.received_at
+    after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
+    return [
+        received_at >= after_at,
+        sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]),
+    ]
+
+
+def count_expired(conditions: list[sa.ColumnElement[bool]], *, is_held: bool) -> sa.Select[Any]:
+    """How many rows meet ``conditions`` (from :func:`expired_under`) and are (not) held."""
+    hold = held() if is_held else sa.not_(held())
+    return sa.select(sa.func.count()).select_from(envelopes).where(*conditions, hold)
+
+
+def select_prune_batch(
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    batch_size: int,
+    after: tuple[dt.datetime, str] | None,
+) -> sa.Select[Any]:
+    """The next batch of expired, unheld rows, oldest first, after the keyset ``after``.
+
+    Walking the keyset means held rows (never deleted) are passed over once,
+    not rescanned by every batch.
+    """
+    return (
+        sa.select(envelopes.c.envelope_id, envelopes.c.received_at)
+        .where(*conditions, sa.not_(held()), *_after(after))
+        .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
+        .limit(batch_size)
+    )
+
+
+def _pruned_row(
+    source: Any, prune_run_id: int, policy_name: str
+) -> tuple[list[str], sa.Select[Any]]:
+    columns = ["prune_run_id", "envelope_id", "envelope_sha256", "received_at", "policy_name"]
+    return columns, sa.select(
+        sa.literal(prune_run_id, sa.Integer),
+        source.c.envelope_id,
+        source.c.envelope_sha256,
+        source.c.received_at,
+        sa.literal(policy_name, sa.Text),
+    )
+
+
+def prune_batch_postgresql(
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    prune_run_id: int,
+    policy_name: str,
+    batch_size: int,
+    after: tuple[dt.datetime, str] | None,
+) -> Insert:
+    """One statement that deletes a batch and logs each removed row in ``pruned_envelopes``.
+
+    ``WITH batch AS (SELECT ... FOR UPDATE SKIP LOCKED), d AS (DELETE ...
+    RETURNING ...) INSERT INTO pruned_envelopes SELECT ... FROM d RETURNING
+    ...``: the delete and its record commit together or not at all. Rows a
+    writer holds locked (a concurrent ``complete``) are skipped, not waited
+    for. Returns ``(envelope_id, received_at)`` of every removed row.
+    """
+    batch = (
+        select_prune_batch(conditions, batch_size=batch_size, after=after)
+        .with_for_update(skip_locked=True)
+        .cte("batch")
+    )
+    removed = (
+        sa.delete(envelopes)
+        .where(envelopes.c.envelope_id == batch.c.envelope_id)
+        .returning(envelopes.c.envelope_id, envelopes.c.envelope_sha256, envelopes.c.received_at)
+        .cte("d")
+    )
+    columns, rows = _pruned_row(removed, prune_run_id, policy_name)
+    return (
+        sa.insert(pruned_envelopes)
+        .from_select(columns, rows)
+        .returning(pruned_envelopes.c.envelope_id, pruned_envelopes.c.received_at)
+    )
+
+
+def _ids_param() -> sa.Select[Any]:
+    """``SELECT value FROM json_each(:ids)``: a batch of ids as one parameter."""
+    ids = sa.func.json_each(sa.bindparam("ids", type_=sa.Text)).table_valued("value")
+    return sa.select(ids.c.value)
+
+
+def log_pruned_sqlite(*, prune_run_id: int, policy_name: str) -> Insert:
+    """Copy the batch's rows (ids as a JSON array in ``:ids``) into ``pruned_envelopes``.
+
+    Runs in the same ``BEGIN IMMEDIATE`` transaction as
+    :func:`delete_pruned_sqlite`, which follows it.
+    """
+    columns, rows = _pruned_row(envelopes, prune_run_id, policy_name)
+    return sa.insert(pruned_envelopes).from_select(
+        columns, rows.where(envelopes.c.envelope_id.in_(_ids_param()))
+    )
+
+
+def delete_pruned_sqlite() -> Delete:
+    """Delete the batch whose ids are the JSON array ``:ids``."""
+    return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(_ids_param()))
+
+
+def naive_prune_delete(conditions: list[sa.ColumnElement[bool]]) -> Delete:
+    """One unbatched ``DELETE`` of everything expired and unheld: the benchmark's baseline."""
+    return sa.delete(envelopes).where(*conditions, sa.not_(held()))
