@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, NoReturn
 
 import click
+from click.core import ParameterSource
 from sqlalchemy.engine import Engine, make_url
 
 from recorder import audit, importer
@@ -157,6 +158,9 @@ def main(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
         logging.basicConfig(
             level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
         )
+    if ctx.get_parameter_source("database_url") is ParameterSource.ENVIRONMENT:
+        # Let Settings read the variable itself, so its errors name the variable.
+        database_url = None
     ctx.obj = Settings.load(database_url=database_url, verbose=verbose)
 
 
