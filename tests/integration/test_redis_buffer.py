@@ -22,18 +22,18 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def client(redis_server_url: str) -> Iterator[redis.Redis]:
+def client(redis_server_url: str) -> Iterator[redis.Redis[bytes]]:
     client = redis.Redis.from_url(redis_server_url)
     yield client
     client.close()
 
 
-def _namespace_keys(client: redis.Redis, namespace: str) -> list[bytes]:
+def _namespace_keys(client: redis.Redis[bytes], namespace: str) -> list[bytes]:
     return sorted(client.scan_iter(match=f"{namespace}:*", count=1000))
 
 
 def test_envelope_text_is_stored_exactly_with_server_time(
-    redis_server_url: str, redis_namespace: str, client: redis.Redis
+    redis_server_url: str, redis_namespace: str, client: redis.Redis[bytes]
 ) -> None:
     text = '{ "envelope_id":"t-1",  "type": "hello",\n "s": "héllo ✓ \\u00e9", "n": 1.50 }'
     with RedisEventBuffer(redis_server_url, namespace=redis_namespace) as buffer:
@@ -46,7 +46,7 @@ def test_envelope_text_is_stored_exactly_with_server_time(
 
 
 def test_every_key_expires_except_the_pending_set(
-    redis_server_url: str, redis_namespace: str, client: redis.Redis
+    redis_server_url: str, redis_namespace: str, client: redis.Redis[bytes]
 ) -> None:
     with RedisEventBuffer(redis_server_url, namespace=redis_namespace, ttl_seconds=30) as buffer:
         buffer.record("env-1", events_api_envelope("env-1", event_id="Ev1"))
@@ -65,7 +65,7 @@ def test_every_key_expires_except_the_pending_set(
 
 
 def test_pending_set_stays_bounded_when_envelopes_expire_uncompleted(
-    redis_server_url: str, redis_namespace: str, client: redis.Redis
+    redis_server_url: str, redis_namespace: str, client: redis.Redis[bytes]
 ) -> None:
     with RedisEventBuffer(redis_server_url, namespace=redis_namespace, ttl_seconds=0.05) as buffer:
         for n in range(20):
@@ -80,7 +80,7 @@ def test_pending_set_stays_bounded_when_envelopes_expire_uncompleted(
 
 
 def test_pending_drops_expired_ids(
-    redis_server_url: str, redis_namespace: str, client: redis.Redis
+    redis_server_url: str, redis_namespace: str, client: redis.Redis[bytes]
 ) -> None:
     with RedisEventBuffer(redis_server_url, namespace=redis_namespace, ttl_seconds=0.05) as buffer:
         for n in range(5):
