@@ -128,7 +128,8 @@ def claim_stale(
     locks with ``FOR UPDATE SKIP LOCKED`` (a row another claimer holds is
     skipped, and one it has just claimed is no longer stale on the re-check);
     on SQLite the caller runs it inside ``BEGIN IMMEDIATE``, which serialises
-    writers. Returns ``envelope_id, envelope_text, attempts`` of each claim.
+    writers. Returns ``envelope_id, envelope_text, attempts, received_at`` of
+    each claim, in no particular order.
     """
     conditions: list[sa.ColumnElement[bool]] = [
         envelopes.c.status == PENDING,
@@ -148,7 +149,12 @@ def claim_stale(
         sa.update(envelopes)
         .where(envelopes.c.envelope_id.in_(stale))
         .values(attempts=envelopes.c.attempts + 1, claimed_at=now)
-        .returning(envelopes.c.envelope_id, envelopes.c.envelope_text, envelopes.c.attempts)
+        .returning(
+            envelopes.c.envelope_id,
+            envelopes.c.envelope_text,
+            envelopes.c.attempts,
+            envelopes.c.received_at,
+        )
     )
 
 
@@ -206,6 +212,15 @@ def insert_drained(dialect: Dialect) -> Insert:
 
 def delete_envelopes(envelope_ids: list[str]) -> Delete:
     return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(envelope_ids))
+
+
+def count_envelopes() -> sa.Select[int]:
+    return sa.select(sa.func.count()).select_from(envelopes)
+
+
+def select_dedupe_keys() -> sa.Select[Any]:
+    """``envelope_id, event_id`` of every row: the keys a duplicate would match."""
+    return sa.select(envelopes.c.envelope_id, envelopes.c.event_id)
 
 
 # -- bulk import on PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT

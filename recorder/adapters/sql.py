@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import URL, Engine
@@ -45,6 +46,17 @@ def max_envelope_bytes_from_env() -> int:
             f"RECORDER_MAX_ENVELOPE_BYTES must be a positive number of bytes, not {raw!r}"
         )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEnvelope:
+    """An envelope :meth:`SQLEventBuffer.claim_stale` claimed for another dispatch."""
+
+    envelope_id: str
+    envelope: dict[str, Any]
+    """The stored envelope, decoded."""
+    attempts: int
+    """Dispatches so far, this one included."""
 
 
 class SQLEventBuffer:
@@ -189,6 +201,73 @@ class SQLEventBuffer:
             write_statement(self._engine) as conn,
         ):
             conn.execute(statements.complete_envelope(envelope_id, self._clock()))
+
+    def claim_stale(
+        self,
+        lease: float | dt.timedelta,
+        limit: int = 100,
+        *,
+        max_attempts: int | None = None,
+    ) -> list[ClaimedEnvelope]:
+        """Atomically claim pending envelopes whose current attempt is older than ``lease``.
+
+        Each claim adds one to ``attempts`` and sets ``claimed_at`` to now, so
+        the envelope is not stale again for another ``lease``. Two callers,
+        in one process or in several sharing the database, never claim the
+        same envelope (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN
+        IMMEDIATE`` on SQLite).
+
+        Parameters
+        ----------
+        lease
+            Seconds (or a timedelta) an attempt may run before it counts as
+            abandoned: a crashed handler, a killed process.
+        limit
+            At most this many claims.
+        max_attempts
+            Envelopes dispatched this many times already are left alone
+            (they stay pending, for an operator to look at).
+
+        Returns
+        -------
+        list of ClaimedEnvelope
+            Oldest first.
+        """
+        seconds = lease.total_seconds() if isinstance(lease, dt.timedelta) else float(lease)
+        if seconds < 0 or limit < 0:
+            raise ValueError("lease and limit must be zero or more")
+        now = self._clock()
+        stmt = statements.claim_stale(
+            self._engine.dialect,
+            cutoff=now - dt.timedelta(seconds=seconds),
+            now=now,
+            limit=limit,
+            max_attempts=max_attempts,
+        )
+        with storage_errors("claiming stale envelopes"), write_statement(self._engine) as conn:
+            rows = conn.execute(stmt).all()
+        # RETURNING gives no order: restore the oldest-first order of the pick.
+        rows = sorted(rows, key=lambda row: (row.received_at, row.envelope_id))
+        return [
+            ClaimedEnvelope(row.envelope_id, decode_stored(row.envelope_text), int(row.attempts))
+            for row in rows
+        ]
+
+    def renew(self, envelope_ids: Sequence[str]) -> None:
+        """Restart the lease of envelopes whose handler is still running."""
+        ids = [validate_envelope_id(envelope_id) for envelope_id in envelope_ids]
+        if not ids:
+            return
+        with (
+            storage_errors(f"renewing {len(ids)} claims"),
+            write_statement(self._engine) as conn,
+        ):
+            conn.execute(statements.renew_claims(ids, self._clock()))
+
+    def count_pending(self) -> int:
+        """How many envelopes are recorded and not completed."""
+        with storage_errors("counting pending envelopes"), read_only(self._engine) as conn:
+            return int(conn.execute(statements.count_pending()).scalar_one())
 
     def close(self) -> None:
         if self._owns_engine:

@@ -1,0 +1,230 @@
+"""``AsyncRecordingListener``: record, ack, then handle, for the asyncio slack_sdk clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+
+from recorder.adapter import EventBufferAdapter
+from recorder.adapters.sql import ClaimedEnvelope
+from recorder.errors import ConfigurationError
+from recorder.slack.frames import capture_frame_async, frame_of
+from recorder.slack.metrics import Metrics, resolve_metrics
+from recorder.slack.recording import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RECOVERY_INTERVAL,
+    DEFAULT_SPOOL_PATH,
+    EnvelopeRecorder,
+    OnStorageError,
+    RecorderStats,
+)
+
+__all__ = ["AsyncHandler", "AsyncRecordingListener"]
+
+logger = logging.getLogger("recorder.slack")
+
+_T = TypeVar("_T")
+
+#: ``handler(client, request)``: a coroutine function, or a plain function
+#: (run in a worker thread so it cannot block the event loop).
+AsyncHandler = Callable[[AsyncBaseSocketModeClient, SocketModeRequest], Awaitable[Any] | Any]
+
+TICK_SECONDS = 0.5
+
+
+def is_async_callable(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+class AsyncRecordingListener:
+    """:class:`~recorder.slack.RecordingListener` for the asyncio clients (aiohttp, websockets).
+
+    Same parameters and the same order of things (record, ack, handle new
+    envelopes off the receive path). It never blocks the event loop:
+    database calls run in a small thread pool (``io_workers``); a coroutine
+    handler runs as a task on the loop, a plain function in ``max_workers``
+    threads. Add it with :meth:`attach`, or append it to
+    ``client.socket_mode_request_listeners``.
+    """
+
+    def __init__(
+        self,
+        buffer: EventBufferAdapter,
+        handler: AsyncHandler,
+        *,
+        on_storage_error: OnStorageError = "spool",
+        spool_path: str | Path = DEFAULT_SPOOL_PATH,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
+        max_workers: int = 10,
+        io_workers: int = 4,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+        metrics: Metrics | bool | None = None,
+    ) -> None:
+        self.recorder = EnvelopeRecorder(
+            buffer,
+            on_storage_error=on_storage_error,
+            spool_path=spool_path,
+            lease_seconds=lease_seconds,
+            recovery_interval=recovery_interval,
+            max_attempts=max_attempts,
+            metrics=resolve_metrics(metrics),
+        )
+        self.handler = handler
+        self._handler_is_async = is_async_callable(handler)
+        self._io = ThreadPoolExecutor(max_workers=io_workers, thread_name_prefix="recorder-io")
+        self._workers = ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="recorder-handler"
+        )
+        self._client: AsyncBaseSocketModeClient | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._background: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def buffer(self) -> EventBufferAdapter:
+        return self.recorder.buffer
+
+    @property
+    def stats(self) -> RecorderStats:
+        return self.recorder.stats
+
+    def attach(self, client: AsyncBaseSocketModeClient) -> AsyncRecordingListener:
+        """Listen on ``client``; the background work starts with the first envelope,
+        or at once when called from a running event loop."""
+        client.message_listeners.append(capture_frame_async)
+        client.socket_mode_request_listeners.append(self)
+        self._client = self._client or client
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self._ensure_started(client)
+        return self
+
+    async def start(self, client: AsyncBaseSocketModeClient) -> None:
+        """Start the background work (recovery first) on the running loop."""
+        self._ensure_started(client)
+
+    def _ensure_started(self, client: AsyncBaseSocketModeClient) -> None:
+        self._client = self._client or client
+        if self._background is None and not self._closed:
+            self._background = asyncio.get_running_loop().create_task(
+                self._maintain(), name="recorder-maintenance"
+            )
+
+    async def _in_io(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def __call__(self, client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        self._ensure_started(client)
+        received = time.perf_counter()
+        text, frame = frame_of(request)
+        outcome = await self._in_io(self.recorder.record, request.envelope_id, text, frame)
+        if not outcome.ack:
+            return
+        try:
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+            self.recorder.acked(time.perf_counter() - received)
+        finally:
+            if outcome.dispatch:
+                self._dispatch(client, request)
+
+    def _dispatch(self, client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        task = asyncio.ensure_future(self._run(client, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        ok = False
+        try:
+            if self._handler_is_async:
+                await self.handler(client, request)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._workers, self.handler, client, request)
+            ok = True
+        except Exception:
+            logger.exception(
+                "handler failed for envelope %s; it stays pending",
+                request.envelope_id,
+                extra={"envelope_id": request.envelope_id, "envelope_type": request.type},
+            )
+        finally:
+            await self._in_io(self.recorder.finish, request.envelope_id, ok)
+
+    async def recover(self) -> int:
+        """Claim envelopes pending longer than the lease and dispatch them here.
+
+        Raises
+        ------
+        ConfigurationError
+            The listener has no client yet.
+        StorageUnavailable
+            The database did not answer.
+        """
+        client = self._require_client()
+        claims = await self._in_io(self.recorder.claim_stale)
+        self._dispatch_claims(client, claims)
+        return len(claims)
+
+    def _dispatch_claims(
+        self, client: AsyncBaseSocketModeClient, claims: list[ClaimedEnvelope]
+    ) -> None:
+        for claim in claims:
+            request = SocketModeRequest.from_dict(claim.envelope)
+            if request is None:
+                logger.error(
+                    "stored envelope %s is not a Socket Mode request; left pending",
+                    claim.envelope_id,
+                    extra={"envelope_id": claim.envelope_id},
+                )
+                self.recorder.finish(claim.envelope_id, ok=False)
+                continue
+            self._dispatch(client, request)
+
+    def _require_client(self) -> AsyncBaseSocketModeClient:
+        if self._client is None:
+            raise ConfigurationError("the listener has no client yet; call attach(client) first")
+        return self._client
+
+    async def _maintain(self) -> None:
+        await self._in_io(self.recorder.open_existing_spool)
+        force = True
+        while not self._closed:
+            claims = await self._in_io(lambda f=force: self.recorder.tick(force_recovery=f))
+            force = False
+            self._dispatch_claims(self._require_client(), claims)
+            await asyncio.sleep(min(TICK_SECONDS, self.recorder.recovery_interval))
+
+    async def close(self) -> None:
+        """Stop the background work, wait for running handlers, drain once more."""
+        self._closed = True
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._in_io(self.recorder.flush)
+        self.recorder.close()
+        self._workers.shutdown(wait=True)
+        self._io.shutdown(wait=True)
+
+    async def __aenter__(self) -> AsyncRecordingListener:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,530 @@
+"""What every Slack listener does with an envelope, written once, free of slack_sdk.
+
+:class:`EnvelopeRecorder` decides an envelope's fate before the ack (record
+it, or apply the storage policy), tracks which envelopes have a handler
+running, marks them complete, and does the background work: draining the
+spool, renewing the claims of long handlers, retrying owed completions,
+and claiming abandoned envelopes for recovery. The sync and async listeners
+and the Bolt handlers are thin layers over it. It is thread-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from recorder.adapter import EventBufferAdapter, RecordResult
+from recorder.adapters.sql import ClaimedEnvelope
+from recorder.errors import ConfigurationError, InvalidEnvelope, StorageUnavailable
+from recorder.slack.metrics import Metrics
+from recorder.slack.spool import Spool, move_rows
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_RECOVERY_INTERVAL",
+    "DEFAULT_SPOOL_PATH",
+    "EnvelopeRecorder",
+    "OnStorageError",
+    "Outcome",
+    "RecorderStats",
+]
+
+logger = logging.getLogger("recorder.slack")
+
+OnStorageError = Literal["spool", "nack", "raise"]
+POLICIES: tuple[str, ...] = ("spool", "nack", "raise")
+
+DEFAULT_SPOOL_PATH = "recorder-spool.db"
+DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_RECOVERY_INTERVAL = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+#: How long this process remembers ids it recorded, to drop retransmits
+#: without a database round trip (and while the database is away).
+RECENT_TTL_SECONDS = 900.0
+RECENT_MAX_KEYS = 100_000
+DRAIN_BATCH = 500
+RECOVERY_BATCH = 100
+
+
+class Outcome(enum.Enum):
+    """What a listener does with one envelope."""
+
+    NEW = "new"
+    """Recorded in the database: ack, then dispatch."""
+    DUPLICATE = "duplicate"
+    """Seen before: ack, do not dispatch."""
+    SPOOLED = "spooled"
+    """The database was away; recorded in the local spool: ack, then dispatch."""
+    NACKED = "nacked"
+    """Not recorded anywhere: no ack (Slack redelivers), no dispatch."""
+    REJECTED = "rejected"
+    """The envelope cannot be stored (InvalidEnvelope): no ack, no dispatch; logged."""
+
+    @property
+    def ack(self) -> bool:
+        return self in (Outcome.NEW, Outcome.DUPLICATE, Outcome.SPOOLED)
+
+    @property
+    def dispatch(self) -> bool:
+        return self in (Outcome.NEW, Outcome.SPOOLED)
+
+
+@dataclass
+class RecorderStats:
+    """Counts since start, for ``recorder demo`` and for tests."""
+
+    received: int = 0
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    dispatched: int = 0
+    handled: int = 0
+    failed: int = 0
+    recovered: int = 0
+    drained: int = 0
+    storage_errors: int = 0
+
+
+class _RecentKeys:
+    """A bounded, expiring set of envelope and event ids this process has recorded."""
+
+    def __init__(self, ttl: float, max_keys: int) -> None:
+        self._ttl = ttl
+        self._max = max_keys
+        self._expiry: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._pinned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def any_of(self, keys: Iterable[str]) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                if key in self._pinned:
+                    return True
+                expiry = self._expiry.get(key)
+                if expiry is not None and expiry > now:
+                    return True
+        return False
+
+    def add(self, keys: Iterable[str]) -> None:
+        expiry = time.monotonic() + self._ttl
+        with self._lock:
+            for key in keys:
+                self._expiry[key] = expiry
+                self._expiry.move_to_end(key)
+            while len(self._expiry) > self._max:
+                self._expiry.popitem(last=False)
+
+    def pin(self, keys: Iterable[str]) -> None:
+        """Remember until :meth:`unpin` (spooled envelopes, however long the outage)."""
+        with self._lock:
+            self._pinned.update(keys)
+
+    def unpin_all_but(self, keep: set[str]) -> None:
+        """Stop pinning keys not in ``keep``; they stay remembered for the TTL."""
+        expiry = time.monotonic() + self._ttl
+        with self._lock:
+            for key in self._pinned - keep:
+                self._expiry[key] = expiry
+                self._expiry.move_to_end(key)
+            self._pinned &= keep
+
+
+def dedupe_keys(envelope_id: str, event_id: str | None) -> list[str]:
+    keys = [f"envelope:{envelope_id}"]
+    if event_id:
+        keys.append(f"event:{event_id}")
+    return keys
+
+
+def event_id_of(frame: Mapping[str, Any]) -> str | None:
+    """``payload.event_id`` of an ``events_api`` frame (the key Slack's retries share)."""
+    if frame.get("type") != "events_api":
+        return None
+    payload = frame.get("payload")
+    value = payload.get("event_id") if isinstance(payload, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
+class EnvelopeRecorder:
+    """Record-before-ack, the storage policy, completion and recovery for one listener.
+
+    Parameters
+    ----------
+    buffer
+        Where envelopes are recorded. Recovery needs an adapter with
+        ``claim_stale`` and ``renew`` (:class:`~recorder.adapters.sql.SQLEventBuffer`);
+        with any other adapter it is off.
+    on_storage_error
+        ``"spool"``, ``"nack"`` or ``"raise"`` (see :class:`~recorder.slack.RecordingListener`).
+    spool_path
+        The SQLite spool file for ``"spool"``.
+    lease_seconds
+        How long a dispatch may go without a sign of life (claims of running
+        handlers are renewed every third of it) before recovery takes it over.
+    max_attempts
+        Recovery leaves an envelope alone once dispatched this many times.
+    """
+
+    def __init__(
+        self,
+        buffer: EventBufferAdapter,
+        *,
+        on_storage_error: OnStorageError = "spool",
+        spool_path: str | Path = DEFAULT_SPOOL_PATH,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+        metrics: Metrics,
+    ) -> None:
+        if on_storage_error not in POLICIES:
+            raise ConfigurationError(
+                f"on_storage_error must be one of {', '.join(POLICIES)}, not {on_storage_error!r}"
+            )
+        if lease_seconds <= 0 or recovery_interval <= 0:
+            raise ConfigurationError("lease_seconds and recovery_interval must be positive")
+        self.buffer = buffer
+        self.policy: OnStorageError = on_storage_error
+        self.spool_path = Path(spool_path)
+        self.lease_seconds = float(lease_seconds)
+        self.recovery_interval = float(recovery_interval)
+        self.max_attempts = max_attempts
+        self.metrics = metrics
+        self.stats = RecorderStats()
+        self._recent = _RecentKeys(RECENT_TTL_SECONDS, RECENT_MAX_KEYS)
+        self._lock = threading.Lock()
+        # envelope id -> True when its row lives in the spool
+        self._inflight: dict[str, bool] = {}
+        self._owed: set[str] = set()
+        self._spool: Spool | None = None
+        self._spool_lock = threading.Lock()
+        self._next_recovery = 0.0
+        self._next_renewal = time.monotonic() + self.lease_seconds / 3
+        self._next_gauges = 0.0
+        self.recovery_supported = hasattr(buffer, "claim_stale") and hasattr(buffer, "renew")
+
+    # -- the receive path
+
+    def record(self, envelope_id: str, text: str, frame: Mapping[str, Any]) -> Outcome:
+        """Decide one envelope's fate; the caller acks when ``outcome.ack``.
+
+        Raises
+        ------
+        StorageUnavailable
+            Only under the ``"raise"`` policy, when the database did not answer.
+        """
+        self._count_received()
+        keys = dedupe_keys(envelope_id, event_id_of(frame))
+        if self._recent.any_of(keys):
+            return self._decided(envelope_id, frame, Outcome.DUPLICATE)
+        started = time.perf_counter()
+        try:
+            result = self.buffer.record(envelope_id, text)
+        except InvalidEnvelope as exc:
+            logger.error(
+                "envelope %s rejected, not acked: %s",
+                envelope_id,
+                exc,
+                extra=_extra(envelope_id, frame, Outcome.REJECTED),
+            )
+            return self._decided(envelope_id, frame, Outcome.REJECTED, log=False)
+        except StorageUnavailable as exc:
+            return self._storage_failed(envelope_id, text, frame, keys, exc)
+        finally:
+            self.metrics.record_seconds(time.perf_counter() - started)
+        self._recent.add(keys)
+        if result is RecordResult.DUPLICATE:
+            return self._decided(envelope_id, frame, Outcome.DUPLICATE)
+        with self._lock:
+            self._inflight[envelope_id] = False
+        return self._decided(envelope_id, frame, Outcome.NEW)
+
+    def _storage_failed(
+        self,
+        envelope_id: str,
+        text: str,
+        frame: Mapping[str, Any],
+        keys: list[str],
+        exc: StorageUnavailable,
+    ) -> Outcome:
+        self.metrics.storage_error()
+        with self._lock:
+            self.stats.storage_errors += 1
+        logger.warning(
+            "database unavailable for envelope %s (policy %s): %s",
+            envelope_id,
+            self.policy,
+            exc,
+            extra=_extra(envelope_id, frame, None),
+        )
+        if self.policy == "raise":
+            raise exc
+        if self.policy == "nack":
+            return self._decided(envelope_id, frame, Outcome.NACKED)
+        try:
+            spool = self._open_spool()
+            result = spool.record(envelope_id, text)
+        except InvalidEnvelope:
+            return self._decided(envelope_id, frame, Outcome.REJECTED)
+        except StorageUnavailable as spool_exc:
+            logger.error(
+                "envelope %s not acked: neither the database nor the spool %s answered: %s",
+                envelope_id,
+                self.spool_path,
+                spool_exc,
+                extra=_extra(envelope_id, frame, Outcome.NACKED),
+            )
+            return self._decided(envelope_id, frame, Outcome.NACKED, log=False)
+        if result is RecordResult.DUPLICATE:
+            return self._decided(envelope_id, frame, Outcome.DUPLICATE)
+        # Pinned, not merely remembered: a retransmit must stay a duplicate
+        # until the row is in the database, however long the outage lasts.
+        self._recent.pin(keys)
+        with self._lock:
+            self._inflight[envelope_id] = True
+        return self._decided(envelope_id, frame, Outcome.SPOOLED)
+
+    def _decided(
+        self, envelope_id: str, frame: Mapping[str, Any], outcome: Outcome, *, log: bool = True
+    ) -> Outcome:
+        self.metrics.envelope(outcome.value)
+        with self._lock:
+            self.stats.outcomes[outcome.value] += 1
+            if outcome.dispatch:
+                self.stats.dispatched += 1
+        if log and logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "envelope %s: %s", envelope_id, outcome.value, extra=_extra(envelope_id, frame, outcome)
+            )
+        return outcome
+
+    def _count_received(self) -> None:
+        with self._lock:
+            self.stats.received += 1
+
+    def acked(self, seconds: float) -> None:
+        self.metrics.ack_seconds(seconds)
+
+    # -- handler results
+
+    def finish(self, envelope_id: str, ok: bool) -> None:
+        """A handler run ended. On success the envelope is completed where its row lives."""
+        with self._lock:
+            spooled = self._inflight.get(envelope_id, False)
+            if ok:
+                self.stats.handled += 1
+            else:
+                self.stats.failed += 1
+        self.metrics.handler("ok" if ok else "failed")
+        try:
+            if ok:
+                self._complete(envelope_id, spooled)
+        finally:
+            # Only now: the drain skips in-flight rows, so a spooled row is
+            # never moved between the handler finishing and it being marked.
+            with self._lock:
+                self._inflight.pop(envelope_id, None)
+
+    def _complete(self, envelope_id: str, spooled: bool) -> None:
+        try:
+            if spooled:
+                self._open_spool().complete(envelope_id)
+            else:
+                self.buffer.complete(envelope_id)
+        except StorageUnavailable as exc:
+            if spooled:
+                # The spool file itself failed: the row stays pending there and
+                # is recovered after the drain; nothing better is possible.
+                logger.error(
+                    "envelope %s handled but not marked complete in the spool: %s",
+                    envelope_id,
+                    exc,
+                    extra={"envelope_id": envelope_id},
+                )
+                return
+            logger.warning(
+                "envelope %s handled; completion deferred, the database is unavailable: %s",
+                envelope_id,
+                exc,
+                extra={"envelope_id": envelope_id},
+            )
+            with self._lock:
+                self._owed.add(envelope_id)
+
+    # -- recovery and background work
+
+    def claim_stale(self, limit: int = RECOVERY_BATCH) -> list[ClaimedEnvelope]:
+        """Claim envelopes abandoned for longer than the lease, for dispatch here.
+
+        Raises
+        ------
+        StorageUnavailable
+            The database did not answer.
+        """
+        if not self.recovery_supported:
+            return []
+        claims: list[ClaimedEnvelope] = self.buffer.claim_stale(  # type: ignore[attr-defined]
+            self.lease_seconds, limit, max_attempts=self.max_attempts
+        )
+        taken = []
+        with self._lock:
+            for claim in claims:
+                # Running here already (its renewals missed while the database
+                # was away): the claim keeps it alive, a second run would not.
+                if claim.envelope_id in self._inflight:
+                    continue
+                self._inflight[claim.envelope_id] = False
+                self.stats.recovered += 1
+                taken.append(claim)
+        for claim in taken:
+            self.metrics.handler("recovered")
+            logger.info(
+                "recovering envelope %s (attempt %d)",
+                claim.envelope_id,
+                claim.attempts,
+                extra={"envelope_id": claim.envelope_id, "attempt": claim.attempts},
+            )
+        return taken
+
+    def tick(self, *, force_recovery: bool = False) -> list[ClaimedEnvelope]:
+        """Do the background work that is due; return claims for the caller to dispatch.
+
+        Never raises for an unavailable database: it is logged, and retried
+        on the next tick.
+        """
+        now = time.monotonic()
+        claims: list[ClaimedEnvelope] = []
+        self._safely("retrying completions", self._retry_owed)
+        if now >= self._next_renewal:
+            self._next_renewal = now + self.lease_seconds / 3
+            self._safely("renewing claims", self._renew)
+        self._safely("draining the spool", self.drain)
+        if force_recovery or now >= self._next_recovery:
+            self._next_recovery = now + self.recovery_interval
+            claims = self._safely("recovering envelopes", self.claim_stale) or []
+        if now >= self._next_gauges:
+            self._next_gauges = now + 5.0
+            self._safely("updating gauges", self._update_gauges)
+        return claims
+
+    def flush(self) -> None:
+        """At shutdown: settle owed completions and drain what can be drained."""
+        self._safely("retrying completions", self._retry_owed)
+        self._safely("draining the spool", self.drain)
+
+    def _safely(self, action: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except StorageUnavailable as exc:
+            logger.warning("%s failed; will retry: %s", action, exc)
+        except Exception:
+            logger.exception("%s failed; will retry", action)
+        return None
+
+    def _retry_owed(self) -> None:
+        with self._lock:
+            owed = sorted(self._owed)
+        for envelope_id in owed:
+            self.buffer.complete(envelope_id)
+            with self._lock:
+                self._owed.discard(envelope_id)
+
+    def _renew(self) -> None:
+        with self._lock:
+            main = [key for key, spooled in self._inflight.items() if not spooled]
+            spooled = [key for key, spooled in self._inflight.items() if spooled]
+        if main and self.recovery_supported:
+            self.buffer.renew(main)  # type: ignore[attr-defined]
+        if spooled:
+            self._open_spool().renew(spooled)
+
+    def drain(self) -> int:
+        """Move spooled envelopes that are done with (or abandoned) into the database.
+
+        Returns how many rows left the spool.
+        """
+        if self._spool is None and not self.spool_path.exists():
+            return 0
+        spool = self._open_spool()
+        moved = 0
+        while True:
+            with self._lock:
+                running = [key for key, spooled in self._inflight.items() if spooled]
+            rows = spool.drainable(self.lease_seconds, running, DRAIN_BATCH)
+            if not rows:
+                break
+            move_rows(rows, self.buffer)
+            ids = [row.envelope_id for row in rows]
+            spool.remove(ids)
+            moved += len(rows)
+            for row in rows:
+                logger.info(
+                    "envelope %s drained from the spool (%s)",
+                    row.envelope_id,
+                    row.status,
+                    extra={"envelope_id": row.envelope_id, "status": row.status},
+                )
+            if len(rows) < DRAIN_BATCH:
+                break
+        if moved:
+            with self._lock:
+                self.stats.drained += moved
+            # The database now answers for these ids; keep them recent, no longer pinned.
+            self._repin_from_spool(spool)
+            self.metrics.spool_depth(spool.depth())
+        return moved
+
+    def _repin_from_spool(self, spool: Spool) -> None:
+        keys = spool.keys()
+        self._recent.unpin_all_but(
+            {key for envelope_id, event_id in keys for key in dedupe_keys(envelope_id, event_id)}
+        )
+
+    def _open_spool(self) -> Spool:
+        with self._spool_lock:
+            if self._spool is None:
+                existed = self.spool_path.exists()
+                self._spool = Spool(self.spool_path)
+                if existed:
+                    # Envelopes spooled by an earlier run: retransmits of them
+                    # are duplicates until they are drained.
+                    self._recent.pin(
+                        key
+                        for envelope_id, event_id in self._spool.keys()
+                        for key in dedupe_keys(envelope_id, event_id)
+                    )
+            return self._spool
+
+    def open_existing_spool(self) -> None:
+        """At start: take over envelopes an earlier run left in the spool."""
+        if self.policy == "spool" and self.spool_path.exists():
+            self._safely("opening the spool", self._open_spool)
+
+    def _update_gauges(self) -> None:
+        if self._spool is not None:
+            self.metrics.spool_depth(self._spool.depth())
+        count = getattr(self.buffer, "count_pending", None)
+        if count is not None:
+            self.metrics.pending(count())
+
+    def inflight(self) -> list[str]:
+        with self._lock:
+            return list(self._inflight)
+
+    def close(self) -> None:
+        with self._spool_lock:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+
+
+def _extra(envelope_id: str, frame: Mapping[str, Any], outcome: Outcome | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {"envelope_id": envelope_id, "envelope_type": frame.get("type")}
+    if outcome is not None:
+        extra["outcome"] = outcome.value
+    return extra
