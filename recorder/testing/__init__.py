@@ -14,6 +14,7 @@ _EXPORTS = {
     "SocketModeSimulator": "recorder.testing.simulator",
     "AdapterConformance": "recorder.testing.conformance",
     "TTLConformance": "recorder.testing.conformance",
+    "CrossProcessConformance": "recorder.testing.conformance",
     "TcpProxy": "recorder.testing.faults",
 }
 
