@@ -19,7 +19,7 @@ from recorder.testing.conformance import (  # noqa: E402
 )
 from tests.conftest import closed_port  # noqa: E402
 
-REDIS_TTL_SECONDS = 0.25
+REDIS_TTL_SECONDS = 0.5
 
 
 class FakeClock:
@@ -93,7 +93,7 @@ class TestRedisEventBuffer(AdapterConformance, TTLConformance, CrossProcessConfo
     @pytest.fixture
     def let_ttl_pass(self) -> Callable[[], None]:
         # Redis keeps time itself (PX expiry, TIME in the scripts): only real time passes it.
-        return functools.partial(time.sleep, REDIS_TTL_SECONDS + 0.15)
+        return functools.partial(time.sleep, REDIS_TTL_SECONDS + 0.2)
 
 
 class TestSQLiteEventBuffer(AdapterConformance, CrossProcessConformance):
