@@ -1,0 +1,333 @@
+"""Tamper evidence on PostgreSQL and SQLite: seal, then tamper with raw SQL, then verify names it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recorder import retention
+from recorder.adapter import RecordResult
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.engine import create_engine
+from recorder.seal import (
+    GENESIS_DIGEST,
+    SealError,
+    latest_block,
+    seal,
+    text_sha256,
+    verify,
+)
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock for the recorder's received_at."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def tick(self, seconds: float = 1) -> dt.datetime:
+        self.now += dt.timedelta(seconds=seconds)
+        return self.now
+
+
+def envelope(n: int, *, user: str = "U1", channel: str = "C1") -> dict[str, object]:
+    return {
+        "envelope_id": f"env-{n:04d}",
+        "type": "events_api",
+        "payload": {
+            "team_id": "T1",
+            "event_id": f"Ev{n:04d}",
+            "event": {"type": "message", "user": user, "channel": channel, "text": f"m{n}"},
+        },
+    }
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def buffer(engine: Engine, clock: Clock) -> SQLEventBuffer:
+    return SQLEventBuffer(engine, clock=clock)
+
+
+def record_range(buffer: SQLEventBuffer, clock: Clock, numbers: range) -> None:
+    for n in numbers:
+        clock.tick()
+        assert buffer.record(f"env-{n:04d}", envelope(n)) is RecordResult.NEW
+
+
+def run_sql(engine: Engine, statement: str, **params: object) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(sa.text(statement), params).rowcount)
+
+
+def sealed_now(clock: Clock) -> dt.datetime:
+    """A seal time far enough after the clock that every recorded row is behind the margin."""
+    return clock.now + dt.timedelta(hours=1)
+
+
+def test_an_untouched_archive_verifies_and_sealing_is_incremental(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    assert verify(engine).ok  # nothing sealed yet is fine
+    record_range(buffer, clock, range(25))
+    first = seal(engine, block_size=10, now=sealed_now(clock))
+    assert [b.envelope_count for b in first.blocks] == [10, 10, 5]
+    assert first.blocks[0].prev_digest == GENESIS_DIGEST
+    assert [b.prev_digest for b in first.blocks[1:]] == [b.digest for b in first.blocks[:-1]]
+    assert seal(engine, block_size=10, now=sealed_now(clock)).blocks == []
+
+    record_range(buffer, clock, range(25, 32))
+    second = seal(engine, block_size=10, now=sealed_now(clock))
+    assert [b.block_no for b in second.blocks] == [4]
+    assert second.blocks[0].prev_digest == first.blocks[-1].digest
+    assert second.blocks[0].first_envelope_id == "env-0025"
+    latest = latest_block(engine)
+    assert latest is not None
+    assert latest.digest == second.blocks[0].digest
+
+    report = verify(engine, anchors=[first.blocks[-1].digest, latest.digest])
+    assert report.ok, report.findings
+    assert (report.blocks, report.sealed, report.unsealed) == (4, 32, 0)
+    assert report.latest_digest == latest.digest
+
+
+def test_rows_newer_than_the_margin_wait_for_the_next_seal(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(10))
+    report = seal(engine, margin=dt.timedelta(seconds=5), now=clock.now)
+    # rows received in the last 5 seconds (env-0005 .. env-0009) stay unsealed
+    assert report.sealed == 5
+    assert report.blocks[-1].last_envelope_id == "env-0004"
+    result = verify(engine)
+    assert result.ok
+    assert result.unsealed == 5
+
+
+def test_verify_names_modified_deleted_and_forged_envelopes(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(20))
+    seal(engine, block_size=8, now=sealed_now(clock))
+    assert verify(engine).ok
+
+    # 1. the text edited, its digest column left alone
+    run_sql(
+        engine,
+        "UPDATE envelopes SET envelope_text = replace(envelope_text, 'm3', 'edited') "
+        "WHERE envelope_id = 'env-0003'",
+    )
+    # 2. the text edited and its digest column recomputed to match
+    edited = buffer.parse("env-0007", envelope(7, user="U-innocent"))
+    run_sql(
+        engine,
+        "UPDATE envelopes SET envelope_text = :text, envelope_sha256 = :sha, user_id = :user "
+        "WHERE envelope_id = 'env-0007'",
+        text=edited.text,
+        sha=edited.sha256,
+        user="U-innocent",
+    )
+    # 3. a row deleted outside any prune
+    assert run_sql(engine, "DELETE FROM envelopes WHERE envelope_id = 'env-0011'") == 1
+    # 4. a forged row slipped into the sealed range
+    forger = SQLEventBuffer(engine, clock=lambda: T0 + dt.timedelta(seconds=5, milliseconds=1))
+    assert forger.record("forged-1", {"type": "events_api", "payload": {}}) is RecordResult.NEW
+    # 5. only a reporting column changed
+    run_sql(engine, "UPDATE envelopes SET channel_id = 'C-other' WHERE envelope_id = 'env-0015'")
+
+    report = verify(engine)
+    assert not report.ok
+    assert report.of_kind("modified") == {"env-0003", "env-0007", "env-0015"}
+    assert report.of_kind("deleted") == {"env-0011"}
+    assert report.of_kind("inserted") == {"forged-1"}
+    assert not [f for f in report.findings if f.kind == "chain"]
+    details = {f.envelope_id: f.detail for f in report.findings}
+    assert "sealed in block" in details["env-0007"]
+    assert "channel_id" in details["env-0015"]
+    assert "no logged prune" in details["env-0011"]
+
+
+def test_edits_to_the_queryable_copy_and_received_at_are_modifications(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(6))
+    seal(engine, now=sealed_now(clock))
+    if engine.dialect.name == "postgresql":
+        update_copy = (
+            "UPDATE envelopes SET envelope = jsonb_set(envelope, '{payload,event,text}', "
+            "'\"rewritten\"') WHERE envelope_id = 'env-0001'"
+        )
+    else:
+        update_copy = (
+            "UPDATE envelopes SET envelope = json_set(envelope, '$.payload.event.text', "
+            "'rewritten') WHERE envelope_id = 'env-0001'"
+        )
+    assert run_sql(engine, update_copy) == 1
+    # move a row to an earlier time inside the sealed range
+    run_sql(engine, "DELETE FROM envelopes WHERE envelope_id = 'env-0005'")
+    shifted = SQLEventBuffer(engine, clock=lambda: T0 + dt.timedelta(milliseconds=500))
+    assert shifted.record("env-0005", envelope(5)) is RecordResult.NEW
+    report = verify(engine)
+    assert report.of_kind("modified") == {"env-0001", "env-0005"}
+    by_id = {f.envelope_id: f.detail for f in report.findings if f.kind == "modified"}
+    assert "queryable" in by_id["env-0001"]
+    assert "received_at changed" in by_id["env-0005"]
+
+
+def test_a_logged_prune_keeps_verification_passing(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(30))
+    seal(engine, block_size=7, now=sealed_now(clock))
+    retention.set_policy(engine, "short", keep=dt.timedelta(seconds=10), now=clock.now)
+    pruned = retention.prune(engine, now=T0 + dt.timedelta(seconds=15), batch_size=4)
+    assert pruned.deleted_total == 4  # env-0000 .. env-0003 (received at T0+1s .. T0+4s)
+    report = verify(engine)
+    assert report.ok, report.findings
+    assert report.pruned == 4
+    assert report.sealed == 30
+    # a row deleted by hand afterwards is still caught
+    run_sql(engine, "DELETE FROM envelopes WHERE envelope_id = 'env-0020'")
+    assert verify(engine).of_kind("deleted") == {"env-0020"}
+
+
+def test_a_prune_log_row_with_another_digest_does_not_excuse_a_deletion(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(10))
+    seal(engine, now=sealed_now(clock))
+    run_sql(
+        engine,
+        "UPDATE envelopes SET envelope_text = replace(envelope_text, 'm2', 'x'), "
+        "envelope_sha256 = 'feed' WHERE envelope_id = 'env-0002'",
+    )
+    retention.set_policy(engine, "short", keep=dt.timedelta(seconds=1), now=clock.now)
+    retention.prune(engine, now=T0 + dt.timedelta(seconds=4, milliseconds=500))
+    report = verify(engine)
+    assert report.of_kind("modified") == {"env-0002"}
+    assert "changed before it was pruned" in report.findings[0].detail
+
+
+def test_edits_to_the_seal_tables_break_the_chain_and_anchors_catch_rewrites(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(12))
+    first = seal(engine, block_size=4, now=sealed_now(clock))
+    anchor = first.blocks[-1].digest
+    # hide an edit by rewriting the sealed digest too
+    run_sql(
+        engine,
+        "UPDATE envelopes SET envelope_text = replace(envelope_text, 'm5', 'x') "
+        "WHERE envelope_id = 'env-0005'",
+    )
+    with engine.begin() as conn:
+        text = conn.execute(
+            sa.text("SELECT envelope_text FROM envelopes WHERE envelope_id = 'env-0005'")
+        ).scalar_one()
+    run_sql(
+        engine,
+        "UPDATE sealed_envelopes SET envelope_sha256 = :sha WHERE envelope_id = 'env-0005'",
+        sha=text_sha256(text),
+    )
+    copy = "CAST(:text AS jsonb)" if engine.dialect.name == "postgresql" else ":text"
+    run_sql(
+        engine,
+        f"UPDATE envelopes SET envelope_sha256 = :sha, envelope = {copy} "
+        "WHERE envelope_id = 'env-0005'",
+        sha=text_sha256(text),
+        text=text,
+    )
+    report = verify(engine)
+    chain = [f for f in report.findings if f.kind == "chain"]
+    assert [f.block_no for f in chain] == [2]
+    assert "digest does not match" in chain[0].detail
+
+    # rewrite every block from there on: the chain is whole again, the anchor is not in it
+    run_sql(engine, "DELETE FROM sealed_envelopes")
+    run_sql(engine, "DELETE FROM seal_blocks")
+    seal(engine, block_size=4, now=sealed_now(clock))
+    rewritten = verify(engine, anchors=[anchor])
+    assert [f.kind for f in rewritten.findings] == ["anchor"]
+    assert verify(engine).ok
+
+
+def test_late_writes_are_reported_as_inserted_and_can_be_adopted(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(10))
+    seal(engine, now=sealed_now(clock))
+    # a bot whose clock is an hour behind writes after the seal
+    skewed = SQLEventBuffer(engine, clock=lambda: T0 + dt.timedelta(seconds=3, microseconds=7))
+    assert skewed.record("late-1", {"type": "events_api", "payload": {}}) is RecordResult.NEW
+    report = verify(engine)
+    assert report.of_kind("inserted") == {"late-1"}
+    assert "clock behind" in report.findings[0].detail
+    assert seal(engine, now=sealed_now(clock)).blocks == []  # never adopted silently
+    adopted = seal(engine, adopt_late=True, now=sealed_now(clock))
+    assert [(b.kind, b.envelope_count) for b in adopted.blocks] == [("late", 1)]
+    assert verify(engine).ok
+
+
+def test_sealing_while_another_thread_records_is_safe(database_url: str) -> None:
+    engine = create_engine(database_url)
+    writer = SQLEventBuffer(engine)
+    stop = threading.Event()
+    written: list[str] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        n = 0
+        try:
+            while not stop.is_set() and n < 3000:
+                envelope_id = f"live-{n}"
+                assert writer.record(envelope_id, {"type": "x", "n": n}) is RecordResult.NEW
+                written.append(envelope_id)
+                n += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    blocks = 0
+    try:
+        for _ in range(8):
+            blocks += len(seal(engine, margin=dt.timedelta(seconds=2), block_size=50).blocks)
+            stop.wait(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    final = seal(engine, margin=dt.timedelta(0), now=dt.datetime.now(UTC) + dt.timedelta(seconds=1))
+    report = verify(engine)
+    assert report.ok, report.findings[:5]
+    assert report.sealed == len(written)
+    assert blocks + len(final.blocks) == report.blocks
+    engine.dispose()
+
+
+def test_block_size_and_margin_are_checked(engine: Engine) -> None:
+    with pytest.raises(SealError, match="block size"):
+        seal(engine, block_size=0)
+    with pytest.raises(SealError, match="margin"):
+        seal(engine, margin=dt.timedelta(seconds=-1))
