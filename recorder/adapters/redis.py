@@ -16,7 +16,8 @@ Keys, under ``{namespace}:``
 ``pending``
     A sorted set of envelope ids not yet completed, scored by server time in
     microseconds. Ids whose envelope expired are dropped by ``pending`` and,
-    a few at a time, by ``record``, so it stays bounded under a steady stream.
+    a few at a time, by ``record``, so it stays bounded under a steady stream;
+    the set itself expires a TTL after the last ``record``.
 ``clock``
     The last score handed out, so that envelopes recorded within one
     microsecond still list in recording order.
@@ -94,6 +95,11 @@ redis.call('HSET', KEYS[3], 'text', ARGV[2], 'event_id', ARGV[3],
            'recorded_at', string.format('%.0f', math.floor(now_us / 1000)))
 redis.call('PEXPIRE', KEYS[3], ttl_ms)
 redis.call('ZADD', KEYS[1], score, ARGV[1])
+-- Everything in the set expires within a TTL from now, so the set may too:
+-- an abandoned namespace leaves nothing behind.
+if redis.call('PTTL', KEYS[1]) < ttl_ms then
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+end
 return 1
 """
 

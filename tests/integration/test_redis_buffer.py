@@ -45,7 +45,7 @@ def test_envelope_text_is_stored_exactly_with_server_time(
     assert 0 <= server_ms - int(stored[b"recorded_at"]) < 10_000
 
 
-def test_every_key_expires_except_the_pending_set(
+def test_every_key_expires(
     redis_server_url: str, redis_namespace: str, client: redis.Redis[bytes]
 ) -> None:
     with RedisEventBuffer(redis_server_url, namespace=redis_namespace, ttl_seconds=30) as buffer:
@@ -56,12 +56,19 @@ def test_every_key_expires_except_the_pending_set(
         prefix + suffix for suffix in (b":clock", b":env:env-1", b":evt:Ev1", b":pending")
     )
     for key in keys:
-        ttl_ms = client.pttl(key)
-        if key.endswith(b":pending"):
-            assert ttl_ms == -1
-        else:
-            assert 0 < ttl_ms <= 30_000, key
+        assert 0 < client.pttl(key) <= 30_000, key
     assert client.get(f"{redis_namespace}:evt:Ev1") == b"env-1"
+
+
+def test_an_idle_namespace_leaves_nothing_behind(
+    redis_server_url: str, redis_namespace: str, client: redis.Redis[bytes]
+) -> None:
+    with RedisEventBuffer(redis_server_url, namespace=redis_namespace, ttl_seconds=0.1) as buffer:
+        for n in range(3):
+            buffer.record(f"env-{n}", events_api_envelope(f"env-{n}"))
+        buffer.complete("env-0")
+    time.sleep(0.25)
+    assert _namespace_keys(client, redis_namespace) == []
 
 
 def test_pending_set_stays_bounded_when_envelopes_expire_uncompleted(
