@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("recorder.testing.conformance")
-
-from recorder.adapters import MemoryEventBuffer, RedisEventBuffer, SQLEventBuffer  # noqa: E402
-from recorder.testing.conformance import (  # noqa: E402
+from recorder.adapters import MemoryEventBuffer, RedisEventBuffer, SQLEventBuffer
+from recorder.testing.conformance import (
     AdapterConformance,
     CrossProcessConformance,
     TTLConformance,
 )
-from tests.conftest import closed_port  # noqa: E402
+from tests.conftest import closed_port
 
 REDIS_TTL_SECONDS = 0.5
 
