@@ -13,10 +13,13 @@ test module whose class name starts with ``Test`` and provide two fixtures:
 
 .. code-block:: python
 
-    # tests/test_my_adapter.py
+    # tests/conftest.py: failed asserts in the suite then show their values
     import pytest
 
-    pytest.register_assert_rewrite("recorder.testing.conformance")  # detailed failures
+    pytest.register_assert_rewrite("recorder.testing.conformance")
+
+    # tests/test_my_adapter.py
+    import pytest
 
     from recorder.testing.conformance import AdapterConformance
 
