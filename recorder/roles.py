@@ -1,0 +1,254 @@
+"""Least-privilege PostgreSQL roles for the bot, auditors, the pruner and the sealer.
+
+``recorder db grant`` runs :func:`grant_statements`; ``--print-sql`` shows them
+instead, for a DBA to review or apply by hand. The roles must exist already
+(``CREATE ROLE bot LOGIN PASSWORD ...``): passwords are the DBA's business,
+never the recorder's. The statements revoke everything on the recorder's
+tables from each role first, so running them again gives the same result.
+
+What each role may do:
+
+writer (the bot)
+    ``SELECT`` and ``INSERT`` on ``envelopes``, and ``UPDATE`` of the
+    processing-state columns only (``status``, ``completed_at``,
+    ``attempts``, ``claimed_at``). It cannot change a stored envelope or its
+    reporting columns, cannot delete, and cannot touch retention, prune or
+    seal tables. (``SELECT`` is needed by ``seen``, ``pending`` and recovery.)
+reader (auditors, reports, ``recorder verify``)
+    ``SELECT`` on every recorder table, nothing else.
+pruner (``recorder prune``)
+    ``SELECT`` and ``DELETE`` on ``envelopes`` (plus ``UPDATE`` of
+    ``claimed_at`` alone, which PostgreSQL requires for the ``FOR UPDATE SKIP
+    LOCKED`` row locks of a prune batch); reads policies and holds;
+    writes its run in ``prune_runs`` and what it removed in
+    ``pruned_envelopes`` (insert only: it cannot erase that log). A deferred
+    constraint trigger checks, at commit, that every envelope a role other
+    than the table owner deletes has its ``pruned_envelopes`` row written in
+    the same transaction: a deletion outside a logged prune is refused, not
+    only detected later by ``recorder verify``.
+sealer (``recorder seal``), optional
+    Reads envelopes, inserts into ``seal_blocks`` and ``sealed_envelopes``.
+
+Why grants plus a trigger rather than a ``SECURITY DEFINER`` prune function:
+pruning (policy precedence, legal holds, batches) is Python in
+:mod:`recorder.retention`; re-implementing it in PL/pgSQL would give two
+copies of the rules to keep in step. The trigger enforces the one property
+the audit trail needs (no unlogged deletion) whatever code deletes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recorder.engine import is_sqlite, storage_errors
+from recorder.errors import ConfigurationError
+from recorder.schema import (
+    change_log,
+    envelopes,
+    legal_holds,
+    prune_runs,
+    pruned_envelopes,
+    retention_policies,
+    seal_blocks,
+    sealed_envelopes,
+)
+
+#: The processing-state columns the writer may update; nothing else.
+WRITER_UPDATABLE_COLUMNS = ("status", "completed_at", "attempts", "claimed_at")
+#: The one column the pruner may update, only so that it can lock rows.
+PRUNER_LOCKING_COLUMN = "claimed_at"
+ALEMBIC_VERSION_TABLE = "alembic_version"
+DELETE_GUARD_FUNCTION = "recorder_deletion_is_logged"
+DELETE_GUARD_TRIGGER = "envelopes_deletion_is_logged"
+
+RECORDER_TABLES = (
+    envelopes.name,
+    retention_policies.name,
+    legal_holds.name,
+    prune_runs.name,
+    pruned_envelopes.name,
+    change_log.name,
+    seal_blocks.name,
+    sealed_envelopes.name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleNames:
+    """Which existing PostgreSQL role plays which part; None leaves a part unassigned."""
+
+    writer: str | None = None
+    reader: str | None = None
+    pruner: str | None = None
+    sealer: str | None = None
+
+    def assigned(self) -> dict[str, str]:
+        parts = {
+            "writer": self.writer,
+            "reader": self.reader,
+            "pruner": self.pruner,
+            "sealer": self.sealer,
+        }
+        return {part: name for part, name in parts.items() if name}
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier (any role name is safe)."""
+    if not name or "\x00" in name:
+        raise ConfigurationError(f"not a usable role name: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sequence_of(table: sa.Table) -> str | None:
+    """The sequence PostgreSQL made for a serial or identity primary key."""
+    for column in table.primary_key.columns:
+        if column.autoincrement is True or (
+            column.autoincrement == "auto"
+            and len(table.primary_key.columns) == 1
+            and isinstance(column.type, sa.Integer)
+        ):
+            return f"{table.name}_{column.name}_seq"
+    return None
+
+
+def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
+    """The SQL ``recorder db grant`` runs, in order, one statement per item.
+
+    Raises
+    ------
+    ConfigurationError
+        No role was given, or a name cannot be a role name.
+    """
+    assigned = roles.assigned()
+    if not assigned:
+        raise ConfigurationError("name at least one role: --writer, --reader, --pruner, --sealer")
+    q = {part: quote_identifier(name) for part, name in assigned.items()}
+    sch = quote_identifier(schema)
+    every = ", ".join([*RECORDER_TABLES, ALEMBIC_VERSION_TABLE])
+    sql: list[str] = []
+    for part, role in q.items():
+        sql.append(f"-- {part}: {assigned[part]}")
+        sql.append(f"REVOKE ALL ON TABLE {every} FROM {role}")
+        sql.append(f"GRANT USAGE ON SCHEMA {sch} TO {role}")
+    if "writer" in q:
+        w = q["writer"]
+        sql += [
+            "-- writer: insert envelopes, update processing state only, never delete",
+            f"GRANT SELECT, INSERT ON TABLE {envelopes.name} TO {w}",
+            f"GRANT UPDATE ({', '.join(WRITER_UPDATABLE_COLUMNS)}) ON TABLE {envelopes.name} TO {w}",
+        ]
+    if "reader" in q:
+        sql += [
+            "-- reader: select only",
+            f"GRANT SELECT ON TABLE {every} TO {q['reader']}",
+        ]
+    if "pruner" in q:
+        p = q["pruner"]
+        sql += [
+            "-- pruner: delete envelopes, logging each in pruned_envelopes (insert only)",
+            f"GRANT SELECT, DELETE ON TABLE {envelopes.name} TO {p}",
+            "-- (SELECT ... FOR UPDATE SKIP LOCKED, which keeps prune batches off rows a",
+            "-- writer holds, needs UPDATE on some column: claimed_at is state, not evidence)",
+            f"GRANT UPDATE ({PRUNER_LOCKING_COLUMN}) ON TABLE {envelopes.name} TO {p}",
+            f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name} TO {p}",
+            f"GRANT SELECT, INSERT, UPDATE ON TABLE {prune_runs.name} TO {p}",
+            f"GRANT SELECT, INSERT ON TABLE {pruned_envelopes.name} TO {p}",
+        ]
+        sequence = _sequence_of(prune_runs)
+        if sequence:
+            sql.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {p}")
+        sql += delete_guard_statements()
+    if "sealer" in q:
+        s = q["sealer"]
+        sql += [
+            "-- sealer: read envelopes, append to the seal chain",
+            f"GRANT SELECT ON TABLE {envelopes.name}, {pruned_envelopes.name} TO {s}",
+            f"GRANT SELECT, INSERT ON TABLE {seal_blocks.name}, {sealed_envelopes.name} TO {s}",
+        ]
+    return sql
+
+
+def delete_guard_statements() -> list[str]:
+    """The trigger that refuses, at commit, a deletion no ``pruned_envelopes`` row logs.
+
+    The table owner (and superusers) are exempt: they own the schema and can
+    drop the trigger anyway; ``recorder verify`` still catches what they delete.
+    """
+    return [
+        "-- every deletion by a non-owner must be logged in pruned_envelopes by commit",
+        f"""CREATE OR REPLACE FUNCTION {DELETE_GUARD_FUNCTION}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM {pruned_envelopes.name}
+        WHERE envelope_id = OLD.envelope_id AND received_at = OLD.received_at
+    ) THEN
+        RAISE EXCEPTION 'envelope % was deleted without a pruned_envelopes row', OLD.envelope_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'only recorder prune may delete envelopes';
+    END IF;
+    RETURN NULL;
+END
+$$""",
+        f"DROP TRIGGER IF EXISTS {DELETE_GUARD_TRIGGER} ON {envelopes.name}",
+        f"""CREATE CONSTRAINT TRIGGER {DELETE_GUARD_TRIGGER}
+AFTER DELETE ON {envelopes.name}
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW EXECUTE FUNCTION {DELETE_GUARD_FUNCTION}()""",
+    ]
+
+
+def render_sql(statements: Sequence[str]) -> str:
+    """Statements as a script: comments as they are, each statement ended by ``;``."""
+    return "\n".join(s if s.startswith("--") else f"{s};" for s in statements) + "\n"
+
+
+def grant(engine: Engine, roles: RoleNames, *, schema: str = "public") -> list[str]:
+    """Apply :func:`grant_statements` in one transaction; return what ran.
+
+    Run it as the owner of the recorder's tables (whoever ran ``recorder db
+    upgrade``), after every migration.
+
+    Raises
+    ------
+    ConfigurationError
+        The database is not PostgreSQL, or a named role does not exist.
+    StorageUnavailable
+        The database refused (for example: not the tables' owner); nothing changed.
+    """
+    if is_sqlite(engine):
+        raise ConfigurationError(
+            "roles are a PostgreSQL feature; protect an SQLite database with file permissions"
+        )
+    statements = grant_statements(roles, schema=schema)
+    names = sorted(set(roles.assigned().values()))
+    with storage_errors("granting privileges"), engine.begin() as conn:
+        found = set(
+            conn.execute(
+                sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"),
+                {"names": names},
+            ).scalars()
+        )
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise ConfigurationError(
+                f"no such role: {', '.join(missing)}; create it first, e.g. "
+                f"CREATE ROLE {quote_identifier(missing[0])} LOGIN PASSWORD '...'"
+            )
+        # The DB-API cursor with no parameters: the trigger body's '%' is
+        # PL/pgSQL's placeholder, not the driver's.
+        cursor = conn.connection.cursor()
+        try:
+            for statement in statements:
+                if not statement.startswith("--"):
+                    cursor.execute(statement)
+        finally:
+            cursor.close()
+    return statements

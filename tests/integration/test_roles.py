@@ -1,0 +1,200 @@
+"""Least-privilege roles on PostgreSQL: connect as each role and prove what is denied."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from recorder import retention
+from recorder.adapter import RecordResult
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.engine import create_engine
+from recorder.errors import ConfigurationError, StorageUnavailable
+from recorder.roles import RoleNames, grant, grant_statements, render_sql
+from recorder.seal import seal, verify
+
+pytestmark = pytest.mark.postgres
+
+UTC = dt.timezone.utc
+PARTS = ("writer", "reader", "pruner", "sealer")
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def roles(pg_url: str) -> Iterator[dict[str, str]]:
+    """Four LOGIN roles with unique names, granted their parts, dropped afterwards."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {part: f"rec_{part}_{suffix}" for part in PARTS}
+    with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(f'CREATE ROLE "{name}" LOGIN')  # type: ignore[arg-type]
+    try:
+        yield names
+    finally:
+        with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f'DROP OWNED BY "{name}"')  # type: ignore[arg-type]
+                conn.execute(f'DROP ROLE "{name}"')  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def owner(pg_url: str, roles: dict[str, str]) -> Iterator[Engine]:
+    engine = create_engine(pg_url)
+    grant(engine, RoleNames(**roles))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connect_as(pg_url: str) -> Iterator[object]:
+    engines: list[Engine] = []
+
+    def make(role: str) -> Engine:
+        engine = create_engine(make_url(pg_url).set(username=role))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+def denied(engine: Engine, statement: str, **params: object) -> str:
+    """Run ``statement`` and return the database's refusal (failing if it was allowed)."""
+    with pytest.raises(sa.exc.ProgrammingError) as info, engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+    assert isinstance(info.value.orig, psycopg.errors.InsufficientPrivilege)
+    return str(info.value.orig)
+
+
+def envelope(n: int) -> dict[str, object]:
+    return {
+        "envelope_id": f"e{n}",
+        "type": "events_api",
+        "payload": {"event_id": f"Ev{n}", "event": {"type": "message", "channel": "C1"}},
+    }
+
+
+def test_writer_records_and_completes_but_cannot_rewrite_or_delete(
+    owner: Engine, roles: dict[str, str], connect_as: object
+) -> None:
+    writer = connect_as(roles["writer"])  # type: ignore[operator]
+    buffer = SQLEventBuffer(writer)
+    assert buffer.record("e1", envelope(1)) is RecordResult.NEW
+    assert buffer.record("e1", envelope(1)) is RecordResult.DUPLICATE
+    assert buffer.seen("e1")
+    assert [e["envelope_id"] for e in buffer.pending()] == ["e1"]
+    buffer.complete("e1")
+    assert buffer.pending() == []
+    claimed = SQLEventBuffer(writer)
+    assert claimed.record("e2", envelope(2)) is RecordResult.NEW
+    assert [c.envelope_id for c in claimed.claim_stale(dt.timedelta(0))] == ["e2"]
+
+    assert "permission denied" in denied(
+        writer, "UPDATE envelopes SET envelope_text = '{}' WHERE envelope_id = 'e1'"
+    )
+    denied(writer, "UPDATE envelopes SET envelope_sha256 = 'x' WHERE envelope_id = 'e1'")
+    denied(writer, "UPDATE envelopes SET user_id = 'U-else' WHERE envelope_id = 'e1'")
+    denied(writer, "UPDATE envelopes SET received_at = now() WHERE envelope_id = 'e1'")
+    denied(writer, "DELETE FROM envelopes WHERE envelope_id = 'e1'")
+    with pytest.raises(StorageUnavailable, match="permission denied"):
+        buffer.delete("e1")
+    denied(writer, "SELECT * FROM seal_blocks")
+    denied(writer, "DELETE FROM sealed_envelopes")
+    denied(writer, "INSERT INTO pruned_envelopes VALUES (1, 'e1', 'x', now(), 'p')")
+    denied(writer, "UPDATE retention_policies SET keep_seconds = 1")
+    denied(writer, "TRUNCATE envelopes")
+    assert buffer.seen("e1")
+
+
+def test_reader_only_selects_and_can_verify(
+    owner: Engine, roles: dict[str, str], connect_as: object
+) -> None:
+    SQLEventBuffer(owner).record("e1", envelope(1))
+    seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    reader = connect_as(roles["reader"])  # type: ignore[operator]
+    with reader.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM envelopes")).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM seal_blocks")).scalar_one() == 1
+    assert verify(reader).ok
+    denied(reader, "INSERT INTO envelopes (envelope_id) VALUES ('x')")
+    denied(reader, "UPDATE envelopes SET status = 'done'")
+    denied(reader, "DELETE FROM envelopes")
+    denied(reader, "DELETE FROM prune_runs")
+    denied(reader, "INSERT INTO seal_blocks (block_no) VALUES (9)")
+    with pytest.raises(StorageUnavailable, match="permission denied"):
+        SQLEventBuffer(reader).record("e2", envelope(2))
+
+
+def test_pruner_deletes_only_through_a_logged_prune(
+    owner: Engine, roles: dict[str, str], connect_as: object
+) -> None:
+    start = dt.datetime.now(UTC) - dt.timedelta(days=10)
+    old = SQLEventBuffer(owner, clock=lambda: start)
+    for n in range(5):
+        old.record(f"e{n}", envelope(n))
+    SQLEventBuffer(owner).record("e99", envelope(99))
+    seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    retention.set_policy(owner, "week", keep="7d")
+
+    pruner = connect_as(roles["pruner"])  # type: ignore[operator]
+    report = retention.prune(pruner, batch_size=2)
+    assert report.deleted_total == 5
+    assert verify(owner).ok
+
+    refusal = denied(pruner, "DELETE FROM envelopes WHERE envelope_id = 'e99'")
+    assert "without a pruned_envelopes row" in refusal
+    denied(pruner, "UPDATE envelopes SET envelope_text = '{}'")
+    denied(pruner, "INSERT INTO envelopes (envelope_id) VALUES ('x')")
+    denied(pruner, "DELETE FROM pruned_envelopes")
+    denied(pruner, "UPDATE pruned_envelopes SET envelope_sha256 = 'x'")
+    denied(pruner, "DELETE FROM prune_runs")
+    denied(pruner, "UPDATE legal_holds SET released_at = now()")
+    denied(pruner, "DELETE FROM sealed_envelopes")
+    with owner.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM envelopes")).scalar_one() == 1
+
+
+def test_sealer_appends_to_the_chain_and_nothing_more(
+    owner: Engine, roles: dict[str, str], connect_as: object
+) -> None:
+    SQLEventBuffer(owner).record("e1", envelope(1))
+    sealer = connect_as(roles["sealer"])  # type: ignore[operator]
+    assert seal(sealer, now=dt.datetime.now(UTC) + dt.timedelta(hours=1)).sealed == 1
+    denied(sealer, "UPDATE seal_blocks SET digest = 'x'")
+    denied(sealer, "DELETE FROM sealed_envelopes")
+    denied(sealer, "UPDATE envelopes SET status = 'done'")
+    assert verify(owner).ok
+
+
+def test_grant_is_idempotent_and_print_sql_shows_what_runs(
+    owner: Engine, roles: dict[str, str], connect_as: object
+) -> None:
+    names = RoleNames(**roles)
+    assert grant(owner, names) == grant_statements(names)
+    writer = connect_as(roles["writer"])  # type: ignore[operator]
+    assert SQLEventBuffer(writer).record("e1", envelope(1)) is RecordResult.NEW
+    denied(writer, "DELETE FROM envelopes")
+    script = render_sql(grant_statements(RoleNames(writer='bot"; DROP TABLE x; --')))
+    assert 'TO "bot""; DROP TABLE x; --"' in script
+    assert "GRANT UPDATE (status, completed_at, attempts, claimed_at) ON TABLE envelopes" in script
+
+
+def test_missing_roles_and_sqlite_are_configuration_errors(owner: Engine, sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="no such role: rec_nobody"):
+        grant(owner, RoleNames(reader="rec_nobody"))
+    with pytest.raises(ConfigurationError, match="at least one role"):
+        grant_statements(RoleNames())
+    engine = create_engine(sqlite_url)
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        grant(engine, RoleNames(reader="r"))
+    engine.dispose()
