@@ -7,7 +7,7 @@ the audit table. Dialect differences sit side by side here and nowhere else.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -486,3 +486,99 @@ def delete_pruned_sqlite() -> Delete:
 def naive_prune_delete(conditions: list[sa.ColumnElement[bool]]) -> Delete:
     """One unbatched ``DELETE`` of everything expired and unheld: the benchmark's baseline."""
     return sa.delete(envelopes).where(*conditions, sa.not_(held()))
+
+
+# -- reporting: counts per day and dimension (recorder stats, recorder report)
+
+#: Dimensions ``recorder stats --by`` accepts, by the column each counts.
+STATS_DIMENSIONS: tuple[str, ...] = ("envelope_type", "event_type", "channel_id", "user_id")
+
+
+def received_day(dialect: Dialect) -> sa.ColumnElement[Any]:
+    """The UTC calendar day of ``received_at``.
+
+    PostgreSQL: ``timezone('UTC', received_at)::date`` (independent of the
+    session time zone); SQLite stores UTC text, so ``date(received_at)``.
+    """
+    if dialect.name == "postgresql":
+        return sa.cast(sa.func.timezone("UTC", envelopes.c.received_at), sa.Date)
+    return sa.func.date(envelopes.c.received_at)
+
+
+def _received_between(
+    since: dt.datetime | None, until: dt.datetime | None
+) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = []
+    if since is not None:
+        conditions.append(
+            envelopes.c.received_at >= sa.bindparam("since", since, type_=UTCDateTime)
+        )
+    if until is not None:
+        conditions.append(envelopes.c.received_at < sa.bindparam("until", until, type_=UTCDateTime))
+    return conditions
+
+
+def select_daily_counts(
+    dialect: Dialect, by: str, since: dt.datetime | None, until: dt.datetime | None
+) -> sa.Select[Any]:
+    """``day, key, count`` of envelopes per UTC day and value of the ``by`` column."""
+    day = received_day(dialect).label("day")
+    key = envelopes.c[by].label("key")
+    return (
+        sa.select(day, key, sa.func.count().label("n"))
+        .where(*_received_between(since, until))
+        .group_by(day, key)
+        .order_by(day, key)
+    )
+
+
+def select_top_values(
+    column: str, since: dt.datetime | None, until: dt.datetime | None, limit: int
+) -> sa.Select[Any]:
+    """The ``limit`` most frequent non-empty values of ``column``, most frequent first."""
+    key = envelopes.c[column].label("key")
+    count = sa.func.count().label("n")
+    return (
+        sa.select(key, count)
+        .where(envelopes.c[column].is_not(None), *_received_between(since, until))
+        .group_by(key)
+        .order_by(count.desc(), key)
+        .limit(limit)
+    )
+
+
+def select_daily_retries(
+    dialect: Dialect, since: dt.datetime | None, until: dt.datetime | None
+) -> sa.Select[Any]:
+    """``day, retry_reason, count, max_attempt`` of envelopes Slack delivered as retries.
+
+    A retry (``retry_attempt > 0``) is recorded only when its earlier
+    delivery was not (same ``event_id`` dedupes), so these rows are the
+    retries that reached the recorder first-hand.
+    """
+    day = received_day(dialect).label("day")
+    reason = sa.func.coalesce(envelopes.c.retry_reason, "").label("retry_reason")
+    return (
+        sa.select(
+            day,
+            reason,
+            sa.func.count().label("n"),
+            sa.func.max(envelopes.c.retry_attempt).label("max_attempt"),
+        )
+        .where(envelopes.c.retry_attempt > 0, *_received_between(since, until))
+        .group_by(day, reason)
+        .order_by(day, reason)
+    )
+
+
+def select_totals(since: dt.datetime | None, until: dt.datetime | None) -> sa.Select[Any]:
+    """Envelope count, first and last ``received_at``, and distinct channels and users."""
+    e = envelopes.c
+    stmt = sa.select(
+        sa.func.count().label("envelopes"),
+        sa.func.min(e.received_at).label("first"),
+        sa.func.max(e.received_at).label("last"),
+        sa.func.count(sa.distinct(e.channel_id)).label("channels"),
+        sa.func.count(sa.distinct(e.user_id)).label("users"),
+    ).where(*_received_between(since, until))
+    return cast("sa.Select[Any]", stmt)
