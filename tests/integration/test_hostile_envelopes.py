@@ -355,3 +355,18 @@ def test_every_hostile_case_in_a_row_then_a_good_one(buffer: SQLEventBuffer) -> 
     assert buffer.pending() == [expected_data(case) for case in RECORDED.values()]
     assert_next_good_envelope_is_new(buffer)
     assert row_count(buffer) == len(RECORDED) + 1
+
+
+def test_hostile_envelopes_through_the_batch_import_path(buffer: SQLEventBuffer) -> None:
+    """``record_many`` (COPY on PostgreSQL, executemany on SQLite) keeps them exactly too."""
+    parsed = [buffer.parse(case.envelope_id, case.envelope) for case in RECORDED.values()]
+    assert buffer.record_many(parsed) == len(RECORDED)
+    assert buffer.record_many(parsed) == 0
+    by_id = {envelope["envelope_id"]: envelope for envelope in buffer.pending()}
+    for case in RECORDED.values():
+        row = stored_row(buffer, case.envelope_id)
+        text = expected_text(buffer, case)
+        assert row.envelope_text == text
+        assert row.envelope_sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+        assert by_id[case.envelope_id] == expected_data(case)
+    assert_next_good_envelope_is_new(buffer)
