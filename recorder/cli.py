@@ -225,6 +225,9 @@ def db_current(settings: Settings) -> None:
     click.echo(f"{current or 'none'} ({state})")
 
 
+# `recorder db grant`, `recorder seal`, `recorder verify` live in their own module.
+from recorder import security_cli  # noqa: E402, F401
+
 # -- recorder import
 
 
