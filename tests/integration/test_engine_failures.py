@@ -117,6 +117,43 @@ def test_postgresql_cut_and_restored_repeatedly(
         assert proxied_buffer.seen(f"r{round_}")
 
 
+def test_postgresql_outage_while_idle_is_invisible_after_the_server_is_back(
+    proxy: TcpProxy, proxied_buffer: SQLEventBuffer
+) -> None:
+    """Every pooled connection died while nobody was calling: the first calls
+    after the restore succeed anyway, from several threads at once."""
+    threads = 4
+    barrier = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def record_together(name: str) -> None:
+        try:
+            # Waiting here makes every thread hold its own pooled connection.
+            barrier.wait(timeout=30)
+            assert proxied_buffer.record(name, envelope(name)) is RecordResult.NEW
+            assert proxied_buffer.seen(name)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def round_of(prefix: str) -> None:
+        workers = [
+            threading.Thread(target=record_together, args=(f"{prefix}-{n}",))
+            for n in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+
+    round_of("before")
+    assert failures == []
+    proxy.cut()
+    proxy.restore()
+    round_of("after")
+    assert failures == []
+    assert len(proxied_buffer.pending()) == 2 * threads
+
+
 def test_postgresql_cut_mid_stream_never_reports_a_failure_as_a_result(
     proxy: TcpProxy, proxied_buffer: SQLEventBuffer, pg_url: str
 ) -> None:
