@@ -231,7 +231,12 @@ class TcpProxy:
 
 
 class _Link:
-    """One client connection and its upstream twin, pumped by one thread."""
+    """One client connection and its upstream twin: one thread per direction.
+
+    Two threads rather than one select loop, so a side that stops reading
+    (its buffers full) never stalls the other direction: a large pipeline
+    whose replies flow back while requests still flow out cannot deadlock.
+    """
 
     def __init__(
         self,
@@ -242,42 +247,63 @@ class _Link:
         self._client = client
         self._upstream = upstream
         self._on_done = on_done
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._pump, name="TcpProxy-link", daemon=True)
+        self._lock = threading.Lock()
+        self._running = 2
+        self._reset = False
+        self._threads = [
+            threading.Thread(
+                target=self._pump, args=(source, sink), name="TcpProxy-link", daemon=True
+            )
+            for source, sink in ((client, upstream), (upstream, client))
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
-        """Drop both sides at once and wait until the pump thread has stopped."""
-        self._closed.set()
+        """Drop both sides at once and wait until the pump threads have stopped."""
         for sock in (self._client, self._upstream):
-            # shutdown wakes the pump's select; close alone would not.
+            # shutdown wakes a thread blocked in recv or sendall; close alone would not.
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
-    def _pump(self) -> None:
-        peers = {self._client: self._upstream, self._upstream: self._client}
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        clean = False
         try:
-            with selectors.DefaultSelector() as selector:
-                for sock in peers:
-                    selector.register(sock, selectors.EVENT_READ)
-                while not self._closed.is_set():
-                    for key, _ in selector.select():
-                        source: socket.socket = key.fileobj  # type: ignore[assignment]
-                        data = source.recv(_CHUNK)
-                        if not data:
-                            return
-                        peers[source].sendall(data)
+            while data := source.recv(_CHUNK):
+                sink.sendall(data)
+            # An orderly end of one direction is passed on as such (half close).
+            sink.shutdown(socket.SHUT_WR)
+            clean = True
         except OSError:
-            return
+            pass
         finally:
-            self._closed.set()
-            _abort(self._client)
-            _abort(self._upstream)
-            self._on_done(self)
+            if not clean:
+                # A reset or a cut: the other direction ends too.
+                for sock in (self._client, self._upstream):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            self._finished(reset=not clean)
+
+    def _finished(self, *, reset: bool) -> None:
+        with self._lock:
+            self._running -= 1
+            self._reset = self._reset or reset
+            last = self._running == 0
+        if not last:
+            return
+        for sock in (self._client, self._upstream):
+            if self._reset:
+                _abort(sock)
+            else:
+                # Both sides said goodbye: a plain close, so nothing in flight is dropped.
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._on_done(self)
 
 
 def _abort(sock: socket.socket) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import psycopg
@@ -104,3 +105,47 @@ def test_target_down_is_seen_as_a_closed_connection() -> None:
         finally:
             sock.close()
         assert data == b""
+
+
+def test_large_pipeline_flows_both_ways_at_once(
+    redis_server_url: str, redis_namespace: str
+) -> None:
+    """Requests still going out while replies come back: no deadlock in the proxy."""
+    target = make_url(redis_server_url)
+    value = b"v" * 8192
+    with TcpProxy(target.host or "127.0.0.1", target.port or 6379) as proxy:
+        client = redis.Redis.from_url(proxy.url_for(redis_server_url), socket_timeout=30)
+        pipe = client.pipeline(transaction=False)
+        for i in range(1500):
+            pipe.set(f"{redis_namespace}:{i}", value)
+            pipe.get(f"{redis_namespace}:{i}")
+        replies = pipe.execute()
+        assert replies[1::2] == [value] * 1500
+        client.close()
+
+
+def test_half_close_is_passed_on_and_nothing_in_flight_is_lost() -> None:
+    """A client that stops sending still gets the whole reply (orderly shutdown)."""
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                received = b""
+                while chunk := conn.recv(65536):
+                    received += chunk
+                conn.sendall(received[::-1])
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with TcpProxy("127.0.0.1", server.getsockname()[1]) as proxy:
+            sock = socket.create_connection(proxy.address, timeout=30)
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            sock.close()
+        thread.join(timeout=30)
+    assert reply == payload[::-1]
