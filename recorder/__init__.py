@@ -9,6 +9,10 @@ from recorder.errors import (
     SchemaMissing,
     StorageUnavailable,
 )
+from recorder.masking import protect_recorder_loggers
+
+# Secrets (tokens, URL passwords) never leave through the recorder's loggers.
+protect_recorder_loggers()
 
 __version__ = "0.1.0"
 

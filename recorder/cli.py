@@ -37,6 +37,7 @@ from recorder import db as db_api
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine, mask_url
 from recorder.errors import RecorderError, StorageUnavailable
+from recorder.masking import mask_secrets, protect_handlers
 from recorder.settings import ENV_DATABASE_URL, Settings
 from recorder.timespec import InvalidTimeSpec, parse_time
 
@@ -88,7 +89,7 @@ def _cause_of(exc: BaseException) -> BaseException | None:
 
 
 def _mask(text: str, settings: Settings | None) -> str:
-    text = redact(text)
+    text = mask_secrets(redact(text))
     password = make_url(settings.database_url).password if settings is not None else None
     if password and len(str(password)) >= 4:
         text = text.replace(str(password), "***")
@@ -159,6 +160,7 @@ def main(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
         logging.basicConfig(
             level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
         )
+        protect_handlers()
     if ctx.get_parameter_source("database_url") is ParameterSource.ENVIRONMENT:
         # Let Settings read the variable itself, so its errors name the variable.
         database_url = None

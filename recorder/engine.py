@@ -36,7 +36,7 @@ def database_url(url: str | URL) -> URL:
     ``postgresql://`` means psycopg 3; ``sqlite://`` the standard library.
     """
     try:
-        parsed = make_url(url)
+        parsed = _password_in_place(make_url(url))
     except sa_exc.ArgumentError as exc:
         raise ConfigurationError(f"not a database URL: {mask_url(str(url))!r}") from exc
     backend = parsed.get_backend_name()
@@ -53,9 +53,22 @@ def database_url(url: str | URL) -> URL:
 def mask_url(url: str | URL) -> str:
     """The URL as text with its password hidden, for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return _password_in_place(make_url(url)).render_as_string(hide_password=True)
     except sa_exc.ArgumentError:
         return "<unparseable database URL>"
+
+
+def _password_in_place(url: URL) -> URL:
+    """Move a ``?password=`` query parameter (libpq accepts one) into the password field.
+
+    SQLAlchemy masks the password field wherever it prints a URL (``repr``
+    of engines included) but not the query string.
+    """
+    if "password" not in url.query:
+        return url
+    password = url.query["password"]
+    value = password[-1] if isinstance(password, tuple) else password
+    return url.difference_update_query(["password"]).set(password=value)
 
 
 def create_engine(url: str | URL, **engine_options: Any) -> Engine:
@@ -65,6 +78,8 @@ def create_engine(url: str | URL, **engine_options: Any) -> Engine:
         return _sqlite_engine(parsed, engine_options)
     options: dict[str, Any] = {
         "pool_pre_ping": True,
+        # Exception messages never carry bound values: envelope contents stay out of logs.
+        "hide_parameters": True,
         "pool_size": 5,
         "max_overflow": 10,
         "pool_timeout": 10,
@@ -77,6 +92,7 @@ def create_engine(url: str | URL, **engine_options: Any) -> Engine:
 def _sqlite_engine(url: URL, engine_options: dict[str, Any]) -> Engine:
     options: dict[str, Any] = {
         "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+        "hide_parameters": True,
     }
     options.update(engine_options)
     engine = sa.create_engine(url, **options)
