@@ -40,6 +40,8 @@ What it does, the way Slack does it
   and is kept in :attr:`SocketModeSimulator.api_calls`.
 * On connect it sends ``hello`` (``num_connections``, ``debug_info``,
   ``connection_info``), then any envelopes queued while no connection was open.
+  ``debug_info.host`` ends with the connection id (``applink-simulator-c1``),
+  so a client can tell which connection it is on.
 * :meth:`~SocketModeSimulator.send` writes an envelope to one connection,
   chosen round robin (or at random) over the open connections that were not
   told to disconnect; :meth:`~SocketModeSimulator.broadcast` writes it to
@@ -759,7 +761,7 @@ class SocketModeSimulator:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link/", self._link)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -771,7 +773,7 @@ class SocketModeSimulator:
             raise SimulatorError(
                 f"cannot listen on {self._host}:{self._requested_port}: {exc}"
             ) from exc
-        site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+        site = web.SockSite(runner, sock)
         await site.start()
         self._runner = runner
         self._port = sock.getsockname()[1]
