@@ -775,12 +775,12 @@ def _prune_locked(
             if deadline is not None and time.monotonic() >= deadline:
                 stopped = True
                 break
-            removed = _prune_batch(engine, report, policy.name, conditions, batch_size, after)
-            if not removed:
+            removed, last = _prune_batch(engine, report, policy.name, conditions, batch_size, after)
+            if last is None:
                 break
-            after = max(removed)
-            report.deleted[policy.name] += len(removed)
-            deleted_so_far += len(removed)
+            after = last
+            report.deleted[policy.name] += removed
+            deleted_so_far += removed
             if on_progress is not None:
                 on_progress(PruneProgress(policy.name, deleted_so_far, total_expected))
     report.held = sum(_count(engine, c, is_held=True) for _, c in plans)
@@ -800,8 +800,8 @@ def _prune_batch(
     conditions: list[sa.ColumnElement[bool]],
     batch_size: int,
     after: tuple[dt.datetime, str] | None,
-) -> list[tuple[dt.datetime, str]]:
-    """Delete one batch in its own transaction; ``(received_at, envelope_id)`` of each row."""
+) -> tuple[int, tuple[dt.datetime, str] | None]:
+    """Delete one batch in its own transaction: how many rows went, and the last one's keyset."""
     assert report.run_id is not None
     if is_sqlite(engine):
         # BEGIN IMMEDIATE (the engine's begin hook): the select, the log and
@@ -811,16 +811,16 @@ def _prune_batch(
                 statements.select_prune_batch(conditions, batch_size=batch_size, after=after)
             ).all()
             if not rows:
-                return []
+                return 0, None
             ids = {"ids": json.dumps([r.envelope_id for r in rows])}
             conn.execute(
                 statements.log_pruned_sqlite(prune_run_id=report.run_id, policy_name=policy_name),
                 ids,
             )
             conn.execute(statements.delete_pruned_sqlite(), ids)
-            return [(r.received_at, r.envelope_id) for r in rows]
+            return len(rows), max((r.received_at, r.envelope_id) for r in rows)
     with engine.begin() as conn:
-        rows = conn.execute(
+        last = conn.execute(
             statements.prune_batch_postgresql(
                 conditions,
                 prune_run_id=report.run_id,
@@ -828,8 +828,10 @@ def _prune_batch(
                 batch_size=batch_size,
                 after=after,
             )
-        ).all()
-    return [(r.received_at, r.envelope_id) for r in rows]
+        ).first()
+    if last is None:
+        return 0, None
+    return int(last.n), (last.received_at, last.envelope_id)
 
 
 @dataclass(frozen=True, slots=True)

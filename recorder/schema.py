@@ -208,8 +208,8 @@ pruned_envelopes = Table(
     Column(
         "prune_run_id",
         Integer,
-        ForeignKey("prune_runs.id", ondelete="CASCADE"),
         primary_key=True,
+        comment="prune_runs.id; no foreign key, whose per-row check would slow every prune batch",
     ),
     Column("envelope_id", Text, primary_key=True),
     Column("envelope_sha256", Text, nullable=False),

@@ -432,14 +432,17 @@ def prune_batch_postgresql(
     policy_name: str,
     batch_size: int,
     after: tuple[dt.datetime, str] | None,
-) -> Insert:
+) -> sa.Select[Any]:
     """One statement that deletes a batch and logs each removed row in ``pruned_envelopes``.
 
     ``WITH batch AS (SELECT ... FOR UPDATE SKIP LOCKED), d AS (DELETE ...
-    RETURNING ...) INSERT INTO pruned_envelopes SELECT ... FROM d RETURNING
-    ...``: the delete and its record commit together or not at all. Rows a
-    writer holds locked (a concurrent ``complete``) are skipped, not waited
-    for. Returns ``(envelope_id, received_at)`` of every removed row.
+    RETURNING ...), logged AS (INSERT INTO pruned_envelopes SELECT ... FROM d
+    RETURNING ...) SELECT ...``: the delete and its record commit together or
+    not at all. Rows a writer holds locked (a concurrent ``complete``) are
+    skipped, not waited for. Returns one row, ``n, received_at,
+    envelope_id``: how many rows went and the last of them in keyset order
+    (no row at all when the batch was empty), so a batch costs one round trip
+    whatever its size.
     """
     batch = (
         select_prune_batch(conditions, batch_size=batch_size, after=after)
@@ -453,10 +456,21 @@ def prune_batch_postgresql(
         .cte("d")
     )
     columns, rows = _pruned_row(removed, prune_run_id, policy_name)
-    return (
+    logged = (
         sa.insert(pruned_envelopes)
         .from_select(columns, rows)
         .returning(pruned_envelopes.c.envelope_id, pruned_envelopes.c.received_at)
+        .cte("logged")
+    )
+    count = sa.select(sa.func.count()).select_from(logged).scalar_subquery()
+    return (
+        sa.select(
+            count.label("n"),
+            sa.type_coerce(logged.c.received_at, UTCDateTime).label("received_at"),
+            logged.c.envelope_id,
+        )
+        .order_by(logged.c.received_at.desc(), logged.c.envelope_id.desc())
+        .limit(1)
     )
 
 
