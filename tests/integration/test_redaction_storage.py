@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +102,34 @@ def test_sql_text_and_digest_cover_the_redacted_copy(sqlite_url: str) -> None:
     assert TOKEN not in row.envelope
     assert buffer.parse("e1", text).sha256 == row.envelope_sha256
     buffer.close()
+
+
+def test_a_slack_handler_receives_the_original_while_the_archive_is_masked(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from recorder.testing import SocketModeSimulator
+    from tests.integration.slack_bots import Calls, RecordingBot, recording_handler
+
+    calls = Calls()
+    with (
+        SocketModeSimulator(redeliver_after=None, seed=5) as sim,
+        SQLEventBuffer(sqlite_url) as buffer,
+    ):
+        command = sim.envelopes.slash_command("/deploy", "prod")
+        with RecordingBot(
+            "builtin", sim, buffer, recording_handler(calls), spool_path=tmp_path / "spool.db"
+        ):
+            sim.wait_for_connections(1)
+            sim.send(command)
+            calls.wait_for(1)
+            sim.wait_for_acks(1, timeout=15)
+        handled = calls.requests[0].payload
+        assert handled["token"] == command["payload"]["token"]
+        assert handled["response_url"] == command["payload"]["response_url"]
+        with buffer.engine.connect() as conn:
+            stored = json.loads(
+                conn.execute(sa.text("SELECT envelope_text FROM envelopes")).scalar_one()
+            )
+    assert stored["payload"]["token"] == REDACTED
+    assert stored["payload"]["response_url"] == REDACTED
+    assert stored["payload"]["command"] == "/deploy"
