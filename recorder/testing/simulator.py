@@ -204,7 +204,8 @@ class _Tracked:
     text: str
     chain: str
     """Envelopes with one chain key are one event: an ack of any settles them all."""
-    outstanding: collections.deque[int] = field(default_factory=collections.deque)
+    outstanding: list[tuple[str, int]] = field(default_factory=list)
+    """Deliveries not yet answered by an ack: (connection id, sent_ns), oldest first."""
     last_sent_ns: int | None = None
     acked: bool = False
     timer: asyncio.TimerHandle | None = None
@@ -304,6 +305,7 @@ class SocketModeSimulator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._port: int | None = None
         self._stopping = False
+        self._flushing = False
 
     # lifecycle -------------------------------------------------------------
 
@@ -605,16 +607,23 @@ class SocketModeSimulator:
     def wait_for(
         self, predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition"
     ) -> None:
-        """Wait until ``predicate()`` is true; it is re-checked whenever the simulator's state changes.
+        """Wait until ``predicate()`` is true.
+
+        It is re-checked whenever the simulator's state changes, and at least
+        every 50 ms (for predicates on a bot's own state).
 
         Raises
         ------
         SimulatorTimeout
             Still false after ``timeout`` seconds.
         """
+        deadline = time.monotonic() + timeout
         with self._changed:
-            if not self._changed.wait_for(predicate, timeout):
-                raise SimulatorTimeout(f"timed out after {timeout} s waiting for {what}")
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SimulatorTimeout(f"timed out after {timeout} s waiting for {what}")
+                self._changed.wait(min(left, 0.05))
 
     def wait_for_connections(self, count: int = 1, *, timeout: float = 10.0) -> list[str]:
         """Wait until at least ``count`` connections are open; returns their ids."""
@@ -925,10 +934,19 @@ class SocketModeSimulator:
                 self._changed.notify_all()
                 logger.warning("simulator: frame that acks no sent envelope: %.200s", text)
                 return
-            # Acks pair with deliveries oldest first; an ack beyond the number of
-            # deliveries is measured from the latest one.
+            # An ack answers the oldest unanswered delivery on its own connection,
+            # else the oldest on any (acks may come back on another connection);
+            # an ack beyond the number of deliveries is timed from the latest one.
             if tracked.outstanding:
-                sent_ns = tracked.outstanding.popleft()
+                index = next(
+                    (
+                        i
+                        for i, (connection_id, _) in enumerate(tracked.outstanding)
+                        if connection_id == conn.connection_id
+                    ),
+                    0,
+                )
+                sent_ns = tracked.outstanding.pop(index)[1]
             else:
                 sent_ns = tracked.last_sent_ns if tracked.last_sent_ns is not None else received_ns
             payload = frame.get("payload")
@@ -972,10 +990,15 @@ class SocketModeSimulator:
     ) -> str | None:
         """Write one envelope to one connection, or queue it; returns the connection id."""
         while True:
-            conn = self._pick(connection)
+            with self._changed:
+                # Behind queued envelopes, to keep the order they were sent in.
+                queue_behind = connection is None and bool(self._outbox)
+            conn = None if queue_behind else self._pick(connection)
             if conn is None:
                 with self._changed:
                     self._outbox.append((envelope_id, kind))
+                if queue_behind and self._eligible():
+                    self._spawn(self._flush_outbox())
                 return None
             if await self._write(conn, envelope_id, kind):
                 return conn.connection_id
@@ -1001,7 +1024,7 @@ class SocketModeSimulator:
             # Recorded before the write: the ack can be read while the write drains.
             delivery = Delivery(envelope_id, conn.connection_id, sent_ns, kind)
             self._deliveries.append(delivery)
-            tracked.outstanding.append(sent_ns)
+            tracked.outstanding.append((conn.connection_id, sent_ns))
             previous_sent_ns = tracked.last_sent_ns
             tracked.last_sent_ns = sent_ns
         try:
@@ -1011,7 +1034,7 @@ class SocketModeSimulator:
             with self._changed:
                 self._deliveries.remove(delivery)
                 with contextlib.suppress(ValueError):
-                    tracked.outstanding.remove(sent_ns)
+                    tracked.outstanding.remove((conn.connection_id, sent_ns))
                 tracked.last_sent_ns = previous_sent_ns
                 conn.closed_ns = conn.closed_ns or time.monotonic_ns()
                 self._changed.notify_all()
@@ -1029,12 +1052,24 @@ class SocketModeSimulator:
         return conn.connection_id
 
     async def _flush_outbox(self) -> None:
-        while True:
-            with self._changed:
-                if not self._outbox or not self._eligible():
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while True:
+                with self._changed:
+                    if not self._outbox:
+                        return
+                conn = self._pick(None)
+                if conn is None:
                     return
-                envelope_id, kind = self._outbox.popleft()
-            await self._deliver(envelope_id, kind, None)
+                with self._changed:
+                    envelope_id, kind = self._outbox.popleft()
+                if not await self._write(conn, envelope_id, kind):
+                    with self._changed:
+                        self._outbox.appendleft((envelope_id, kind))
+        finally:
+            self._flushing = False
 
     # redelivery -------------------------------------------------------------------
 

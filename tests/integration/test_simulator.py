@@ -292,6 +292,9 @@ def test_send_spreads_round_robin_and_broadcast_reaches_every_connection(
         assert [e for e in one.envelope_ids() if e in sprayed_ids] == sprayed_ids
         assert [e for e in two.envelope_ids() if e in sprayed_ids] == sprayed_ids
         assert all(len(sim.acks_for(e)) == 2 for e in sprayed_ids)
+        # Each bot acks on its own connection: every ack is timed from the copy that went there.
+        sent = {(d.envelope_id, d.connection_id): d.sent_ns for d in sim.deliveries}
+        assert all(sent[(a.envelope_id, a.connection_id)] == a.sent_ns for a in sim.acks)
         assert sim.unacked() == []
 
 
