@@ -70,7 +70,8 @@ class EnvelopeFactory:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._sequence = itertools.count(1)
-        self._epoch = 1_700_000_000 if seed is not None else int(time.time())
+        self._seeded = seed is not None
+        self._epoch = 1_700_000_000 if self._seeded else int(time.time())
 
     # ids -----------------------------------------------------------------
 
@@ -151,6 +152,9 @@ class EnvelopeFactory:
         }
 
     def _epoch_now(self) -> int:
+        # A seeded factory replays exactly, event times included.
+        if self._seeded:
+            return self._epoch + next(self._sequence)
         return int(time.time())
 
     def message(
