@@ -136,7 +136,9 @@ class AsyncRecordingListener:
         if not outcome.ack:
             return
         try:
-            await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+            await client.send_socket_mode_response(
+                SocketModeResponse(envelope_id=request.envelope_id)
+            )
             self.recorder.acked(time.perf_counter() - received)
         finally:
             if outcome.dispatch:

@@ -146,7 +146,7 @@ def _recorder(
     )
 
 
-class SocketModeHandler(_BoltSocketModeHandler):  # type: ignore[misc]
+class SocketModeHandler(_BoltSocketModeHandler):
     """slack_bolt's ``SocketModeHandler`` (builtin client) that records every envelope.
 
     Parameters
@@ -296,12 +296,12 @@ receive_buffer_size, concurrency
                 target=self._background, name="recorder-maintenance", daemon=True
             )
             self._thread.start()
-        super().connect()
+        super().connect()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Disconnect, stop the background work, and drain the spool once more."""
         self._stop.set()
-        super().close()
+        super().close()  # type: ignore[no-untyped-call]
         if self._thread is not None:
             self._thread.join()
         self._recovery_pool.shutdown(wait=True)
@@ -309,7 +309,7 @@ receive_buffer_size, concurrency
         self.recorder.close()
 
 
-class AsyncSocketModeHandler(_BoltAsyncSocketModeHandler):  # type: ignore[misc]
+class AsyncSocketModeHandler(_BoltAsyncSocketModeHandler):
     """slack_bolt's ``AsyncSocketModeHandler`` (aiohttp client) that records every envelope.
 
     Parameters
@@ -447,12 +447,12 @@ class AsyncSocketModeHandler(_BoltAsyncSocketModeHandler):  # type: ignore[misc]
         """Connect, and start the background work (recovery first)."""
         if self._background is None:
             self._background = asyncio.get_running_loop().create_task(self._maintain())
-        await super().connect_async()
+        await super().connect_async()  # type: ignore[no-untyped-call]
 
     async def close_async(self) -> None:
         """Disconnect, stop the background work, and drain the spool once more."""
         self._closed = True
-        await super().close_async()
+        await super().close_async()  # type: ignore[no-untyped-call]
         if self._background is not None:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -125,7 +125,9 @@ class RecordingListener:
             metrics=resolve_metrics(metrics),
         )
         self.handler = handler
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="recorder-handler")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="recorder-handler"
+        )
         self._client: BaseSocketModeClient | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

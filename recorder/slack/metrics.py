@@ -14,7 +14,7 @@ from recorder.errors import MissingDependency
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["NO_METRICS", "LATENCY_BUCKETS", "Metrics", "RecorderMetrics"]
+__all__ = ["LATENCY_BUCKETS", "NO_METRICS", "Metrics", "RecorderMetrics"]
 
 #: Seconds; acks are expected in single-digit milliseconds.
 LATENCY_BUCKETS = (

@@ -299,7 +299,10 @@ class EnvelopeRecorder:
                 self.stats.dispatched += 1
         if log and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "envelope %s: %s", envelope_id, outcome.value, extra=_extra(envelope_id, frame, outcome)
+                "envelope %s: %s",
+                envelope_id,
+                outcome.value,
+                extra=_extra(envelope_id, frame, outcome),
             )
         return outcome
 
@@ -493,9 +496,10 @@ class EnvelopeRecorder:
                 if existed:
                     # Envelopes spooled by an earlier run: retransmits of them
                     # are duplicates until they are drained.
+                    spooled = self._spool.keys()
                     self._recent.pin(
                         key
-                        for envelope_id, event_id in self._spool.keys()
+                        for envelope_id, event_id in spooled
                         for key in dedupe_keys(envelope_id, event_id)
                     )
             return self._spool

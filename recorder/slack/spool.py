@@ -74,7 +74,9 @@ class Spool:
         with storage_errors("listing spooled envelopes"), read_only(self.buffer.engine) as conn:
             return [(row[0], row[1]) for row in conn.execute(statements.select_dedupe_keys())]
 
-    def drainable(self, lease_seconds: float, exclude: Sequence[str], limit: int) -> list[SpooledRow]:
+    def drainable(
+        self, lease_seconds: float, exclude: Sequence[str], limit: int
+    ) -> list[SpooledRow]:
         """Rows ready to move: handled, or pending with no live handler (see the module doc)."""
         cutoff = utc_now() - dt.timedelta(seconds=lease_seconds)
         stmt = statements.select_drainable(cutoff, list(exclude), limit)
@@ -95,7 +97,10 @@ class Spool:
     def remove(self, envelope_ids: Sequence[str]) -> None:
         if not envelope_ids:
             return
-        with storage_errors("removing drained envelopes"), write_statement(self.buffer.engine) as conn:
+        with (
+            storage_errors("removing drained envelopes"),
+            write_statement(self.buffer.engine) as conn,
+        ):
             conn.execute(statements.delete_envelopes(list(envelope_ids)))
 
     def close(self) -> None:
@@ -125,7 +130,9 @@ def move_rows(rows: Sequence[SpooledRow], target: EventBufferAdapter) -> int:
         return inserted
     params = []
     for row in rows:
-        parsed = parse_envelope(row.envelope_id, row.envelope_text, max_bytes=target.max_envelope_bytes)
+        parsed = parse_envelope(
+            row.envelope_id, row.envelope_text, max_bytes=target.max_envelope_bytes
+        )
         values = statements.record_params(parsed, row.received_at)
         values.update(
             status=row.status,
@@ -135,6 +142,8 @@ def move_rows(rows: Sequence[SpooledRow], target: EventBufferAdapter) -> int:
         )
         params.append(values)
     stmt = statements.insert_drained(target.engine.dialect)
-    with storage_errors(f"draining {len(rows)} spooled envelopes"):
-        with target.engine.begin() as conn:
-            return int(conn.execute(stmt, params).rowcount)
+    with (
+        storage_errors(f"draining {len(rows)} spooled envelopes"),
+        target.engine.begin() as conn,
+    ):
+        return int(conn.execute(stmt, params).rowcount)

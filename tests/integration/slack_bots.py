@@ -156,7 +156,8 @@ class RecordingBot:
             return
         self._run(self.client.close())
         self._run(self.listener.close())
-        assert self._loop is not None and self._thread is not None
+        assert self._loop is not None
+        assert self._thread is not None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
@@ -201,7 +202,9 @@ def play_with_duplicates(
         sim.retry(envelope)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` (for state the simulator does not track)."""
     deadline = time.monotonic() + timeout
     while not predicate():

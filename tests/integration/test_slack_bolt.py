@@ -65,9 +65,7 @@ def check_results(sim: SocketModeSimulator, envelopes: list[dict[str, Any]], see
     deliveries = collections.Counter(d.envelope_id for d in sim.deliveries)
     assert collections.Counter(a.envelope_id for a in sim.acks) == deliveries
     by_id = {e["envelope_id"]: e for e in envelopes}
-    answered = {
-        a.envelope_id: a.payload for a in sim.acks if a.payload and a.envelope_id in by_id
-    }
+    answered = {a.envelope_id: a.payload for a in sim.acks if a.payload and a.envelope_id in by_id}
     commands = [e["envelope_id"] for e in envelopes if e["type"] == "slash_commands"]
     views = [e["envelope_id"] for e in envelopes if e["type"] == "interactive"]
     for envelope_id in commands:

@@ -10,14 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from slack_sdk.socket_mode.request import SocketModeRequest
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.testing import SocketModeSimulator
 from tests.integration.slack_bots import (
     Calls,
-    delivery_keys,
     RecordingBot,
+    delivery_keys,
     mixed_stream,
     play_with_duplicates,
     recording_handler,
@@ -54,7 +55,11 @@ def assert_every_frame_acked(sim: SocketModeSimulator) -> None:
     ],
 )
 def test_each_envelope_handled_once_and_every_frame_acked(
-    kind: str, backend: str, sim: SocketModeSimulator, tmp_path: Path, request: pytest.FixtureRequest
+    kind: str,
+    backend: str,
+    sim: SocketModeSimulator,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     buffer = SQLEventBuffer(request.getfixturevalue(backend))
     request.addfinalizer(buffer.close)
@@ -88,12 +93,14 @@ def test_whole_frame_is_recorded_with_retry_fields(
         sim.wait_for_acks(1)
         calls.wait_for(1)
 
-    stored = buffer.engine.connect().exec_driver_sql(
-        "SELECT envelope_text, retry_attempt, retry_reason FROM envelopes WHERE envelope_id = ?"
-        if buffer.engine.dialect.name == "sqlite"
-        else "SELECT envelope_text, retry_attempt, retry_reason FROM envelopes WHERE envelope_id = %s",
-        (retry["envelope_id"],),
-    ).one()
+    with buffer.engine.connect() as conn:
+        stored = conn.execute(
+            sa.text(
+                "SELECT envelope_text, retry_attempt, retry_reason FROM envelopes"
+                " WHERE envelope_id = :id"
+            ),
+            {"id": retry["envelope_id"]},
+        ).one()
     frame = json.loads(stored[0])
     # Secrets are redacted on record; everything else is the frame as sent.
     assert frame["payload"].pop("token") != retry["payload"].pop("token")
@@ -114,7 +121,9 @@ def test_slow_handler_does_not_delay_other_acks(
         calls.add(request)
 
     envelopes = [sim.envelopes.message(f"m{i}") for i in range(12)]
-    bot = RecordingBot("builtin", sim, sqlite_buffer, slow, spool_path=tmp_path / "s", max_workers=2)
+    bot = RecordingBot(
+        "builtin", sim, sqlite_buffer, slow, spool_path=tmp_path / "s", max_workers=2
+    )
     with bot:
         sim.wait_for_connections(1)
         for envelope in envelopes:
