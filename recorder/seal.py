@@ -38,10 +38,11 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 
 from recorder.engine import READ_ONLY, is_sqlite, storage_errors
-from recorder.envelope import extract_columns, parse_envelope
+from recorder.envelope import parse_envelope
 from recorder.errors import InvalidEnvelope, RecorderError
 from recorder.schema import UTCDateTime, envelopes, pruned_envelopes, seal_blocks, sealed_envelopes
 
@@ -53,6 +54,8 @@ MAX_BLOCK_SIZE = 100_000
 SEAL_LOCK_KEY = 0x72656373
 _DIGEST_VERSION = 1
 _FETCH_CHUNK = 1_000
+# PostgreSQL regex for the JSON escapes jsonb refuses (see recorder.envelope).
+_JSONB_UNSAFE_PATTERN = r"\\u(0000|[dD][89abAB])"
 _REPORTING_COLUMNS = (
     "envelope_type",
     "team_id",
@@ -549,17 +552,31 @@ def _chunks(items: Sequence[Any], size: int = _FETCH_CHUNK) -> Iterator[Sequence
 
 
 def _current_rows(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
-    stmt = sa.select(*_full_columns()).where(envelopes.c.envelope_id.in_(list(ids)))
+    stmt = sa.select(*_full_columns(conn)).where(envelopes.c.envelope_id.in_(list(ids)))
     return {row.envelope_id: row for row in conn.execute(stmt)}
 
 
-def _full_columns() -> list[sa.ColumnElement[Any]]:
+def _full_columns(conn: Connection) -> list[sa.ColumnElement[Any]]:
+    if is_sqlite(conn):
+        # SQLite keeps the queryable copy as the very text the recorder wrote.
+        queryable_ok: sa.ColumnElement[Any] = sa.null()
+        queryable: sa.ColumnElement[Any] = sa.cast(envelopes.c.envelope, sa.Text)
+    else:
+        # jsonb equality, in the server: a jsonb-safe text must cast to the stored copy.
+        # Texts with escapes jsonb refuses (NUL, lone surrogates) are compared in Python.
+        unsafe = envelopes.c.envelope_text.regexp_match(_JSONB_UNSAFE_PATTERN)
+        queryable_ok = sa.case(
+            (unsafe, sa.null()),
+            else_=envelopes.c.envelope == sa.cast(envelopes.c.envelope_text, JSONB),
+        )
+        queryable = sa.case((unsafe, sa.cast(envelopes.c.envelope, sa.Text)), else_=sa.null())
     return [
         envelopes.c.envelope_id,
         envelopes.c.received_at,
         envelopes.c.envelope_text,
         envelopes.c.envelope_sha256,
-        sa.cast(envelopes.c.envelope, sa.Text).label("queryable"),
+        queryable_ok.label("queryable_ok"),
+        queryable.label("queryable"),
         *(envelopes.c[name] for name in _REPORTING_COLUMNS),
     ]
 
@@ -656,14 +673,17 @@ def _check_consistent(row: Any, report: VerifyReport, block_no: int | None = Non
     except InvalidEnvelope as exc:
         problems.append(f"envelope_text is no longer a valid envelope ({exc})")
     else:
-        columns = extract_columns(parsed.data)
+        columns = parsed.columns
         for name in _REPORTING_COLUMNS:
             if getattr(row, name) != columns[name]:
                 problems.append(
                     f"column {name} is {getattr(row, name)!r}; the envelope text gives "
                     f"{columns[name]!r}"
                 )
-        if not _same_json(row.queryable, parsed.queryable_text):
+        same = row.queryable_ok
+        if same is None:
+            same = _same_json(row.queryable, parsed.queryable_text)
+        if not same:
             problems.append("the queryable envelope column no longer matches envelope_text")
     report.findings.extend(
         Finding("modified", row.envelope_id, problem, block_no) for problem in problems
@@ -689,7 +709,7 @@ def _decimal_json(text: str) -> Any:
 def _check_unsealed_in_range(
     conn: Connection, high: tuple[dt.datetime, str], report: VerifyReport
 ) -> None:
-    stmt = _unsealed_in_range(conn, high).with_only_columns(*_full_columns())
+    stmt = _unsealed_in_range(conn, high).with_only_columns(*_full_columns(conn))
     for row in conn.execute(stmt):
         report.unsealed += 1
         report.findings.append(
@@ -710,7 +730,7 @@ def _check_beyond(
 ) -> None:
     after = high
     while True:
-        stmt = sa.select(*_full_columns())
+        stmt = sa.select(*_full_columns(conn))
         if after is not None:
             stmt = stmt.where(_after(conn, *after))
         stmt = stmt.order_by(envelopes.c.received_at, _id_key(conn)).limit(_FETCH_CHUNK)

@@ -331,3 +331,21 @@ def test_block_size_and_margin_are_checked(engine: Engine) -> None:
         seal(engine, block_size=0)
     with pytest.raises(SealError, match="margin"):
         seal(engine, margin=dt.timedelta(seconds=-1))
+
+
+def test_envelopes_jsonb_cannot_hold_verify_through_their_exact_text(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    hostile = '{"envelope_id":"nul-1","type":"x","a":"nul\\u0000","b":"\\udc00","n":1.50}'
+    clock.tick()
+    assert buffer.record("nul-1", hostile) is RecordResult.NEW
+    clock.tick()
+    assert buffer.record("num-1", '{"type":"x","n":1e3,"m":[1.0, 2.50]}') is RecordResult.NEW
+    seal(engine, now=sealed_now(clock))
+    assert verify(engine).ok
+    if engine.dialect.name == "postgresql":
+        edit = "UPDATE envelopes SET envelope = jsonb_set(envelope, '{a}', '\"nul\"')"
+    else:
+        edit = "UPDATE envelopes SET envelope = json_set(envelope, '$.a', 'nul')"
+    run_sql(engine, f"{edit} WHERE envelope_id = 'nul-1'")
+    assert verify(engine).of_kind("modified") == {"nul-1"}

@@ -1,0 +1,163 @@
+"""Sealing and verification throughput on PostgreSQL, and a writer's latency while sealing.
+
+Usage::
+
+    .venv/bin/python bench/seal.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
+
+In one scratch database (dropped afterwards): load ``--rows`` realistic
+envelopes (default 200,000) through the import path, then time
+
+1. ``seal`` of everything (rows/s), then an incremental ``seal`` with nothing new;
+2. ``verify`` of everything (rows/s): chain, per-envelope digests, reporting
+   columns and the queryable copy;
+3. a writer calling ``record()`` back to back, alone and then while ``seal``
+   runs over fresh rows: the ratio of the two p99 latencies.
+
+Figures go to stdout as JSON; not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from recorder import db
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.engine import create_engine
+from recorder.envelope import parse_envelope
+from recorder.seal import seal, verify
+
+UTC = dt.timezone.utc
+
+
+def envelope(n: int) -> dict[str, Any]:
+    return {
+        "envelope_id": f"b-{n:08d}",
+        "type": "events_api",
+        "accepts_response_payload": False,
+        "payload": {
+            "token": "XXYYZZ",
+            "team_id": "T0001",
+            "api_app_id": "A0001",
+            "event": {
+                "type": "message",
+                "user": f"U{n % 5000:05d}",
+                "channel": f"C{n % 500:04d}",
+                "text": "a realistic message of some length " * 20,
+                "ts": f"{1700000000 + n}.000100",
+            },
+            "type": "event_callback",
+            "event_id": f"Ev{n:010d}",
+            "event_time": 1700000000 + n,
+        },
+        "retry_attempt": 0,
+        "retry_reason": "",
+    }
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+def writer_latencies(buffer: SQLEventBuffer, seconds: float, stop: threading.Event) -> list[float]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stop.is_set():
+        n = uuid.uuid4().int % 10**12
+        item = {"type": "events_api", "payload": {"event": {"type": "message"}}}
+        start = time.perf_counter()
+        buffer.record(f"w-{n}", item)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+
+    name = f"recorder_bench_seal_{uuid.uuid4().hex[:6]}"
+    admin = make_url(args.postgres).set(drivername="postgresql")
+    libpq = admin.render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    figures: dict[str, Any] = {"rows": args.rows}
+    try:
+        db.upgrade(url)
+        engine = create_engine(url)
+        start_at = dt.datetime.now(UTC) - dt.timedelta(days=1)
+        batch_no = [0]
+
+        def clock() -> dt.datetime:
+            return start_at + dt.timedelta(milliseconds=batch_no[0])
+
+        loader = SQLEventBuffer(engine, clock=clock)
+        for first in range(0, args.rows, 5000):
+            batch_no[0] += 1
+            parsed = [
+                parse_envelope(f"b-{n:08d}", envelope(n), redaction=loader.redaction)
+                for n in range(first, min(first + 5000, args.rows))
+            ]
+            loader.record_many(parsed)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
+        started = time.perf_counter()
+        report = seal(engine)
+        elapsed = time.perf_counter() - started
+        figures["seal_rows_per_s"] = round(report.sealed / elapsed)
+        started = time.perf_counter()
+        assert seal(engine).sealed == 0
+        figures["incremental_seal_nothing_new_ms"] = round(
+            (time.perf_counter() - started) * 1000, 1
+        )
+
+        started = time.perf_counter()
+        result = verify(engine)
+        elapsed = time.perf_counter() - started
+        assert result.ok, result.findings[:3]
+        figures["verify_rows_per_s"] = round(result.sealed / elapsed)
+
+        writer = SQLEventBuffer(engine)
+        alone = writer_latencies(writer, 5, threading.Event())
+        # fresh rows for the seal to work on while the writer runs
+        for first in range(args.rows, args.rows + 50_000, 5000):
+            batch_no[0] += 1
+            loader.record_many(
+                [parse_envelope(f"b-{n:08d}", envelope(n)) for n in range(first, first + 5000)]
+            )
+        stop = threading.Event()
+        during: list[float] = []
+        thread = threading.Thread(target=lambda: during.extend(writer_latencies(writer, 60, stop)))
+        thread.start()
+        started = time.perf_counter()
+        sealed = seal(engine, margin=dt.timedelta(hours=1)).sealed
+        seal_seconds = time.perf_counter() - started
+        stop.set()
+        thread.join()
+        figures["writer_p99_ms_alone"] = round(p99(alone) * 1000, 2)
+        figures["writer_p99_ms_while_sealing"] = round(p99(during) * 1000, 2)
+        figures["writer_p99_ratio"] = round(p99(during) / p99(alone), 2)
+        figures["sealed_while_writing"] = sealed
+        figures["seal_seconds_while_writing"] = round(seal_seconds, 2)
+        writer.close()
+        engine.dispose()
+    finally:
+        with psycopg.connect(libpq, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
