@@ -239,10 +239,15 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {IMPORT_STAGING_TABLE} (
 COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
 
 # No conflict target, as in insert_envelope: both unique keys dedupe, and rows
-# repeated inside one batch are skipped like any other duplicate.
+# repeated inside one batch are skipped like any other duplicate. The staged
+# ``envelope`` is NULL when the queryable copy equals the exact text (nearly
+# always), so each envelope crosses the wire once.
+_STAGED_VALUES = ", ".join(
+    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in RECORD_COLUMNS
+)
 INSERT_FROM_IMPORT_STAGING = f"""
 INSERT INTO envelopes ({", ".join(RECORD_COLUMNS)})
-SELECT {", ".join("envelope::jsonb" if c == "envelope" else c for c in RECORD_COLUMNS)}
+SELECT {_STAGED_VALUES}
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
 """

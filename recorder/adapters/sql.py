@@ -12,7 +12,14 @@ from sqlalchemy.engine import URL, Engine
 
 from recorder import statements
 from recorder.adapter import EnvelopeInput, RecordResult
-from recorder.engine import create_engine, is_sqlite, read_only, storage_errors, write_statement
+from recorder.engine import (
+    create_engine,
+    execute_single_write,
+    is_sqlite,
+    read_only,
+    storage_errors,
+    write_statement,
+)
 from recorder.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_REDACTION,
@@ -24,8 +31,10 @@ from recorder.envelope import (
     validate_envelope_id,
 )
 from recorder.errors import ConfigurationError
+from recorder.schema import UTCDateTime
 
 Clock = Callable[[], dt.datetime]
+_UTC = UTCDateTime()
 
 
 def utc_now() -> dt.datetime:
@@ -101,6 +110,13 @@ class SQLEventBuffer:
         self.redaction = resolve_redaction(redaction, os.environ)
         self._clock = clock
         self._insert = statements.insert_envelope(self._engine.dialect)
+        # On PostgreSQL record() runs the insert, compiled once, on the pooled
+        # psycopg connection (see recorder.engine.execute_single_write).
+        self._insert_sql: str | None = (
+            None
+            if is_sqlite(self._engine)
+            else str(self._insert.compile(dialect=self._engine.dialect))
+        )
         if upgrade:
             from recorder.db import upgrade as upgrade_schema
 
@@ -119,11 +135,16 @@ class SQLEventBuffer:
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
         params = statements.record_params(parsed, self._clock())
-        with (
-            storage_errors(f"recording envelope {parsed.envelope_id}"),
-            write_statement(self._engine) as conn,
-        ):
-            inserted = conn.execute(self._insert, params).rowcount
+        with storage_errors(f"recording envelope {parsed.envelope_id}"):
+            if self._insert_sql is not None:
+                # The one typed bind with a processor; the rest are plain text and ints.
+                params["received_at"] = _UTC.process_bind_param(
+                    params["received_at"], self._engine.dialect
+                )
+                inserted = execute_single_write(self._engine, self._insert_sql, params)
+            else:
+                with write_statement(self._engine) as conn:
+                    inserted = conn.execute(self._insert, params).rowcount
         return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
 
     def record_many(self, parsed: Sequence[ParsedEnvelope]) -> int:
@@ -166,7 +187,7 @@ class SQLEventBuffer:
                                 c["user_id"],
                                 c["retry_attempt"],
                                 c["retry_reason"],
-                                p.queryable_text,
+                                None if p.queryable_text is p.text else p.queryable_text,
                                 p.text,
                                 p.sha256,
                             )
