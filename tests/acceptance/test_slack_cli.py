@@ -1,0 +1,106 @@
+"""``recorder demo`` and ``recorder listen``, run in a subprocess as users run them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.testing import SocketModeSimulator
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("recorder")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RECORDER_", "SLACK_APP_TOKEN"))
+    }
+    env.update(extra)
+    return env
+
+
+def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "--database-url", url, "demo"],
+        capture_output=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+    lines = {
+        line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ")
+    }
+    assert "recorded (new)           43" in out
+    assert "dropped as duplicate     12" in out
+    assert "handled successfully     43   still pending: 0" in out
+    assert "frames acked             55" in out
+    assert any("query --type slash_commands" in line for line in lines.values())
+    # The demo's database now answers audit queries, with nothing left behind in cwd.
+    with SQLEventBuffer(url) as buffer:
+        assert buffer.count_pending() == 0
+        with buffer.engine.connect() as conn:
+            types = dict(
+                conn.execute(
+                    sa.text("SELECT envelope_type, count(*) FROM envelopes GROUP BY envelope_type")
+                ).all()
+            )
+    assert types == {"events_api": 35, "interactive": 4, "slash_commands": 4}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
+
+
+def test_listen_records_everything_until_sigterm(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    with SocketModeSimulator(redeliver_after=None, seed=21) as sim:
+        process = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "--database-url", url, "listen", "--slack-api-url", sim.api_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(SLACK_APP_TOKEN=sim.app_token),
+            cwd=tmp_path,
+        )
+        try:
+            sim.wait_for_connections(1, timeout=30)
+            envelopes = [sim.envelopes.message(f"archived {i}") for i in range(10)]
+            envelopes.append(sim.envelopes.slash_command("/deploy", "api"))
+            for envelope in envelopes:
+                sim.send(envelope)
+            sim.retransmit(envelopes[0]["envelope_id"])
+            sim.wait_for_acks(12, timeout=10)
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    text = stderr.decode()
+    assert process.returncode == 0, text
+    assert "Traceback" not in text
+    assert "stopped: 12 frames, 11 recorded, 0 spooled, 1 duplicates" in text
+    with SQLEventBuffer(url) as buffer:
+        assert all(buffer.seen(e["envelope_id"]) for e in envelopes)
+        assert buffer.count_pending() == 0
+
+
+def test_listen_without_an_app_token_is_a_one_line_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "--database-url", f"sqlite:///{tmp_path / 'a.db'}", "listen"],
+        capture_output=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    stderr = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert stderr[-1] == "error: no app token: set SLACK_APP_TOKEN or pass --app-token"
+    assert "Traceback" not in result.stderr.decode()
