@@ -117,9 +117,7 @@ def seed(url: str, days: int = 10) -> int:
             if day % 3 == 0:
                 batch.append(events_api(90000 + day, "C3", "U4", retry=1 + day % 2))
             n += 10
-            for data in batch:
-                buffer.record(data["envelope_id"], data)
-                stored += 1
+            stored += buffer.record_many([buffer.parse(d["envelope_id"], d) for d in batch])
     finally:
         engine.dispose()
     return stored
