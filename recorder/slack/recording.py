@@ -11,6 +11,7 @@ and the Bolt handlers are thin layers over it. It is thread-safe.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
 import threading
@@ -135,6 +136,12 @@ class _RecentKeys:
             self._pinned &= keep
 
 
+def _writer_lock(buffer: EventBufferAdapter) -> contextlib.AbstractContextManager[Any]:
+    engine = getattr(buffer, "engine", None)
+    dialect = getattr(getattr(engine, "dialect", None), "name", None)
+    return threading.Lock() if dialect == "sqlite" else contextlib.nullcontext()
+
+
 def dedupe_keys(envelope_id: str, event_id: str | None) -> list[str]:
     keys = [f"envelope:{envelope_id}"]
     if event_id:
@@ -207,6 +214,12 @@ class EnvelopeRecorder:
         self._next_renewal = time.monotonic() + self.lease_seconds / 3
         self._next_gauges = 0.0
         self.recovery_supported = hasattr(buffer, "claim_stale") and hasattr(buffer, "renew")
+        # SQLite lets one writer in at a time, and a writer that finds the lock
+        # taken sleeps in SQLite's busy handler (1 ms, then longer): queueing
+        # this process's writers on a Python lock instead keeps that sleep off
+        # the ack path. PostgreSQL takes concurrent writers as they come.
+        self._db_writes: contextlib.AbstractContextManager[Any] = _writer_lock(buffer)
+        self._spool_writes = threading.Lock()
 
     # -- the receive path
 
@@ -224,7 +237,8 @@ class EnvelopeRecorder:
             return self._decided(envelope_id, frame, Outcome.DUPLICATE)
         started = time.perf_counter()
         try:
-            result = self.buffer.record(envelope_id, text)
+            with self._db_writes:
+                result = self.buffer.record(envelope_id, text)
         except InvalidEnvelope as exc:
             logger.error(
                 "envelope %s rejected, not acked: %s",
@@ -268,7 +282,8 @@ class EnvelopeRecorder:
             return self._decided(envelope_id, frame, Outcome.NACKED)
         try:
             spool = self._open_spool()
-            result = spool.record(envelope_id, text)
+            with self._spool_writes:
+                result = spool.record(envelope_id, text)
         except InvalidEnvelope:
             return self._decided(envelope_id, frame, Outcome.REJECTED)
         except StorageUnavailable as spool_exc:
@@ -336,9 +351,12 @@ class EnvelopeRecorder:
     def _complete(self, envelope_id: str, spooled: bool) -> None:
         try:
             if spooled:
-                self._open_spool().complete(envelope_id)
+                spool = self._open_spool()
+                with self._spool_writes:
+                    spool.complete(envelope_id)
             else:
-                self.buffer.complete(envelope_id)
+                with self._db_writes:
+                    self.buffer.complete(envelope_id)
         except StorageUnavailable as exc:
             if spooled:
                 # The spool file itself failed: the row stays pending there and
@@ -371,9 +389,10 @@ class EnvelopeRecorder:
         """
         if not self.recovery_supported:
             return []
-        claims: list[ClaimedEnvelope] = self.buffer.claim_stale(  # type: ignore[attr-defined]
-            self.lease_seconds, limit, max_attempts=self.max_attempts
-        )
+        with self._db_writes:
+            claims: list[ClaimedEnvelope] = self.buffer.claim_stale(  # type: ignore[attr-defined]
+                self.lease_seconds, limit, max_attempts=self.max_attempts
+            )
         taken = []
         with self._lock:
             for claim in claims:
@@ -433,7 +452,8 @@ class EnvelopeRecorder:
         with self._lock:
             owed = sorted(self._owed)
         for envelope_id in owed:
-            self.buffer.complete(envelope_id)
+            with self._db_writes:
+                self.buffer.complete(envelope_id)
             with self._lock:
                 self._owed.discard(envelope_id)
 
@@ -442,9 +462,12 @@ class EnvelopeRecorder:
             main = [key for key, spooled in self._inflight.items() if not spooled]
             spooled = [key for key, spooled in self._inflight.items() if spooled]
         if main and self.recovery_supported:
-            self.buffer.renew(main)  # type: ignore[attr-defined]
+            with self._db_writes:
+                self.buffer.renew(main)  # type: ignore[attr-defined]
         if spooled:
-            self._open_spool().renew(spooled)
+            spool = self._open_spool()
+            with self._spool_writes:
+                spool.renew(spooled)
 
     def drain(self) -> int:
         """Move spooled envelopes that are done with (or abandoned) into the database.
@@ -461,9 +484,11 @@ class EnvelopeRecorder:
             rows = spool.drainable(self.lease_seconds, running, DRAIN_BATCH)
             if not rows:
                 break
-            move_rows(rows, self.buffer)
+            with self._db_writes:
+                move_rows(rows, self.buffer)
             ids = [row.envelope_id for row in rows]
-            spool.remove(ids)
+            with self._spool_writes:
+                spool.remove(ids)
             moved += len(rows)
             for row in rows:
                 logger.info(

@@ -1,0 +1,214 @@
+"""Ack latency of the recording listener beside a listener that acks without recording.
+
+Usage::
+
+    .venv/bin/python bench/ack_latency.py --postgres postgresql://postgres@127.0.0.1:5432/postgres \\
+        --rate 200 -n 1000 --rounds 3
+
+The latency is measured by the Socket Mode simulator from its own records:
+``time.monotonic_ns()`` just before an envelope frame is written to the
+WebSocket, to the ack frame being read back. A real slack_sdk client
+(``websocket_client``, the lowest-latency sync client) receives the frames.
+
+Variants, each fed the same stream (a mix of events_api messages and
+mentions, slash commands and block actions) at ``--rate`` envelopes per
+second:
+
+* ``floor``       a plain request listener that acks at once and records
+                  nothing: what the client and the simulator cost on their own.
+* ``sqlite``      RecordingListener on SQLEventBuffer over a fresh SQLite file.
+* ``postgresql``  RecordingListener on SQLEventBuffer over a scratch PostgreSQL
+                  database (created on the given server, dropped afterwards).
+
+Variants are interleaved in every round (the order rotates) so the noise of
+a shared machine falls on all of them; p50 and p99 are over every ack of
+every round. The target: recording p99 under 10 ms and within 3 ms of the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.socket_mode.websocket_client import SocketModeClient
+from sqlalchemy.engine import make_url
+
+from recorder import db
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.slack import RecordingListener
+from recorder.testing import SocketModeSimulator
+
+VARIANTS = ("floor", "sqlite", "postgresql")
+
+
+def stream(sim: SocketModeSimulator, count: int) -> list[dict[str, Any]]:
+    factory = sim.envelopes
+    makers: list[Callable[[int], dict[str, Any]]] = [
+        lambda i: factory.message(f"benchmark message {i}"),
+        lambda i: factory.message(f"another message {i}"),
+        lambda i: factory.app_mention(f"<@U0SIMBOT> question {i}"),
+        lambda i: factory.slash_command("/deploy", f"service-{i}"),
+        lambda i: factory.block_actions("approve", str(i)),
+    ]
+    return [makers[i % len(makers)](i) for i in range(count)]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def ack_at_once(client: Any, request: SocketModeRequest) -> None:
+    client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+
+
+def nothing(client: Any, request: SocketModeRequest) -> None:
+    """The handler: the benchmark measures the ack path only."""
+
+
+@contextmanager
+def scratch_postgres(server_url: str) -> Iterator[str]:
+    name = f"recorder_bench_ack_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    libpq = make_url(server_url).set(drivername="postgresql")
+    admin = libpq.render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    url = libpq.set(database=name).render_as_string(hide_password=False)
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+class Bot(AbstractContextManager["Bot"]):
+    """A websocket_client bot for one variant."""
+
+    def __init__(self, variant: str, sim: SocketModeSimulator, url: str | None, spool: Path):
+        self.client = SocketModeClient(
+            app_token=sim.app_token, web_client=sim.web_client(), ping_interval=5
+        )
+        self.buffer: SQLEventBuffer | None = None
+        self.listener: RecordingListener | None = None
+        if variant == "floor":
+            self.client.socket_mode_request_listeners.append(ack_at_once)
+        else:
+            assert url is not None
+            self.buffer = SQLEventBuffer(url)
+            self.listener = RecordingListener(self.buffer, nothing, spool_path=spool)
+            self.listener.attach(self.client)
+
+    def __enter__(self) -> Bot:
+        self.client.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+        if self.listener is not None:
+            self.listener.close()
+        if self.buffer is not None:
+            self.buffer.close()
+
+
+def play(sim: SocketModeSimulator, envelopes: list[dict[str, Any]], rate: float) -> None:
+    """Send at a steady ``rate``, on an absolute schedule so slow sends do not slow the rate."""
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    for i, envelope in enumerate(envelopes):
+        delay = start + i * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sim.send(envelope)
+
+
+def run_variant(
+    variant: str, url: str | None, count: int, rate: float, scratch: Path, warmup: int
+) -> list[float]:
+    """Ack latencies in milliseconds of ``count`` envelopes (after ``warmup`` unmeasured ones)."""
+    with SocketModeSimulator(redeliver_after=None) as sim:
+        with Bot(variant, sim, url, scratch / f"spool-{variant}.db"):
+            sim.wait_for_connections(1)
+            play(sim, stream(sim, warmup), rate)
+            sim.wait_for_acks(warmup, timeout=30)
+            measured = stream(sim, count)
+            play(sim, measured, rate)
+            sim.wait_for_acks(warmup + count, timeout=60)
+            wanted = {e["envelope_id"] for e in measured}
+            return [a.latency_ns / 1e6 for a in sim.acks if a.envelope_id in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "RECORDER_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"
+        ),
+        help="A PostgreSQL server URL; a scratch database is made there.",
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="Envelopes per second.")
+    parser.add_argument(
+        "-n", type=int, default=1000, help="Measured envelopes per variant and round."
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    latencies: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    with (
+        tempfile.TemporaryDirectory(prefix="recorder-ack-bench-") as tmp,
+        scratch_postgres(args.postgres) as pg_url,
+    ):
+        scratch = Path(tmp)
+        sqlite_url = f"sqlite:///{scratch / 'bench.db'}"
+        db.upgrade(sqlite_url)
+        urls = {"floor": None, "sqlite": sqlite_url, "postgresql": pg_url}
+        order = itertools.cycle([VARIANTS[i:] + VARIANTS[:i] for i in range(len(VARIANTS))])
+        for round_number in range(1, args.rounds + 1):
+            for variant in next(order):
+                values = run_variant(
+                    variant, urls[variant], args.n, args.rate, scratch, args.warmup
+                )
+                latencies[variant].extend(values)
+                print(
+                    f"round {round_number} {variant:<10} p50 {statistics.median(values):6.2f} ms"
+                    f"  p99 {percentile(values, 0.99):6.2f} ms",
+                    file=sys.stderr,
+                )
+
+    floor_p50 = statistics.median(latencies["floor"])
+    floor_p99 = percentile(latencies["floor"], 0.99)
+    print(
+        f"\nAck latency at {args.rate:g} envelopes/s, {args.n} x {args.rounds} envelopes per variant"
+    )
+    print("| variant | p50 ms | p99 ms | p50 over floor | p99 over floor |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    failed = False
+    for variant in VARIANTS:
+        values = latencies[variant]
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        print(
+            f"| {variant} | {p50:.2f} | {p99:.2f} | {p50 - floor_p50:+.2f} | {p99 - floor_p99:+.2f} |"
+        )
+        if variant != "floor" and (p99 >= 10.0 or p99 - floor_p99 > 3.0):
+            failed = True
+    print("\ntarget (p99 < 10 ms and within 3 ms of the floor):", "missed" if failed else "met")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
