@@ -149,3 +149,26 @@ def test_half_close_is_passed_on_and_nothing_in_flight_is_lost() -> None:
             sock.close()
         thread.join(timeout=30)
     assert reply == payload[::-1]
+
+
+def test_close_leaves_no_proxy_threads_behind(pg_server_url: str) -> None:
+    def proxy_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("TcpProxy")]
+
+    before = len(proxy_threads())
+    proxy = TcpProxy(*_pg_target(pg_server_url))
+    connections = [
+        psycopg.connect(_libpq(proxy.url_for(pg_server_url)), connect_timeout=5) for _ in range(3)
+    ]
+    assert len(proxy_threads()) == before + 1 + 2 * 3
+    connections[0].close()
+    proxy.close()
+    for conn in connections[1:]:
+        conn.close()
+    # The first link ends on its own (orderly close); its last thread may still
+    # be returning from the callback that removed it.
+    deadline = time.monotonic() + 10
+    while len(proxy_threads()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(proxy_threads()) == before
+    assert proxy.live_connections == 0
