@@ -95,9 +95,13 @@ def test_writer_records_and_completes_but_cannot_rewrite_or_delete(
     assert [e["envelope_id"] for e in buffer.pending()] == ["e1"]
     buffer.complete("e1")
     assert buffer.pending() == []
+    # the import path (COPY into a temporary table) works for the writer too
+    batch = [buffer.parse(f"i{n}", {"type": "x", "n": n}) for n in range(3)]
+    assert buffer.record_many(batch) == 3
     claimed = SQLEventBuffer(writer)
     assert claimed.record("e2", envelope(2)) is RecordResult.NEW
-    assert [c.envelope_id for c in claimed.claim_stale(dt.timedelta(0))] == ["e2"]
+    stale = claimed.claim_stale(dt.timedelta(0))
+    assert [c.envelope_id for c in stale] == ["i0", "i1", "i2", "e2"]
 
     assert "permission denied" in denied(
         writer, "UPDATE envelopes SET envelope_text = '{}' WHERE envelope_id = 'e1'"
