@@ -193,7 +193,12 @@ class AsyncRecordingListener:
                     claim.envelope_id,
                     extra={"envelope_id": claim.envelope_id},
                 )
-                self.recorder.finish(claim.envelope_id, ok=False)
+                # Off the loop, like every database call.
+                pending = asyncio.ensure_future(
+                    self._in_io(self.recorder.finish, claim.envelope_id, False)
+                )
+                self._tasks.add(pending)
+                pending.add_done_callback(self._tasks.discard)
                 continue
             self._dispatch(client, request)
 
