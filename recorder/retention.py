@@ -52,7 +52,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from recorder import statements
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.errors import ConfigurationError, RecorderError
+from recorder.errors import ConfigurationError, RecorderError, StorageUnavailable
 from recorder.schema import change_log, legal_holds, prune_runs, retention_policies
 from recorder.timespec import parse_duration
 
@@ -602,7 +602,11 @@ def _sqlite_prune_lock(database: str | None) -> Iterator[None]:
         return
     # flock belongs to the open file: it is released when this process
     # exits, however it exits, so a crashed run never blocks the next one.
-    handle: IO[str] = open(f"{database}-prune.lock", "a")  # noqa: SIM115
+    path = f"{database}-prune.lock"
+    try:
+        handle: IO[str] = open(path, "a")  # noqa: SIM115
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot open the prune lock file {path}: {exc}") from exc
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

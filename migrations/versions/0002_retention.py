@@ -1,4 +1,5 @@
-"""Retention policies, legal holds, the prune log with the envelopes each run removed, the change log.
+"""Retention policies, legal holds, the prune log with the envelopes each run removed, the change log;
+an (envelope_type, received_at) index for stats by type.
 
 Revision ID: 0002
 Revises: 0001
@@ -24,6 +25,9 @@ JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 
 
 
 def upgrade() -> None:
+    op.create_index(
+        "ix_envelopes_envelope_type_received_at", "envelopes", ["envelope_type", "received_at"]
+    )
     op.create_table(
         "retention_policies",
         sa.Column("name", sa.Text(), nullable=False),
@@ -145,3 +149,4 @@ def downgrade() -> None:
     op.drop_table("prune_runs")
     op.drop_table("legal_holds")
     op.drop_table("retention_policies")
+    op.drop_index("ix_envelopes_envelope_type_received_at", table_name="envelopes")
