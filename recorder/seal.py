@@ -423,7 +423,13 @@ def latest_block(engine: Engine) -> SealBlock | None:
 # -- verification
 
 
-def verify(engine: Engine, *, anchors: Iterable[str] = ()) -> VerifyReport:
+def verify(
+    engine: Engine,
+    *,
+    anchors: Iterable[str] = (),
+    future_tolerance: dt.timedelta = DEFAULT_MARGIN,
+    now: dt.datetime | None = None,
+) -> VerifyReport:
     """Recompute the seal chain and check every envelope against it.
 
     Parameters
@@ -433,6 +439,11 @@ def verify(engine: Engine, *, anchors: Iterable[str] = ()) -> VerifyReport:
         each must still be the digest of a block, which catches a chain
         rewritten from some block onwards by someone able to write the seal
         tables.
+    future_tolerance
+        An unsealed row received more than this after ``now`` is reported as
+        inserted: once its time came, :func:`seal` would seal it like any other.
+    now
+        The current time (default: the clock).
 
     Returns
     -------
@@ -441,6 +452,7 @@ def verify(engine: Engine, *, anchors: Iterable[str] = ()) -> VerifyReport:
         problem, naming the envelope.
     """
     report = VerifyReport()
+    latest_plausible = (now or utc_now()) + future_tolerance
     with storage_errors("verifying the seal chain"), _snapshot(engine) as conn:
         blocks = [
             SealBlock(**row._mapping)
@@ -448,8 +460,7 @@ def verify(engine: Engine, *, anchors: Iterable[str] = ()) -> VerifyReport:
         ]
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
-        seen: set[tuple[str, dt.datetime]] = set()
-        _check_chain(conn, blocks, report, seen)
+        _check_chain(conn, blocks, report)
         digests = {b.digest for b in blocks}
         for anchor in anchors:
             if anchor.strip().lower() not in digests:
@@ -465,7 +476,7 @@ def verify(engine: Engine, *, anchors: Iterable[str] = ()) -> VerifyReport:
         high = (ranges[-1].last_received_at, ranges[-1].last_envelope_id) if ranges else None
         if high is not None:
             _check_unsealed_in_range(conn, high, report)
-        _check_beyond(conn, high, report)
+        _check_beyond(conn, high, report, latest_plausible)
     return report
 
 
@@ -482,12 +493,7 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _check_chain(
-    conn: Connection,
-    blocks: list[SealBlock],
-    report: VerifyReport,
-    seen: set[tuple[str, dt.datetime]],
-) -> None:
+def _check_chain(conn: Connection, blocks: list[SealBlock], report: VerifyReport) -> None:
     prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
         members = [
@@ -505,7 +511,6 @@ def _check_chain(
         prev = block.digest
         report.sealed += len(members)
         _check_members(conn, block, members, report)
-        seen.update((m.envelope_id, m.received_at) for m in members)
 
 
 def _block_problems(
@@ -726,7 +731,10 @@ def _check_unsealed_in_range(
 
 
 def _check_beyond(
-    conn: Connection, high: tuple[dt.datetime, str] | None, report: VerifyReport
+    conn: Connection,
+    high: tuple[dt.datetime, str] | None,
+    report: VerifyReport,
+    latest_plausible: dt.datetime,
 ) -> None:
     after = high
     while True:
@@ -737,6 +745,16 @@ def _check_beyond(
         rows = conn.execute(stmt).all()
         for row in rows:
             report.unsealed += 1
+            if row.received_at > latest_plausible:
+                report.findings.append(
+                    Finding(
+                        "inserted",
+                        row.envelope_id,
+                        f"received_at {_timestamp(row.received_at)} is in the future: a forged "
+                        "row, or a writer whose clock runs ahead (it would be sealed as "
+                        "genuine once its time came)",
+                    )
+                )
             _check_consistent(row, report)
         if len(rows) < _FETCH_CHUNK:
             return

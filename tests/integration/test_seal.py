@@ -349,3 +349,17 @@ def test_envelopes_jsonb_cannot_hold_verify_through_their_exact_text(
         edit = "UPDATE envelopes SET envelope = json_set(envelope, '$.a', 'nul')"
     run_sql(engine, f"{edit} WHERE envelope_id = 'nul-1'")
     assert verify(engine).of_kind("modified") == {"nul-1"}
+
+
+def test_rows_dated_in_the_future_are_reported_before_they_could_be_sealed(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    record_range(buffer, clock, range(3))
+    seal(engine, now=sealed_now(clock))
+    ahead = SQLEventBuffer(engine, clock=lambda: clock.now + dt.timedelta(days=2))
+    assert ahead.record("future-1", {"type": "x"}) is RecordResult.NEW
+    report = verify(engine, now=sealed_now(clock))
+    assert report.of_kind("inserted") == {"future-1"}
+    assert "in the future" in report.findings[0].detail
+    # within the tolerance, a writer slightly ahead is fine
+    assert verify(engine, now=clock.now + dt.timedelta(days=2)).ok
