@@ -102,9 +102,20 @@ def realistic_envelope(n: int) -> dict[str, Any]:
                                 "type": "rich_text_section",
                                 "elements": [
                                     {"type": "text", "text": "Deploy of "},
-                                    {"type": "text", "text": "payments-api", "style": {"bold": True}},
-                                    {"type": "text", "text": " v2.14.3 finished on prod-eu-west-1 "},
-                                    {"type": "emoji", "name": "white_check_mark", "unicode": "2705"},
+                                    {
+                                        "type": "text",
+                                        "text": "payments-api",
+                                        "style": {"bold": True},
+                                    },
+                                    {
+                                        "type": "text",
+                                        "text": " v2.14.3 finished on prod-eu-west-1 ",
+                                    },
+                                    {
+                                        "type": "emoji",
+                                        "name": "white_check_mark",
+                                        "unicode": "2705",
+                                    },
                                     {"type": "text", "text": " See "},
                                     {
                                         "type": "link",
@@ -191,7 +202,10 @@ class RawPostgres:
         new = 0
         for start in range(0, len(lines), BATCH):
             received_at = _now()
-            rows = [_raw_row(parse_envelope_text(line[:-1], redaction=DEFAULT_REDACTION), received_at) for line in lines[start : start + BATCH]]
+            rows = [
+                _raw_row(parse_envelope_text(line[:-1], redaction=DEFAULT_REDACTION), received_at)
+                for line in lines[start : start + BATCH]
+            ]
             with self.conn.transaction(), self.conn.cursor() as cursor:
                 cursor.executemany(PG_INSERT, rows, returning=False)
                 new += cursor.rowcount
@@ -250,65 +264,83 @@ class RawSQLite:
 # -- the run
 
 
-Variant = Callable[[int], float]
-"""Runs ``n`` fresh envelopes through one path; returns envelopes per second."""
+Step = Callable[[list[Any]], int]
+"""Runs a slice of prepared inputs through one path; returns how many were new."""
+
+RECORD_SLICE = 50
+IMPORT_SLICE = 5 * BATCH  # several batches, so the import's overlap shows
 
 
-def _timed(count: int, work: Callable[[], int]) -> float:
-    start = time.perf_counter()
-    stored = work()
-    elapsed = time.perf_counter() - start
-    if stored != count:
-        raise SystemExit(f"expected {count} new envelopes, stored {stored}")
-    return count / elapsed
-
-
-def variants(buffer: SQLEventBuffer, raw: RawPostgres | RawSQLite) -> dict[str, Variant]:
-    def record(n: int) -> float:
-        envelopes = [realistic_envelope(i) for i in range(n)]
-        return _timed(n, lambda: sum(buffer.record(e["envelope_id"], e).value == "new" for e in envelopes))
-
-    def raw_record(n: int) -> float:
-        envelopes = [realistic_envelope(i) for i in range(n)]
-        return _timed(n, lambda: sum(raw.record(e) for e in envelopes))
-
-    def import_(n: int) -> float:
-        lines = envelope_lines(n)
-        return _timed(n, lambda: import_envelopes(buffer, lines, batch_size=BATCH).new)
-
-    def raw_import(n: int) -> float:
-        lines = envelope_lines(n)
-        return _timed(n, lambda: raw.import_lines(lines))
-
-    return {"record": record, "raw-record": raw_record, "import": import_, "raw-import": raw_import}
+def steps(buffer: SQLEventBuffer, raw: RawPostgres | RawSQLite) -> dict[str, Step]:
+    return {
+        "record": lambda envs: sum(buffer.record(e["envelope_id"], e).value == "new" for e in envs),
+        "raw-record": lambda envs: sum(raw.record(e) for e in envs),
+        "import": lambda lines: import_envelopes(buffer, lines, batch_size=BATCH).new,
+        "raw-import": raw.import_lines,
+    }
 
 
 PAIRS = (("record", "raw-record"), ("import", "raw-import"))
 
 
+def _time_pair(
+    ours: Step, theirs: Step, make: Callable[[int], list[Any]], n: int, slice_: int, flip: bool
+) -> tuple[float, float]:
+    """Envelopes per second of both paths, their slices alternating so both see the same load."""
+    elapsed = [0.0, 0.0]
+    runs = [(0, ours), (1, theirs)]
+    for start in range(0, n, slice_):
+        count = min(slice_, n - start)
+        inputs = [make(count), make(count)]
+        order = runs if (start // slice_ + flip) % 2 == 0 else runs[::-1]
+        for index, step in order:
+            began = time.perf_counter()
+            stored = step(inputs[index])
+            elapsed[index] += time.perf_counter() - began
+            if stored != count:
+                raise SystemExit(f"expected {count} new envelopes, stored {stored}")
+    return n / elapsed[0], n / elapsed[1]
+
+
 def run_backend(
-    name: str, buffer: SQLEventBuffer, raw: RawPostgres | RawSQLite, n: int, n_import: int, rounds: int
+    name: str,
+    buffer: SQLEventBuffer,
+    raw: RawPostgres | RawSQLite,
+    n: int,
+    n_import: int,
+    rounds: int,
 ) -> dict[str, Any]:
-    runs = variants(buffer, raw)
-    sizes = {"record": n, "raw-record": n, "import": n_import, "raw-import": n_import}
+    run = steps(buffer, raw)
+
+    def envelopes(count: int) -> list[Any]:
+        return [realistic_envelope(i) for i in range(count)]
+
+    def lines(count: int) -> list[Any]:
+        return list(envelope_lines(count))
+
+    plan = {
+        ("record", "raw-record"): (envelopes, n, RECORD_SLICE),
+        ("import", "raw-import"): (lines, n_import, IMPORT_SLICE),
+    }
     # Warm-up: connections, prepared statements, caches.
-    for key, run in runs.items():
-        run(min(200, sizes[key]))
-    results: dict[str, list[float]] = {key: [] for key in runs}
-    order = list(runs)
+    for (ours, theirs), (make, _, slice_) in plan.items():
+        _time_pair(run[ours], run[theirs], make, min(2 * slice_, 1000), slice_, False)
+    results: dict[str, list[float]] = {key: [] for key in run}
     for r in range(rounds):
-        rotated = order[r % len(order) :] + order[: r % len(order)]
-        for key in rotated:
-            results[key].append(runs[key](sizes[key]))
+        for (ours, theirs), (make, count, slice_) in plan.items():
+            a, b = _time_pair(run[ours], run[theirs], make, count, slice_, r % 2 == 1)
+            results[ours].append(a)
+            results[theirs].append(b)
         print(
             f"  {name} round {r + 1}/{rounds}: "
-            + ", ".join(f"{k} {results[k][-1]:,.0f}/s" for k in order),
+            + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in results.items()),
             file=sys.stderr,
         )
     summary: dict[str, Any] = {k: statistics.median(v) for k, v in results.items()}
     for ours, theirs in PAIRS:
         ratios = [a / b for a, b in zip(results[ours], results[theirs], strict=True)]
         summary[f"{ours}/{theirs}"] = statistics.median(ratios)
+        summary[f"{ours}/{theirs} range"] = (min(ratios), max(ratios))
     return summary
 
 
@@ -341,19 +373,31 @@ def scratch_sqlite(path: str) -> Iterator[str]:
 
 
 def report(name: str, summary: dict[str, Any], n: int, n_import: int, rounds: int) -> None:
-    print(f"\n{name}: median of {rounds} interleaved rounds ({n} records, {n_import} imported per round)")
+    print(
+        f"\n{name}: median of {rounds} interleaved rounds ({n} records, {n_import} imported per round)"
+    )
     for key in ("record", "raw-record", "import", "raw-import"):
         print(f"  {key:<11} {summary[key]:>10,.0f} envelopes/s")
     for ours, theirs in PAIRS:
-        print(f"  {ours + ' / ' + theirs:<23} {summary[f'{ours}/{theirs}']:.2f}x")
+        low, high = summary[f"{ours}/{theirs} range"]
+        print(
+            f"  {ours + ' / ' + theirs:<23} {summary[f'{ours}/{theirs}']:.2f}x"
+            f"  (rounds: {low:.2f}x to {high:.2f}x)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--postgres", metavar="URL", help="PostgreSQL server URL (a scratch database is made there)")
-    parser.add_argument("--sqlite", metavar="PATH", help="SQLite file to create (removed afterwards)")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="PostgreSQL server URL (a scratch database is made there)"
+    )
+    parser.add_argument(
+        "--sqlite", metavar="PATH", help="SQLite file to create (removed afterwards)"
+    )
     parser.add_argument("-n", type=int, default=2000, help="records per variant per round")
-    parser.add_argument("--import-n", type=int, default=None, help="envelopes imported per round (default 5 x n)")
+    parser.add_argument(
+        "--import-n", type=int, default=None, help="envelopes imported per round (default 5 x n)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     if not args.postgres and not args.sqlite:

@@ -11,7 +11,7 @@ import select
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -193,17 +193,21 @@ def write_statement(engine: Engine) -> Iterator[Connection]:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def execute_single_write(engine: Engine, sql: str, params: Mapping[str, Any]) -> int:
-    """Run one write statement in autocommit on PostgreSQL; return its row count.
+def execute_single_write(engine: Engine, sql: str, params: Any) -> int:
+    """Run one atomic write statement; return its row count.
 
-    The same pool, pre-ping and atomicity as :func:`write_statement`, but on the
-    pooled psycopg connection directly: SQLAlchemy's per-call ``Connection``
-    and its isolation-level switching cost as much CPU as the driver itself on
-    ``record``'s hot path. ``sql`` is a statement compiled once for this
-    dialect (see :meth:`recorder.adapters.sql.SQLEventBuffer.record`). Wrap the
-    call in :func:`storage_errors`: driver errors come out untranslated, and a
+    The same pool, pre-ping and transaction handling as :func:`write_statement`
+    (autocommit on PostgreSQL, ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite),
+    but on the pooled driver connection directly: SQLAlchemy's per-call
+    ``Connection`` and its isolation-level switching cost as much CPU as the
+    driver itself on ``record``'s hot path. ``sql`` is a statement compiled
+    once for this dialect and ``params`` its driver-ready values (see
+    :meth:`recorder.adapters.sql.SQLEventBuffer.record`). Wrap the call in
+    :func:`storage_errors`: driver errors come out untranslated, and a
     connection they broke is dropped from the pool.
     """
+    if is_sqlite(engine):
+        return _sqlite_single_write(engine, sql, params)
     pooled = engine.raw_connection()
     try:
         driver = pooled.driver_connection
@@ -219,6 +223,24 @@ def execute_single_write(engine: Engine, sql: str, params: Mapping[str, Any]) ->
             if driver.closed or engine.dialect.is_disconnect(exc, pooled.dbapi_connection, None):  # type: ignore[arg-type]
                 pooled.invalidate(exc)
             raise
+    finally:
+        pooled.close()
+
+
+def _sqlite_single_write(engine: Engine, sql: str, params: Any) -> int:
+    pooled = engine.raw_connection()
+    try:
+        driver = pooled.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.execute("BEGIN IMMEDIATE")
+        try:
+            count = int(driver.execute(sql, params).rowcount)
+            driver.execute("COMMIT")
+        except BaseException:
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
+            raise
+        return count
     finally:
         pooled.close()
 

@@ -217,7 +217,7 @@ def _record_batch(
         raise
     except StorageUnavailable as exc:
         raise StorageUnavailable(
-            f"import stopped at line {first_line}: {exc}; lines before it are recorded, "
-            "and importing the file again is safe"
+            f"import stopped at line {first_line}: {exc}; the lines before it are recorded "
+            "(its own batch may be too), and importing the file again is safe"
         ) from exc
     return new, len(batch) - new

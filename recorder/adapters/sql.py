@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,13 +111,13 @@ class SQLEventBuffer:
         self.redaction = resolve_redaction(redaction, os.environ)
         self._clock = clock
         self._insert = statements.insert_envelope(self._engine.dialect)
-        # On PostgreSQL record() runs the insert, compiled once, on the pooled
-        # psycopg connection (see recorder.engine.execute_single_write).
-        self._insert_sql: str | None = (
-            None
-            if is_sqlite(self._engine)
-            else str(self._insert.compile(dialect=self._engine.dialect))
-        )
+        # record() and record_many() run the insert, compiled once, on the
+        # pooled driver connection (see recorder.engine.execute_single_write).
+        compiled = self._insert.compile(dialect=self._engine.dialect)
+        self._insert_sql = str(compiled)
+        self._insert_positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+        dialect = self._engine.dialect
+        self._bind_received_at = _UTC.dialect_impl(dialect).bind_processor(dialect)
         if upgrade:
             from recorder.db import upgrade as upgrade_schema
 
@@ -134,18 +135,24 @@ class SQLEventBuffer:
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
-        params = statements.record_params(parsed, self._clock())
+        params = self._driver_params(parsed, self._bound_time(self._clock()))
         with storage_errors(f"recording envelope {parsed.envelope_id}"):
-            if self._insert_sql is not None:
-                # The one typed bind with a processor; the rest are plain text and ints.
-                params["received_at"] = _UTC.process_bind_param(
-                    params["received_at"], self._engine.dialect
-                )
-                inserted = execute_single_write(self._engine, self._insert_sql, params)
-            else:
-                with write_statement(self._engine) as conn:
-                    inserted = conn.execute(self._insert, params).rowcount
+            inserted = execute_single_write(self._engine, self._insert_sql, params)
         return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
+
+    def _bound_time(self, received_at: dt.datetime) -> Any:
+        # received_at is the one typed bind with a processor (UTC, and SQLite's
+        # text format); every other value is plain text or an int.
+        if self._bind_received_at is None:
+            return received_at
+        return self._bind_received_at(received_at)
+
+    def _driver_params(self, parsed: ParsedEnvelope, received_at: Any) -> Any:
+        """Bind values of the compiled insert, as the driver takes them."""
+        params = statements.record_params(parsed, received_at)
+        if self._insert_positions is None:
+            return params
+        return tuple(params[name] for name in self._insert_positions)
 
     def record_many(self, parsed: Sequence[ParsedEnvelope]) -> int:
         """Record a batch atomically (one transaction); return how many were new.
@@ -159,9 +166,12 @@ class SQLEventBuffer:
         received_at = self._clock()
         with storage_errors(f"recording a batch of {len(parsed)} envelopes"):
             if is_sqlite(self._engine):
+                bound = self._bound_time(received_at)
+                rows = [self._driver_params(p, bound) for p in parsed]
                 with self._engine.begin() as conn:
-                    rows = [statements.record_params(p, received_at) for p in parsed]
-                    return int(conn.execute(self._insert, rows).rowcount)
+                    driver = conn.connection.driver_connection
+                    assert isinstance(driver, sqlite3.Connection)
+                    return int(driver.executemany(self._insert_sql, rows).rowcount)
             return self._copy_batch(parsed, received_at)
 
     def _copy_batch(self, parsed: Iterable[ParsedEnvelope], received_at: dt.datetime) -> int:

@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from recorder import audit
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.audit import QuerySpec, query_envelopes
+from recorder.errors import StorageUnavailable
 from recorder.importer import import_envelopes
+from recorder.testing.faults import TcpProxy
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -189,3 +192,42 @@ def test_formats_round_trip(database_url: str) -> None:
 def test_query_spec_rejects_naive_times() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         QuerySpec(since=dt.datetime(2026, 1, 1))
+
+
+def test_import_stopped_by_a_database_outage_keeps_earlier_batches(pg_url: str) -> None:
+    target = make_url(pg_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+
+        def lines() -> Iterator[bytes]:
+            for i in range(2000):
+                if i == 1000:
+                    proxy.cut()  # the server goes away while the import runs
+                yield lines_of(envelope(i))[0]
+
+        with (
+            SQLEventBuffer(proxy.url_for(pg_url)) as buffer,
+            pytest.raises(StorageUnavailable, match="import stopped at line") as failure,
+        ):
+            import_envelopes(buffer, lines(), batch_size=100)
+    stopped_at = int(str(failure.value).split("import stopped at line ")[1].split(":")[0])
+    with SQLEventBuffer(pg_url) as buffer:
+        ids = [r.envelope_id for r in query_envelopes(buffer.engine, QuerySpec())]
+        # Everything before the failing batch is there, in order; the failing
+        # batch itself may have committed just as the link went; nothing after it.
+        assert ids[: stopped_at - 1] == [f"env-{i:04d}" for i in range(stopped_at - 1)]
+        assert len(ids) in (stopped_at - 1, stopped_at - 1 + 100)
+        assert 0 < stopped_at <= 1001
+        report = import_envelopes(buffer, (lines_of(envelope(i))[0] for i in range(2000)))
+    assert (report.new, report.duplicate) == (2000 - len(ids), len(ids))
+
+
+def test_import_redacts_like_record(database_url: str) -> None:
+    secret = {**envelope(1), "payload": {**envelope(1)["payload"], "token": "xoxb-secret"}}
+    with SQLEventBuffer(database_url) as buffer:
+        import_envelopes(buffer, lines_of(secret, envelope(2)))
+        texts = {
+            r.envelope_id: r.envelope_text for r in query_envelopes(buffer.engine, QuerySpec())
+        }
+    assert "xoxb-secret" not in texts["env-0001"]
+    assert json.loads(texts["env-0001"])["payload"]["token"] == "[redacted]"
+    assert texts["env-0002"] == lines_of(envelope(2))[0].decode().rstrip("\n")
