@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -68,8 +68,6 @@ _REPORTING_COLUMNS = (
     "retry_attempt",
     "retry_reason",
 )
-
-Clock = Callable[[], dt.datetime]
 
 
 class SealError(RecorderError, ValueError):
