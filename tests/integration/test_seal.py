@@ -311,13 +311,15 @@ def test_sealing_while_another_thread_records_is_safe(database_url: str) -> None
     thread.start()
     blocks = 0
     try:
-        for _ in range(8):
-            blocks += len(seal(engine, margin=dt.timedelta(seconds=2), block_size=50).blocks)
-            stop.wait(0.3)
+        # A 3 s margin: far more than a write takes to commit, even on a busy machine.
+        for _ in range(14):
+            blocks += len(seal(engine, margin=dt.timedelta(seconds=3), block_size=50).blocks)
+            stop.wait(0.4)
     finally:
         stop.set()
         thread.join()
     assert not errors
+    assert blocks > 1  # sealing really ran while the writer wrote
     final = seal(engine, margin=dt.timedelta(0), now=dt.datetime.now(UTC) + dt.timedelta(seconds=1))
     report = verify(engine)
     assert report.ok, report.findings[:5]
