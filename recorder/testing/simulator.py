@@ -185,12 +185,13 @@ class _Connection:
     connection_id: str
     ws: web.WebSocketResponse
     opened_ns: int
-    ready: bool = False
+    greeted: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once ``hello`` is written (or the connection ended): nothing goes out before it."""
     closed_ns: int | None = None
     disconnect_reason: str | None = None
 
     def eligible(self) -> bool:
-        return self.ready and self.closed_ns is None and self.disconnect_reason is None
+        return self.greeted.is_set() and self.closed_ns is None and self.disconnect_reason is None
 
     def info(self) -> ConnectionInfo:
         return ConnectionInfo(
@@ -293,6 +294,10 @@ class SocketModeSimulator:
         self._tickets: set[str] = set()
         self._tracked: dict[str, _Tracked] = {}
         self._acked_chains: set[str] = set()
+        # Ids neither acked nor settled by an ack of their event, kept up to date
+        # so that waits stay cheap with thousands of envelopes in flight.
+        self._unsettled: dict[str, None] = {}
+        self._chain_members: dict[str, list[str]] = collections.defaultdict(list)
         self._deliveries: list[Delivery] = []
         self._acks: list[Ack] = []
         self._stray_frames: list[str] = []
@@ -571,11 +576,7 @@ class SocketModeSimulator:
         same event (a retry), is acked.
         """
         with self._changed:
-            return [
-                envelope_id
-                for envelope_id, tracked in self._tracked.items()
-                if not tracked.acked and tracked.chain not in self._acked_chains
-            ]
+            return list(self._unsettled)
 
     def connections(self) -> list[ConnectionInfo]:
         """Every connection opened so far, open or closed, oldest first."""
@@ -583,17 +584,19 @@ class SocketModeSimulator:
             return [conn.info() for conn in self._connections.values()]
 
     def open_connection_ids(self) -> list[str]:
-        """Ids of the open connections that got ``hello``, oldest first."""
+        """Ids of the open connections, oldest first.
+
+        A connection counts from its WebSocket handshake; whatever is sent to it
+        goes out after its ``hello``.
+        """
         with self._changed:
             return [
-                conn.connection_id
-                for conn in self._connections.values()
-                if conn.ready and conn.closed_ns is None
+                conn.connection_id for conn in self._connections.values() if conn.closed_ns is None
             ]
 
     @property
     def connection_count(self) -> int:
-        """How many connections are open (and got ``hello``)."""
+        """How many connections are open."""
         return len(self.open_connection_ids())
 
     @property
@@ -658,8 +661,13 @@ class SocketModeSimulator:
             pending = self.unacked()
             return pending if wanted is None else [e for e in pending if e in wanted]
 
+        def settled() -> bool:
+            if wanted is None:
+                return not self._unsettled
+            return self._unsettled.keys().isdisjoint(wanted)
+
         try:
-            self.wait_for(lambda: not missing(), timeout=timeout)
+            self.wait_for(settled, timeout=timeout)
         except SimulatorTimeout:
             left = missing()
             raise SimulatorTimeout(
@@ -720,6 +728,9 @@ class SocketModeSimulator:
             tracked = self._tracked.get(envelope_id)
             if tracked is None:
                 self._tracked[envelope_id] = _Tracked(json.loads(text), text, chain)
+                self._chain_members[chain].append(envelope_id)
+                if chain not in self._acked_chains:
+                    self._unsettled[envelope_id] = None
             else:
                 # Sending an id again re-sends what was first sent under it, as a
                 # retransmit would; a changed body under a used id is a test bug.
@@ -887,7 +898,7 @@ class SocketModeSimulator:
             if self.send_hello:
                 await ws.send_str(json.dumps(self._hello(conn)))
             with self._changed:
-                conn.ready = True
+                conn.greeted.set()
                 self._changed.notify_all()
             # Queued envelopes go out from a task of their own, so that acks on
             # this connection are read (and timed) while the queue drains.
@@ -904,6 +915,7 @@ class SocketModeSimulator:
         finally:
             with self._changed:
                 conn.closed_ns = time.monotonic_ns()
+                conn.greeted.set()
                 self._changed.notify_all()
         return ws
 
@@ -961,7 +973,10 @@ class SocketModeSimulator:
                 )
             )
             tracked.acked = True
-            self._acked_chains.add(tracked.chain)
+            if tracked.chain not in self._acked_chains:
+                self._acked_chains.add(tracked.chain)
+                for member in self._chain_members[tracked.chain]:
+                    self._unsettled.pop(member, None)
             if tracked.timer is not None:
                 tracked.timer.cancel()
                 tracked.timer = None
@@ -975,7 +990,7 @@ class SocketModeSimulator:
         if connection is not None:
             with self._changed:
                 conn = self._connections.get(connection)
-            if conn is None or conn.closed_ns is not None or not conn.ready:
+            if conn is None or conn.closed_ns is not None:
                 raise SimulatorError(f"connection {connection!r} is not open")
             return conn
         candidates = self._eligible()
@@ -1017,7 +1032,10 @@ class SocketModeSimulator:
         return sent
 
     async def _write(self, conn: _Connection, envelope_id: str, kind: DeliveryKind) -> bool:
+        await conn.greeted.wait()
         with self._changed:
+            if conn.closed_ns is not None:
+                return False
             tracked = self._tracked[envelope_id]
             first = tracked.last_sent_ns is None
             sent_ns = time.monotonic_ns()
@@ -1048,6 +1066,7 @@ class SocketModeSimulator:
         conn = self._pick(connection)
         if conn is None:
             raise SimulatorError("no connection is open")
+        await conn.greeted.wait()
         await conn.ws.send_str(text)
         return conn.connection_id
 
@@ -1115,7 +1134,7 @@ class SocketModeSimulator:
             targets = [self._pick(connection)]
         else:
             with self._changed:
-                targets = [c for c in self._connections.values() if c.ready and c.closed_ns is None]
+                targets = [c for c in self._connections.values() if c.closed_ns is None]
         frame = json.dumps(
             {
                 "type": "disconnect",
@@ -1126,6 +1145,9 @@ class SocketModeSimulator:
         sent = []
         for conn in targets:
             if conn is None:
+                continue
+            await conn.greeted.wait()
+            if conn.closed_ns is not None:
                 continue
             with self._changed:
                 conn.disconnect_reason = reason
