@@ -345,20 +345,46 @@ def _seal_block(
             digest=digest,
         )
         conn.execute(sa.insert(seal_blocks).values(_block_row(block)))
-        conn.execute(
-            sa.insert(sealed_envelopes),
-            [
-                {
-                    "block_no": block_no,
-                    "position": i,
-                    "envelope_id": m.envelope_id,
-                    "received_at": m.received_at,
-                    "envelope_sha256": m.sha256,
-                }
-                for i, m in enumerate(members)
-            ],
-        )
+        _insert_members(conn, block_no, members)
         return block
+
+
+# One statement over arrays on PostgreSQL: a block of 10,000 members in one round trip.
+_INSERT_MEMBERS_POSTGRESQL = sa.text(
+    """
+    INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
+    SELECT :block_no, m.ord - 1, m.envelope_id, m.received_at, m.envelope_sha256
+    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[]), CAST(:shas AS text[]))
+        WITH ORDINALITY AS m(envelope_id, received_at, envelope_sha256, ord)
+    """
+)
+
+
+def _insert_members(conn: Connection, block_no: int, members: Sequence[Member]) -> None:
+    if not is_sqlite(conn):
+        conn.execute(
+            _INSERT_MEMBERS_POSTGRESQL,
+            {
+                "block_no": block_no,
+                "ids": [m.envelope_id for m in members],
+                "ats": [m.received_at for m in members],
+                "shas": [m.sha256 for m in members],
+            },
+        )
+        return
+    conn.execute(
+        sa.insert(sealed_envelopes),
+        [
+            {
+                "block_no": block_no,
+                "position": i,
+                "envelope_id": m.envelope_id,
+                "received_at": m.received_at,
+                "envelope_sha256": m.sha256,
+            }
+            for i, m in enumerate(members)
+        ],
+    )
 
 
 def _block_row(block: SealBlock) -> dict[str, Any]:
