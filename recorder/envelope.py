@@ -178,7 +178,10 @@ class Redaction:
                 raise ConfigurationError(
                     f"RECORDER_REDACT: {item!r} is not mask:PATH, drop:PATH, default, off"
                 )
-        return cls(mask=tuple(dict.fromkeys(mask)), drop=tuple(dict.fromkeys(drop)))
+        try:
+            return cls(mask=tuple(dict.fromkeys(mask)), drop=tuple(dict.fromkeys(drop)))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"RECORDER_REDACT: {exc}") from None
 
     @property
     def enabled(self) -> bool:

@@ -124,6 +124,8 @@ def test_parse_reads_recorder_redact_specs() -> None:
     assert set(Redaction.default().mask) <= set(custom.mask)
     with pytest.raises(ConfigurationError, match="RECORDER_REDACT"):
         Redaction.parse("hide:payload.x")
+    with pytest.raises(ConfigurationError, match=r"RECORDER_REDACT: redaction path 'a\.\.b'"):
+        Redaction.parse("mask:a..b")
 
 
 @pytest.mark.parametrize("path", ["", "payload..token", "envelope_id", "*", "*.x", ".a"])
