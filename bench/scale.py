@@ -48,12 +48,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from recorder import audit, db, retention, statements, stats
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.importer import import_envelopes
+from recorder.schema import prune_runs
 
 UTC = dt.timezone.utc
 DAY = dt.timedelta(days=1)
@@ -335,17 +337,56 @@ def run_naive_delete(url: str) -> dict[str, Any]:
     }
 
 
+def run_single_logged_statement(url: str) -> dict[str, Any]:
+    """The whole prune as one statement that also logs every row: batching's fair baseline."""
+    engine = create_engine(url)
+    policies = retention.list_policies(engine)
+    assert len(policies) == 1
+    cutoff = dt.datetime.now(UTC) - policies[0].keep
+    conditions = statements.expired_under(policies[0].match(), [], cutoff)
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.insert(prune_runs)
+            .values(started_at=dt.datetime.now(UTC), status="running", dry_run=False)
+            .returning(prune_runs.c.id)
+        ).scalar_one()
+    stmt = statements.prune_batch_postgresql(
+        conditions, prune_run_id=run_id, policy_name="all", batch_size=10**9, after=None
+    )
+    writer = Writer(url)
+    writer.start()
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        row = conn.execute(stmt).first()
+    elapsed = time.perf_counter() - started
+    time.sleep(0.5)
+    latency = writer.finish()
+    engine.dispose()
+    deleted = int(row.n) if row else 0
+    return {
+        "deleted": deleted,
+        "seconds": elapsed,
+        "rows_per_s": deleted / elapsed,
+        "writer": latency,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=retention.DEFAULT_BATCH_SIZE)
+    parser.add_argument(
+        "--batch-sizes",
+        default=str(retention.DEFAULT_BATCH_SIZE),
+        help="comma-separated batch sizes to prune with, each on its own clone",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
     args = parser.parse_args(argv)
 
     name = f"recorder_scale_{os.getpid()}"
-    clone = f"{name}_batched"
+    clone = f"{name}_clone"
     url, clone_url = database_url(args.postgres, name), database_url(args.postgres, clone)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     results: dict[str, Any] = {"rows": args.rows}
     admin(args.postgres, f'CREATE DATABASE "{name}"')
     try:
@@ -405,15 +446,29 @@ def main(argv: list[str] | None = None) -> int:
             ).scalar_one()
         results["expired_unheld"] = expired
         engine.dispose()
-        print(f"expired and unheld: {expired:,}; cloning the database ...", flush=True)
-        t = time.perf_counter()
-        admin(args.postgres, f'CREATE DATABASE "{clone}" TEMPLATE "{name}"')
-        results["clone_s"] = time.perf_counter() - t
+        print(f"expired and unheld: {expired:,}", flush=True)
 
+        def fresh_clone() -> None:
+            t = time.perf_counter()
+            admin(
+                args.postgres,
+                f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)',
+                f'CREATE DATABASE "{clone}" TEMPLATE "{name}"',
+            )
+            results["clone_s"] = time.perf_counter() - t
+
+        fresh_clone()
         results["writer_alone"] = writer_alone(clone_url, 5)
         print(f"writer alone: {results['writer_alone']}", flush=True)
-        results["batched_prune"] = run_batched_prune(clone_url, args.batch_size)
-        print(f"batched prune: {results['batched_prune']}", flush=True)
+        for size in batch_sizes:
+            if f"batched_prune_{size}" in results:
+                continue
+            fresh_clone()
+            results[f"batched_prune_{size}"] = run_batched_prune(clone_url, size)
+            print(f"batched prune, batch {size}: {results[f'batched_prune_{size}']}", flush=True)
+        fresh_clone()
+        results["single_logged_statement"] = run_single_logged_statement(clone_url)
+        print(f"one logged statement: {results['single_logged_statement']}", flush=True)
         results["naive_delete"] = run_naive_delete(url)
         print(f"naive DELETE: {results['naive_delete']}", flush=True)
     finally:
