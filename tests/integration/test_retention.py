@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ from recorder.adapter import RecordResult
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.retention import PruneProgress, RetentionError, RetentionPolicy
-from recorder.schema import change_log, envelopes, legal_holds, prune_runs, pruned_envelopes
+from recorder.schema import (
+    change_log,
+    envelopes,
+    legal_holds,
+    prune_runs,
+    pruned_envelopes,
+    retention_policies,
+)
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -402,3 +410,80 @@ def test_bad_policy_and_hold_values_are_refused(engine: Engine) -> None:
     with pytest.raises(RetentionError, match="no legal hold"):
         retention.release_hold(engine, "nope")
     assert rows(engine, change_log) == []
+
+
+def test_prune_agrees_with_the_pure_model_on_random_policies_and_holds(engine: Engine) -> None:
+    """Seeded random rounds: what the database deletes is exactly what deciding_policy says."""
+    rnd = random.Random(20261128)
+    values = {
+        "channel_id": ["C1", "C2", None],
+        "user_id": ["U1", "U2", None],
+        "team_id": ["T1", None],
+    }
+    deleted = held = 0
+    for round_no in range(8):
+        with engine.begin() as conn:
+            for table in (envelopes, retention_policies, legal_holds):
+                conn.execute(sa.delete(table))
+        for i in range(rnd.randrange(1, 5)):
+            retention.set_policy(
+                engine,
+                f"p{rnd.randrange(3)}{i}",
+                keep=dt.timedelta(days=rnd.choice([1, 10, 30])),
+                priority=rnd.choice([0, 1, 1, 2]),
+                now=NOW,
+                **{k: rnd.choice(v) for k, v in values.items()},
+                event_type=rnd.choice(["message", "app_mention", None]),
+            )
+        for i in range(rnd.randrange(0, 3)):
+            retention.add_hold(
+                engine,
+                f"h{round_no}-{i}",
+                reason="r",
+                since=rnd.choice([None, NOW - 25 * DAY]),
+                **{k: rnd.choice(v) for k, v in values.items()},
+            )
+        columns: dict[str, tuple[dict[str, Any], dt.datetime]] = {}
+        for _ in range(40):
+            fields = {
+                "channel": rnd.choice(["C1", "C2", "C3"]),
+                "user": rnd.choice(["U1", "U2", "U3"]),
+                "team": rnd.choice(["T1", "T2"]),
+                "event_type": rnd.choice(["message", "app_mention"]),
+            }
+            at = NOW - dt.timedelta(days=rnd.choice([0.5, 5, 20, 40]))
+            envelope_id = store(engine, at, **fields)
+            columns[envelope_id] = (
+                {
+                    "channel_id": fields["channel"],
+                    "user_id": fields["user"],
+                    "team_id": fields["team"],
+                    "envelope_type": "events_api",
+                    "event_type": fields["event_type"],
+                },
+                at,
+            )
+        policies = retention.list_policies(engine)
+        holds = retention.list_holds(engine)
+
+        expected = {
+            i for i, (cols, at) in columns.items() if not _model_prunes(policies, holds, cols, at)
+        }
+        report = retention.prune(engine, batch_size=7, now=NOW)
+        assert stored_ids(engine) == expected, f"round {round_no}"
+        deleted += report.deleted_total
+        held += report.held
+    assert deleted > 20
+    assert held > 2
+
+
+def _model_prunes(
+    policies: list[RetentionPolicy],
+    holds: list[retention.LegalHold],
+    columns: dict[str, Any],
+    at: dt.datetime,
+) -> bool:
+    policy = retention.deciding_policy(policies, columns)
+    if policy is None or at >= NOW - policy.keep:
+        return False
+    return not any(h.covers(columns, at) for h in holds)
