@@ -185,6 +185,7 @@ class _Connection:
     connection_id: str
     ws: web.WebSocketResponse
     opened_ns: int
+    last_pong_ns: int | None = None
     greeted: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once ``hello`` is written (or the connection ended): nothing goes out before it."""
     closed_ns: int | None = None
@@ -236,8 +237,9 @@ class SocketModeSimulator:
         Seconds after a ``disconnect`` frame before the simulator closes that
         connection itself (Slack waits about 10); ``None`` leaves it to the client.
     ping_interval
-        Seconds between server pings; ``None`` sends none (clients still get
-        pongs to their own pings).
+        Seconds between server pings; a connection that answers none for four
+        intervals is closed. ``None`` sends none (clients still get pongs to
+        their own pings).
     send_hello
         Send ``hello`` on connect. A client that waits for it never becomes
         ready without.
@@ -887,9 +889,10 @@ class SocketModeSimulator:
             self._tickets.discard(ticket)
         if not known or self._stopping:
             return web.Response(status=401, text="invalid or used ticket")
-        ws = web.WebSocketResponse(
-            timeout=2.0, heartbeat=self.ping_interval, compress=False, autoping=True
-        )
+        # Pings and pongs are handled here rather than by aiohttp, whose
+        # heartbeat drops a connection after half an interval without a pong:
+        # stricter than Slack, and stricter than the builtin client keeps up with.
+        ws = web.WebSocketResponse(timeout=2.0, compress=False, autoping=False)
         await ws.prepare(request)
         conn = _Connection(f"c{next(self._connection_numbers)}", ws, time.monotonic_ns())
         with self._changed:
@@ -903,8 +906,14 @@ class SocketModeSimulator:
             # Queued envelopes go out from a task of their own, so that acks on
             # this connection are read (and timed) while the queue drains.
             self._spawn(self._flush_outbox())
+            if self.ping_interval is not None:
+                self._spawn(self._ping(conn, self.ping_interval))
             async for message in ws:
-                if message.type == WSMsgType.TEXT:
+                if message.type == WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif message.type == WSMsgType.PONG:
+                    conn.last_pong_ns = time.monotonic_ns()
+                elif message.type == WSMsgType.TEXT:
                     self._on_client_text(conn, message.data, time.monotonic_ns())
                 elif message.type == WSMsgType.BINARY:
                     self._on_client_text(
@@ -918,6 +927,20 @@ class SocketModeSimulator:
                 conn.greeted.set()
                 self._changed.notify_all()
         return ws
+
+    async def _ping(self, conn: _Connection, interval: float) -> None:
+        """Ping every ``interval`` seconds; close after four intervals without a pong."""
+        while conn.closed_ns is None and not self._stopping:
+            await asyncio.sleep(interval)
+            if conn.closed_ns is not None:
+                return
+            since = conn.last_pong_ns if conn.last_pong_ns is not None else conn.opened_ns
+            if time.monotonic_ns() - since > 4 * interval * 1e9:
+                logger.info("simulator: %s answered no ping; closing it", conn.connection_id)
+                await self._close(conn, int(WSCloseCode.POLICY_VIOLATION))
+                return
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await conn.ws.ping(f"simulator:{time.time()}".encode())
 
     def _hello(self, conn: _Connection) -> dict[str, Any]:
         with self._changed:

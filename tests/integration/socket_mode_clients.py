@@ -42,12 +42,20 @@ def ack(request: SocketModeRequest) -> SocketModeResponse:
 class Bot:
     """One real Socket Mode client connected to a simulator."""
 
-    def __init__(self, kind: str, sim: SocketModeSimulator, respond: Responder = ack) -> None:
+    def __init__(
+        self,
+        kind: str,
+        sim: SocketModeSimulator,
+        respond: Responder = ack,
+        *,
+        wait_for_hello: bool = True,
+    ) -> None:
         if kind not in ALL_KINDS:
             raise ValueError(kind)
         self.kind = kind
         self.sim = sim
         self.respond = respond
+        self.wait_for_hello = wait_for_hello
         self.frames: list[dict[str, Any]] = []
         self.requests: list[SocketModeRequest] = []
         self._changed = threading.Condition()
@@ -90,6 +98,8 @@ class Bot:
             lambda: self.sim.total_connections > before and self.sim.connection_count > 0,
             what=f"{self.kind} to connect",
         )
+        if not self.wait_for_hello:
+            return self
         # The hello has reached the client: it is fully set up and safe to close.
         with self._changed:
             assert self._changed.wait_for(

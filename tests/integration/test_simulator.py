@@ -207,6 +207,45 @@ def test_simulator_closes_a_warned_connection_after_close_after(sim: SocketModeS
         ws.close()
 
 
+@pytest.mark.parametrize("kind", ["builtin", "aiohttp"])
+def test_server_pings_are_answered_and_keep_the_connection(kind: str) -> None:
+    with (
+        SocketModeSimulator(ping_interval=0.25, redeliver_after=None) as sim,
+        Bot(kind, sim) as bot,
+    ):
+        (first,) = sim.open_connection_ids()
+        time.sleep(2)  # eight pings; four unanswered would have closed it
+        sim.send(sim.envelopes.message("still here"))
+        bot.wait_for_requests(1)
+        sim.wait_until_acked(timeout=10)
+        assert sim.open_connection_ids() == [first]
+        assert sim.total_connections == 1
+
+
+def test_a_connection_that_answers_no_ping_is_closed() -> None:
+    with SocketModeSimulator(ping_interval=0.1) as sim:
+        url = WebClient(base_url=sim.api_url).apps_connections_open(app_token=sim.app_token)["url"]
+        ws = websocket.create_connection(url, timeout=5)  # read once, then never again
+        try:
+            assert '"hello"' in ws.recv()
+            sim.wait_for_connections(1)
+            sim.wait_for(lambda: sim.connection_count == 0, timeout=5, what="the close")
+            assert sim.total_connections == 1
+        finally:
+            ws.close()
+
+
+def test_without_hello_the_client_still_receives() -> None:
+    with (
+        SocketModeSimulator(send_hello=False, redeliver_after=None) as sim,
+        Bot("aiohttp", sim, wait_for_hello=False) as bot,
+    ):
+        sim.send(sim.envelopes.message("no hello"))
+        bot.wait_for_requests(1)
+        sim.wait_until_acked(timeout=10)
+        assert [f.get("type") for f in bot.frames] == ["events_api"]
+
+
 # redelivery of what is not acked --------------------------------------------------------
 
 
