@@ -41,7 +41,10 @@ What it does, the way Slack does it
 * On connect it sends ``hello`` (``num_connections``, ``debug_info``,
   ``connection_info``), then any envelopes queued while no connection was open.
   ``debug_info.host`` ends with the connection id (``applink-simulator-c1``),
-  so a client can tell which connection it is on.
+  so a client can tell which connection it is on. A connection counts as open
+  from its handshake; nothing is written to it before its ``hello``.
+* It answers client pings; with ``ping_interval`` it also pings, and closes a
+  connection that answers none for four intervals.
 * :meth:`~SocketModeSimulator.send` writes an envelope to one connection,
   chosen round robin (or at random) over the open connections that were not
   told to disconnect; :meth:`~SocketModeSimulator.broadcast` writes it to
@@ -65,12 +68,35 @@ What it does, the way Slack does it
   the latency from the frame being written to the ack being read
   (``time.monotonic_ns``). Acks may arrive on any connection, as with Slack.
 
-Observing: :attr:`~SocketModeSimulator.acks`, :meth:`~SocketModeSimulator.acks_for`,
-:meth:`~SocketModeSimulator.unacked`, :attr:`~SocketModeSimulator.deliveries`,
-:meth:`~SocketModeSimulator.connections`, :attr:`~SocketModeSimulator.connection_count`,
-and waits that raise :class:`SimulatorTimeout` with what was missing:
-:meth:`~SocketModeSimulator.wait_for_connections`, :meth:`~SocketModeSimulator.wait_for_acks`,
-:meth:`~SocketModeSimulator.wait_until_acked`, :meth:`~SocketModeSimulator.wait_for`.
+Public API (stable; other modules and the tests of :mod:`recorder.slack` build on it)
+---------------------------------------------------------------------------------------
+Lifecycle: ``start()``, ``stop()``, ``with``; ``api_url``, ``port``, ``app_token``,
+``bot_token``, ``web_client()``, ``async_web_client()``, ``running``.
+
+Building: ``sim.envelopes`` (:class:`EnvelopeFactory`): ``message``,
+``app_mention``, ``reaction_added``, ``events_api``, ``slash_command``,
+``block_actions``, ``view_submission``, ``retry_of``.
+
+Acting: ``send(envelope, connection=None) -> envelope_id``, ``send_many``,
+``broadcast(envelope) -> [connection ids]``, ``retransmit(envelope_id)``,
+``retry(envelope_or_id, reason="timeout") -> retry envelope``,
+``disconnect(reason, connection=None, close_after=...)``,
+``close_connections(connection=None)``, ``send_frame(frame)`` (untracked).
+
+Observing: ``acks`` (:class:`Ack`), ``acks_for(id)``, ``acked(id)``,
+``unacked()``, ``deliveries`` (:class:`Delivery`), ``sent_envelope_ids()``,
+``envelope(id)``, ``connections()`` (:class:`ConnectionInfo`),
+``open_connection_ids()``, ``connection_count``, ``total_connections``,
+``api_calls``, ``stray_frames``.
+
+Waiting (raise :class:`SimulatorTimeout`, a ``TimeoutError``, saying what was
+missing): ``wait_for_connections(n)``, ``wait_for_acks(n)``,
+``wait_until_acked(ids=None)``, ``wait_for(predicate)``, and ``*_async``
+forms of each.
+
+Misuse (not started, unknown envelope or connection, malformed envelope)
+raises :class:`SimulatorError`, a :class:`~recorder.errors.RecorderError`.
+A user guide with runnable examples is ``docs/testing.md``.
 """
 
 from __future__ import annotations
