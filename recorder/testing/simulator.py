@@ -83,7 +83,7 @@ Acting: ``send(envelope, connection=None) -> envelope_id``, ``send_many``,
 ``disconnect(reason, connection=None, close_after=...)``,
 ``close_connections(connection=None)``, ``send_frame(frame)`` (untracked).
 
-Observing: ``acks`` (:class:`Ack`), ``acks_for(id)``, ``acked(id)``,
+Observing: ``acks`` (:class:`Ack`), ``ack_count``, ``acks_for(id)``, ``acked(id)``,
 ``unacked()``, ``deliveries`` (:class:`Delivery`), ``sent_envelope_ids()``,
 ``envelope(id)``, ``connections()`` (:class:`ConnectionInfo`),
 ``open_connection_ids()``, ``connection_count``, ``total_connections``,
@@ -318,6 +318,7 @@ class SocketModeSimulator:
         # Guards everything below; the loop thread changes state under it and
         # notifies, callers read copies and wait on it.
         self._changed = threading.Condition(threading.RLock())
+        self._generation = 0
         self._connections: dict[str, _Connection] = {}
         self._tickets: set[str] = set()
         self._tracked: dict[str, _Tracked] = {}
@@ -557,6 +558,12 @@ class SocketModeSimulator:
         with self._changed:
             return list(self._acks)
 
+    @property
+    def ack_count(self) -> int:
+        """How many acks arrived (cheaper than ``len(sim.acks)``)."""
+        with self._changed:
+            return len(self._acks)
+
     def acks_for(self, envelope_id: str) -> list[Ack]:
         """The acks received for one envelope id."""
         with self._changed:
@@ -649,12 +656,18 @@ class SocketModeSimulator:
             Still false after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SimulatorTimeout(f"timed out after {timeout} s waiting for {what}")
-                self._changed.wait(min(left, 0.05))
+        while True:
+            with self._changed:
+                generation = self._generation
+            # Evaluated without the lock: a predicate may do anything, even send.
+            if predicate():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SimulatorTimeout(f"timed out after {timeout} s waiting for {what}")
+            with self._changed:
+                if self._generation == generation:
+                    self._changed.wait(min(left, 0.05))
 
     def wait_for_connections(self, count: int = 1, *, timeout: float = 10.0) -> list[str]:
         """Wait until at least ``count`` connections are open; returns their ids."""
@@ -669,7 +682,7 @@ class SocketModeSimulator:
     def wait_for_acks(self, count: int, *, timeout: float = 10.0) -> list[Ack]:
         """Wait until at least ``count`` acks in total arrived; returns all acks."""
         try:
-            self.wait_for(lambda: len(self._acks) >= count, timeout=timeout)
+            self.wait_for(lambda: self.ack_count >= count, timeout=timeout)
         except SimulatorTimeout:
             raise SimulatorTimeout(
                 f"{len(self.acks)} of {count} acks after {timeout} s; unacked: {self.unacked()[:10]}"
@@ -690,9 +703,10 @@ class SocketModeSimulator:
             return pending if wanted is None else [e for e in pending if e in wanted]
 
         def settled() -> bool:
-            if wanted is None:
-                return not self._unsettled
-            return self._unsettled.keys().isdisjoint(wanted)
+            with self._changed:
+                if wanted is None:
+                    return not self._unsettled
+                return self._unsettled.keys().isdisjoint(wanted)
 
         try:
             self.wait_for(settled, timeout=timeout)
@@ -801,7 +815,12 @@ class SocketModeSimulator:
 
     def _notify(self) -> None:
         with self._changed:
-            self._changed.notify_all()
+            self._signal()
+
+    def _signal(self) -> None:
+        """Wake the waits; the caller holds ``self._changed``."""
+        self._generation += 1
+        self._changed.notify_all()
 
     # the server (loop thread) ------------------------------------------------------
 
@@ -872,7 +891,7 @@ class SocketModeSimulator:
         params.pop("token", None)
         with self._changed:
             self._api_calls.append((method, params))
-            self._changed.notify_all()
+            self._signal()
         if method == "apps.connections.open":
             return web.json_response(self._connections_open(token))
         if method == "auth.test":
@@ -928,7 +947,7 @@ class SocketModeSimulator:
                 await ws.send_str(json.dumps(self._hello(conn)))
             with self._changed:
                 conn.greeted.set()
-                self._changed.notify_all()
+                self._signal()
             # Queued envelopes go out from a task of their own, so that acks on
             # this connection are read (and timed) while the queue drains.
             self._spawn(self._flush_outbox())
@@ -951,7 +970,7 @@ class SocketModeSimulator:
             with self._changed:
                 conn.closed_ns = time.monotonic_ns()
                 conn.greeted.set()
-                self._changed.notify_all()
+                self._signal()
         return ws
 
     async def _ping(self, conn: _Connection, interval: float) -> None:
@@ -992,7 +1011,7 @@ class SocketModeSimulator:
             tracked = self._tracked.get(envelope_id) if isinstance(envelope_id, str) else None
             if tracked is None or not isinstance(frame, dict) or not isinstance(envelope_id, str):
                 self._stray_frames.append(text)
-                self._changed.notify_all()
+                self._signal()
                 logger.warning("simulator: frame that acks no sent envelope: %.200s", text)
                 return
             # An ack answers the oldest unanswered delivery on its own connection,
@@ -1029,7 +1048,7 @@ class SocketModeSimulator:
             if tracked.timer is not None:
                 tracked.timer.cancel()
                 tracked.timer = None
-            self._changed.notify_all()
+            self._signal()
 
     def _eligible(self) -> list[_Connection]:
         with self._changed:
@@ -1104,7 +1123,7 @@ class SocketModeSimulator:
                     tracked.outstanding.remove((conn.connection_id, sent_ns))
                 tracked.last_sent_ns = previous_sent_ns
                 conn.closed_ns = conn.closed_ns or time.monotonic_ns()
-                self._changed.notify_all()
+                self._signal()
             return False
         if first:
             self._arm_redelivery(envelope_id)
@@ -1200,7 +1219,7 @@ class SocketModeSimulator:
                 continue
             with self._changed:
                 conn.disconnect_reason = reason
-                self._changed.notify_all()
+                self._signal()
             try:
                 await conn.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
@@ -1230,4 +1249,4 @@ class SocketModeSimulator:
                 await conn.ws.close(code=code, message=b"simulator closed the connection")
         with self._changed:
             conn.closed_ns = conn.closed_ns or time.monotonic_ns()
-            self._changed.notify_all()
+            self._signal()

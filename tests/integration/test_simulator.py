@@ -503,6 +503,18 @@ def test_misuse_raises_simulator_errors(sim: SocketModeSimulator) -> None:
     assert isinstance(timeout.value, TimeoutError)
 
 
+def test_a_wait_predicate_may_act_on_the_simulator(sim: SocketModeSimulator) -> None:
+    sent: list[str] = []
+
+    def send_once() -> bool:
+        if not sent:
+            sent.append(sim.send(sim.envelopes.message("from a predicate")))
+        return sim.sent_envelope_ids() == sent
+
+    sim.wait_for(send_once, timeout=5)
+    assert sim.unacked() == sent
+
+
 def test_built_envelopes_parse_into_the_reporting_columns(sim: SocketModeSimulator) -> None:
     e = sim.envelopes
     columns = [parse_envelope(env["envelope_id"], env).columns for env in _mixed(sim)]
