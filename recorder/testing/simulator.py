@@ -178,7 +178,8 @@ class Ack:
     payload: dict[str, Any] | None
     """The response payload, when the ack carried one."""
     sent_ns: int
-    """When the delivery it answers was written (the oldest unanswered delivery of the id)."""
+    """When the delivery it answers was written: the oldest unanswered delivery of
+    the id on the ack's connection, else the oldest on any connection."""
     received_ns: int
     """``time.monotonic_ns()`` when the ack frame was read."""
     frame: dict[str, Any]
