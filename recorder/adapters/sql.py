@@ -233,6 +233,17 @@ class SQLEventBuffer:
         ):
             conn.execute(statements.complete_envelope(envelope_id, self._clock()))
 
+    def complete_many(self, envelope_ids: Sequence[str]) -> None:
+        """:meth:`complete` for several envelopes in one statement (one commit)."""
+        ids = [validate_envelope_id(envelope_id) for envelope_id in envelope_ids]
+        if not ids:
+            return
+        with (
+            storage_errors(f"completing {len(ids)} envelopes"),
+            write_statement(self._engine) as conn,
+        ):
+            conn.execute(statements.complete_envelopes(ids, self._clock()))
+
     def claim_stale(
         self,
         lease: float | dt.timedelta,

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import enum
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,8 @@ DEFAULT_MAX_ATTEMPTS = 5
 RECENT_TTL_SECONDS = 900.0
 RECENT_MAX_KEYS = 100_000
 DRAIN_BATCH = 500
+#: How long the completer gathers finished envelopes into one statement.
+COMPLETION_BATCH_SECONDS = 0.02
 RECOVERY_BATCH = 100
 
 
@@ -208,6 +211,9 @@ class EnvelopeRecorder:
         # envelope id -> True when its row lives in the spool
         self._inflight: dict[str, bool] = {}
         self._owed: set[str] = set()
+        self._completions: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._completer: threading.Thread | None = None
+        self._closed = False
         self._spool: Spool | None = None
         self._spool_lock = threading.Lock()
         self._next_recovery = 0.0
@@ -331,7 +337,12 @@ class EnvelopeRecorder:
     # -- handler results
 
     def finish(self, envelope_id: str, ok: bool) -> None:
-        """A handler run ended. On success the envelope is completed where its row lives."""
+        """A handler run ended. On success the envelope is completed where its row lives.
+
+        Completions in the database are batched (a few milliseconds' worth per
+        statement): a commit per envelope would double the commits the
+        database flushes, and the ack path waits behind those flushes.
+        """
         with self._lock:
             spooled = self._inflight.get(envelope_id, False)
             if ok:
@@ -339,43 +350,88 @@ class EnvelopeRecorder:
             else:
                 self.stats.failed += 1
         self.metrics.handler("ok" if ok else "failed")
+        if ok and not spooled:
+            self._start_completer()
+            self._completions.put(envelope_id)
+            return
         try:
             if ok:
-                self._complete(envelope_id, spooled)
+                self._complete_spooled(envelope_id)
         finally:
             # Only now: the drain skips in-flight rows, so a spooled row is
             # never moved between the handler finishing and it being marked.
             with self._lock:
                 self._inflight.pop(envelope_id, None)
 
-    def _complete(self, envelope_id: str, spooled: bool) -> None:
+    def _complete_spooled(self, envelope_id: str) -> None:
         try:
-            if spooled:
-                spool = self._open_spool()
-                with self._spool_writes:
-                    spool.complete(envelope_id)
-            else:
-                with self._db_writes:
-                    self.buffer.complete(envelope_id)
+            spool = self._open_spool()
+            with self._spool_writes:
+                spool.complete(envelope_id)
         except StorageUnavailable as exc:
-            if spooled:
-                # The spool file itself failed: the row stays pending there and
-                # is recovered after the drain; nothing better is possible.
-                logger.error(
-                    "envelope %s handled but not marked complete in the spool: %s",
-                    envelope_id,
-                    exc,
-                    extra={"envelope_id": envelope_id},
-                )
-                return
-            logger.warning(
-                "envelope %s handled; completion deferred, the database is unavailable: %s",
+            # The spool file itself failed: the row stays pending there and is
+            # recovered after the drain; nothing better is possible.
+            logger.error(
+                "envelope %s handled but not marked complete in the spool: %s",
                 envelope_id,
                 exc,
                 extra={"envelope_id": envelope_id},
             )
+
+    def _start_completer(self) -> None:
+        with self._lock:
+            if self._completer is not None or self._closed:
+                return
+            self._completer = threading.Thread(
+                target=self._complete_loop, name="recorder-completer", daemon=True
+            )
+            self._completer.start()
+
+    def _complete_loop(self) -> None:
+        while True:
+            first = self._completions.get()
+            if first is None:
+                return
+            time.sleep(COMPLETION_BATCH_SECONDS)
+            self._complete_batch([first, *self._take_completions()])
+
+    def _take_completions(self) -> list[str]:
+        taken: list[str] = []
+        while True:
+            try:
+                item = self._completions.get_nowait()
+            except queue.Empty:
+                return taken
+            if item is None:
+                # Keep the stop request for the loop.
+                self._completions.put(None)
+                return taken
+            taken.append(item)
+
+    def _complete_batch(self, envelope_ids: list[str]) -> None:
+        if not envelope_ids:
+            return
+        try:
+            with self._db_writes:
+                complete_many = getattr(self.buffer, "complete_many", None)
+                if complete_many is not None:
+                    complete_many(envelope_ids)
+                else:
+                    for envelope_id in envelope_ids:
+                        self.buffer.complete(envelope_id)
+        except StorageUnavailable as exc:
+            logger.warning(
+                "%d envelopes handled; completion deferred, the database is unavailable: %s",
+                len(envelope_ids),
+                exc,
+                extra={"envelope_ids": envelope_ids},
+            )
             with self._lock:
-                self._owed.add(envelope_id)
+                self._owed.update(envelope_ids)
+        finally:
+            with self._lock:
+                for envelope_id in envelope_ids:
+                    self._inflight.pop(envelope_id, None)
 
     # -- recovery and background work
 
@@ -435,7 +491,8 @@ class EnvelopeRecorder:
         return claims
 
     def flush(self) -> None:
-        """At shutdown: settle owed completions and drain what can be drained."""
+        """Write queued completions, settle owed ones, and drain what can be drained."""
+        self._complete_batch(self._take_completions())
         self._safely("retrying completions", self._retry_owed)
         self._safely("draining the spool", self.drain)
 
@@ -546,6 +603,14 @@ class EnvelopeRecorder:
             return list(self._inflight)
 
     def close(self) -> None:
+        """Stop the completer (writing what it holds) and close the spool."""
+        with self._lock:
+            self._closed = True
+            completer = self._completer
+        if completer is not None:
+            self._completions.put(None)
+            completer.join()
+        self._complete_batch(self._take_completions())
         with self._spool_lock:
             if self._spool is not None:
                 self._spool.close()

@@ -113,6 +113,7 @@ def test_spooled_envelope_left_pending_by_a_crash_is_drained_and_recovered(
         assert [c.envelope_id for c in claims] == [handled_then_crashed["envelope_id"]]
         assert claims[0].attempts == 2
         second_run.finish(handled_then_crashed["envelope_id"], ok=True)
+        second_run.flush()  # completions are batched; write this one now
         assert buffer.count_pending() == 0
         assert second_run.drain() == 0
         second_run.close()
@@ -126,7 +127,8 @@ def test_completion_owed_while_the_database_is_away_is_retried(
         recorder = recorder_for(buffer, tmp_path)
         assert recorder.record(*frame(envelope)) is Outcome.NEW
         proxy.cut()
-        recorder.finish(envelope["envelope_id"], ok=True)  # logged, owed
+        recorder.finish(envelope["envelope_id"], ok=True)
+        recorder.flush()  # the queued completion fails: logged, owed
         proxy.restore()
         assert buffer.count_pending() == 1
         recorder.tick()
@@ -203,6 +205,7 @@ def test_prometheus_metrics_and_structured_logs(
             assert recorder.record(*frame(envelope)) is Outcome.DUPLICATE
         recorder.acked(0.002)
         recorder.finish(envelope["envelope_id"], ok=True)
+        recorder.flush()
         recorder.tick()
 
     def value(name: str, **labels: str) -> float:
