@@ -22,10 +22,13 @@ message event with rich-text blocks, authorizations, event_context):
 Both sides do the same work per envelope: validation, the default redaction
 (payload.token is masked, so the text is re-encoded), column extraction and
 the SHA-256 come from recorder.envelope for the raw variants too, so the
-ratio measures the storage path alone. Variants are interleaved in every round
-(the order rotates) to spread the noise of a shared machine over all of them;
-the figure reported per variant is the median of its rounds, and each ratio is
-the median of the per-round ratios.
+ratio measures the storage path alone.
+
+Each pair is timed side by side: its two paths take turns on small slices (50
+records; 2,500 imported lines, five batches), the first turn alternating, so
+both meet the same load on a shared machine. A round times ``-n`` records and
+``--import-n`` lines per path; the figure per path is the median of its rounds,
+each ratio the median of the per-round ratios (the range is printed too).
 
 PostgreSQL runs in a scratch database created on the given server and dropped
 afterwards; the SQLite file is created fresh and removed afterwards.

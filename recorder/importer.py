@@ -112,7 +112,7 @@ def import_envelopes(
         for line_no, raw in enumerate(lines, start=1):
             pending_bytes += len(raw)
             text = _strip_line_ending(raw)
-            if not text.strip():
+            if not text or text.isspace():
                 continue
             try:
                 parsed = parse_envelope_text(
