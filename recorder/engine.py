@@ -193,6 +193,10 @@ def write_statement(engine: Engine) -> Iterator[Connection]:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
+#: Drivers :func:`execute_single_write` drives directly.
+DIRECT_WRITE_DRIVERS = frozenset({"psycopg", "pysqlite"})
+
+
 def execute_single_write(engine: Engine, sql: str, params: Any) -> int:
     """Run one atomic write statement; return its row count.
 
@@ -206,6 +210,12 @@ def execute_single_write(engine: Engine, sql: str, params: Any) -> int:
     :func:`storage_errors`: driver errors come out untranslated, and a
     connection they broke is dropped from the pool.
     """
+    if engine.dialect.driver not in DIRECT_WRITE_DRIVERS:
+        # An engine on another driver, made by the caller: the same SQL
+        # through SQLAlchemy's Connection.
+        with write_statement(engine) as conn:
+            result = conn.execution_options(preserve_rowcount=True).exec_driver_sql(sql, params)
+            return int(result.rowcount)
     if is_sqlite(engine):
         return _sqlite_single_write(engine, sql, params)
     pooled = engine.raw_connection()

@@ -117,3 +117,17 @@ def test_record_with_a_naive_clock_is_refused(pg_url: str) -> None:
         pytest.raises(ValueError, match="naive"),
     ):
         buffer.record("e1", envelope(1))
+
+
+def test_engines_on_other_drivers_take_the_sqlalchemy_path(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "DIRECT_WRITE_DRIVERS", frozenset())
+    with SQLEventBuffer(database_url) as buffer:
+        assert buffer.record("e1", envelope(1)) is RecordResult.NEW
+        assert buffer.record("e1", envelope(1)) is RecordResult.DUPLICATE
+        assert buffer.record("e2", {**envelope(2), "payload": envelope(1)["payload"]}) is (
+            RecordResult.DUPLICATE
+        )
+        assert buffer.seen("e1")
+        assert not buffer.seen("e2")
