@@ -52,6 +52,8 @@ DEFAULT_MAX_ATTEMPTS = 5
 RECENT_TTL_SECONDS = 900.0
 RECENT_MAX_KEYS = 100_000
 DRAIN_BATCH = 500
+#: At most one warning per background action this often while the database is away.
+BACKGROUND_WARNING_SECONDS = 30.0
 #: How long the completer gathers finished envelopes into one statement.
 COMPLETION_BATCH_SECONDS = 0.02
 RECOVERY_BATCH = 100
@@ -219,6 +221,7 @@ class EnvelopeRecorder:
         self._next_recovery = 0.0
         self._next_renewal = time.monotonic() + self.lease_seconds / 3
         self._next_gauges = 0.0
+        self._last_warned: dict[str, float] = {}
         self.recovery_supported = hasattr(buffer, "claim_stale") and hasattr(buffer, "renew")
         # SQLite lets one writer in at a time, and a writer that finds the lock
         # taken sleeps in SQLite's busy handler (1 ms, then longer): queueing
@@ -498,12 +501,22 @@ class EnvelopeRecorder:
 
     def _safely(self, action: str, fn: Any) -> Any:
         try:
-            return fn()
+            result = fn()
         except StorageUnavailable as exc:
-            logger.warning("%s failed; will retry: %s", action, exc)
+            # Every tick retries; during an outage say so once in a while, not twice a second.
+            now = time.monotonic()
+            if now - self._last_warned.get(action, -BACKGROUND_WARNING_SECONDS) >= (
+                BACKGROUND_WARNING_SECONDS
+            ):
+                self._last_warned[action] = now
+                logger.warning("%s failed; will retry: %s", action, exc)
+            return None
         except Exception:
             logger.exception("%s failed; will retry", action)
-        return None
+            return None
+        if self._last_warned.pop(action, None) is not None:
+            logger.info("%s works again", action)
+        return result
 
     def _retry_owed(self) -> None:
         with self._lock:
