@@ -155,3 +155,21 @@ def test_async_handler_runs_on_the_loop(
         time.sleep(0.2)
     assert sorted(calls.envelope_ids) == sorted(e["envelope_id"] for e in envelopes)
     assert buffer.count_pending() == 0
+
+
+def test_any_adapter_works_without_recovery(sim: SocketModeSimulator, tmp_path: Path) -> None:
+    """The in-memory adapter has no claims: recording and dedupe work, recovery is off."""
+    from recorder.adapters.memory import MemoryEventBuffer
+
+    calls = Calls()
+    buffer = MemoryEventBuffer(ttl_seconds=60)
+    envelopes = mixed_stream(sim, 10)
+    bot = RecordingBot("aiohttp", sim, buffer, recording_handler(calls), spool_path=tmp_path / "s")
+    with bot:
+        sim.wait_for_connections(1)
+        play_with_duplicates(sim, envelopes, retransmits=4, retries=2)
+        sim.wait_for_acks(16)
+        calls.wait_for(10)
+        assert bot.recover() == 0
+    assert calls.event_counts() == delivery_keys(envelopes)
+    assert buffer.pending() == []
