@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/record.py --postgres postgresql://postgres@127.0.0.1:5432/postgres \\
-        --sqlite /tmp/recorder-bench.db -n 2000 --rounds 5
+        --sqlite /tmp/recorder-bench.db -n 2000 --import-n 10000 --rounds 5
 
 Variants, each given the same realistic ~1.7 KB events_api envelopes (a
 message event with rich-text blocks, authorizations, event_context):
