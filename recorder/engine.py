@@ -88,7 +88,17 @@ def create_engine(url: str | URL, **engine_options: Any) -> Engine:
         "pool_size": 5,
         "max_overflow": 10,
         "pool_timeout": 10,
-        "connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS},
+        "connect_args": {
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
+            # A peer that vanishes without a reset (a failover, a dropped
+            # route) would otherwise leave a call waiting for the kernel's
+            # default of many minutes; these bound it to well under a minute.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        },
     }
     options.update(engine_options)
     engine = sa.create_engine(parsed, **options)

@@ -441,7 +441,13 @@ def _events_api(payload: Mapping[str, Any], columns: dict[str, Any]) -> None:
         or (_text(item.get("channel")) if isinstance(item, Mapping) else None)
         or _text(event.get("channel_id"))
     )
-    columns["user_id"] = _id_of(event.get("user")) or _text(event.get("user_id"))
+    # message_changed / message_deleted carry the author inside the message.
+    edited = event.get("message") or event.get("previous_message")
+    columns["user_id"] = (
+        _id_of(event.get("user"))
+        or _text(event.get("user_id"))
+        or (_id_of(edited.get("user")) if isinstance(edited, Mapping) else None)
+    )
 
 
 def _interactive(payload: Mapping[str, Any], columns: dict[str, Any]) -> None:

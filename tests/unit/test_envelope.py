@@ -131,6 +131,20 @@ def test_events_api_user_change_takes_the_id_of_the_user_object() -> None:
     assert columns["channel_id"] is None
 
 
+@pytest.mark.parametrize("inner", ["message", "previous_message"])
+def test_edited_and_deleted_messages_take_the_author_from_the_inner_message(inner: str) -> None:
+    event = {
+        "type": "message",
+        "subtype": "message_changed" if inner == "message" else "message_deleted",
+        "channel": "C0EDITS",
+        inner: {"type": "message", "user": "U0AUTHOR", "text": "before", "ts": "1700000000.000100"},
+        "event_ts": "1700000001.000200",
+    }
+    columns = extract_columns(events_api(event))
+    assert columns["user_id"] == "U0AUTHOR"
+    assert columns["channel_id"] == "C0EDITS"
+
+
 def test_events_api_team_and_enterprise_fall_back_to_the_authorization() -> None:
     envelope = events_api(MESSAGE, team_id=None, enterprise_id=None)
     envelope["payload"]["authorizations"][0].update(team_id="T0AUTH", enterprise_id="E0AUTH")
