@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import IO, Any, BinaryIO, NoReturn
 
 import click
@@ -35,8 +37,8 @@ from sqlalchemy.engine import Engine, make_url
 from recorder import audit, importer, report, retention, stats
 from recorder import db as db_api
 from recorder.adapters.sql import SQLEventBuffer
-from recorder.engine import create_engine, mask_url
-from recorder.errors import RecorderError, StorageUnavailable
+from recorder.engine import create_engine, database_url, mask_url
+from recorder.errors import ConfigurationError, RecorderError, StorageUnavailable
 from recorder.masking import mask_secrets, protect_handlers
 from recorder.settings import ENV_DATABASE_URL, Settings
 from recorder.timespec import InvalidTimeSpec, parse_time
@@ -171,14 +173,20 @@ def main(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
 
 
 @contextmanager
-def open_engine(settings: Settings, *, migrate_sqlite: bool = True) -> Iterator[Engine]:
+def open_engine(
+    settings: Settings, *, migrate_sqlite: bool = True, must_exist: bool = False
+) -> Iterator[Engine]:
     """An engine for the configured database, disposed of afterwards.
 
     The embedded SQLite database is brought to the current schema on first
     use (``migrate_sqlite``), so ``recorder import`` works on a fresh machine
     with no set-up. PostgreSQL is never migrated implicitly: run
     ``recorder db upgrade`` (a missing schema is a SchemaMissing error saying so).
+    Commands that only read pass ``must_exist``: a mistyped SQLite path is
+    then an error instead of a new, empty database.
     """
+    if must_exist:
+        _require_sqlite_file(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
         if migrate_sqlite and engine.dialect.name == "sqlite":
@@ -186,6 +194,18 @@ def open_engine(settings: Settings, *, migrate_sqlite: bool = True) -> Iterator[
         yield engine
     finally:
         engine.dispose()
+
+
+def _require_sqlite_file(url: str) -> None:
+    parsed = database_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if not Path(path).exists():
+        raise ConfigurationError(
+            f"no database at {path}: record something first (recorder import, recorder demo), "
+            "or check --database-url / RECORDER_DATABASE_URL"
+        )
 
 
 def ensure_sqlite_schema(engine: Engine) -> None:
@@ -356,8 +376,12 @@ def query_command(
         limit=limit,
     )
     out = sys.stdout.buffer
-    with open_engine(settings) as engine:
-        audit.export(audit.query_envelopes(engine, spec), fmt, out)
+    with open_engine(settings, must_exist=True) as engine:
+        rows = iter(audit.query_envelopes(engine, spec))
+        # Reach the database before writing anything, so that a failure
+        # prints its error alone rather than after a table header.
+        first = next(rows, None)
+        audit.export(itertools.chain(() if first is None else (first,), rows), fmt, out)
         out.flush()
 
 
@@ -469,7 +493,7 @@ def retention_set(
 @click.pass_obj
 def retention_list(settings: Settings, fmt: str) -> None:
     """List policies, the one that decides first."""
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         policies = retention.list_policies(engine)
     if fmt == "json":
         click.echo(json.dumps([p.describe() for p in policies], indent=1))
@@ -500,7 +524,7 @@ def retention_remove(settings: Settings, name: str, actor: str | None) -> None:
 @click.pass_obj
 def retention_log(settings: Settings, limit: int) -> None:
     """Show the latest changes to policies and holds, and the latest prune runs."""
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         changes = retention.read_change_log(engine, limit=limit)
         runs = retention.read_prune_log(engine, limit=limit)
     click.echo("changes:")
@@ -578,7 +602,7 @@ def _describe_hold(hold: retention.LegalHold) -> str:
 @click.pass_obj
 def hold_list(settings: Settings, fmt: str) -> None:
     """List legal holds, released ones included (with their release time)."""
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         holds = retention.list_holds(engine)
     if fmt == "json":
         click.echo(json.dumps([h.describe() for h in holds], indent=1))
@@ -636,7 +660,7 @@ def prune_command(
     exits with status 0, doing nothing. Every run is logged (see
     `recorder retention log`).
     """
-    with open_engine(settings) as engine, ExitStack() as stack:
+    with open_engine(settings, must_exist=True) as engine, ExitStack() as stack:
         bar: Any = None
         shown = 0
 
@@ -700,7 +724,7 @@ def stats_command(
     """Envelopes per UTC day, by type, event type, channel or user."""
     if since is None:
         since = (until or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=30)
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         rows = stats.daily_counts(engine, by=by, since=since, until=until)
     stats.write_stats(rows, fmt, sys.stdout, by=by)
 
@@ -728,7 +752,7 @@ def report_command(
     """Write a self-contained HTML report (inline CSS and SVG; works offline)."""
     if since is None:
         since = (until or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=30)
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         data = report.write_report(engine, html_path, since=since, until=until)
     click.echo(f"wrote {html_path}: {data.envelopes} envelopes, {data.retried} retries")
 

@@ -128,7 +128,7 @@ def verify_command(settings: Settings, anchors: tuple[str, ...], latest: bool, f
     Names every envelope modified, deleted other than by a logged prune, or
     inserted into a sealed range; exit status 1 if anything was found.
     """
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         report = seal.verify(engine, anchors=anchors)
     if fmt == "json":
         click.echo(
