@@ -240,6 +240,21 @@ class _Tracked:
     timer: asyncio.TimerHandle | None = None
 
 
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The simulator thread: serve until stopped, then close the loop here.
+
+    Closing in this thread rather than the caller's lets ``stop()`` (and a
+    ``with`` block) be used from code that has an event loop of its own
+    running, such as an async test.
+    """
+    try:
+        loop.run_forever()
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
 class SocketModeSimulator:
     """A local Socket Mode endpoint for tests; see the module docstring.
 
@@ -356,7 +371,7 @@ class SocketModeSimulator:
             raise SimulatorError("the simulator is already running")
         loop = asyncio.new_event_loop()
         thread = threading.Thread(
-            target=loop.run_forever, name="socket-mode-simulator", daemon=True
+            target=_run_loop, args=(loop,), name="socket-mode-simulator", daemon=True
         )
         self._loop, self._thread = loop, thread
         self._stopping = False
@@ -809,9 +824,6 @@ class SocketModeSimulator:
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(10)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
         self._loop, self._thread, self._port, self._runner = None, None, None, None
 
     def _notify(self) -> None:

@@ -530,3 +530,14 @@ def test_built_envelopes_parse_into_the_reporting_columns(sim: SocketModeSimulat
     assert {c["user_id"] for c in columns} == {e.user_id}
     assert [c["channel_id"] for c in columns[:5]] == [e.channel_id] * 5
     assert all(c["event_id"] for c in columns[:3])
+
+
+def test_a_with_block_works_inside_a_running_event_loop() -> None:
+    """An async test can start and stop the simulator without a loop clash."""
+
+    async def inside_a_loop() -> int:
+        with SocketModeSimulator() as sim:
+            port = sim.port
+        return port
+
+    assert asyncio.run(inside_a_loop()) > 0
