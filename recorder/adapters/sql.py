@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, Engine
 
 from recorder import statements
 from recorder.adapter import EnvelopeInput, RecordResult
+from recorder.autocommit import AutocommitConnections, supports
 from recorder.engine import (
     create_engine,
     execute_single_write,
@@ -116,6 +117,10 @@ class SQLEventBuffer:
         compiled = self._insert.compile(dialect=self._engine.dialect)
         self._insert_sql = str(compiled)
         self._insert_positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+        # record() on PostgreSQL skips the pool: see recorder.autocommit.
+        self._record_connections = (
+            AutocommitConnections(self._engine) if supports(self._engine) else None
+        )
         dialect = self._engine.dialect
         self._bind_received_at = _UTC.dialect_impl(dialect).bind_processor(dialect)
         if upgrade:
@@ -137,7 +142,11 @@ class SQLEventBuffer:
         parsed = self.parse(envelope_id, envelope)
         params = self._driver_params(parsed, self._bound_time(self._clock()))
         with storage_errors(f"recording envelope {parsed.envelope_id}"):
-            inserted = execute_single_write(self._engine, self._insert_sql, params)
+            inserted = None
+            if self._record_connections is not None:
+                inserted = self._record_connections.execute(self._insert_sql, params)
+            if inserted is None:
+                inserted = execute_single_write(self._engine, self._insert_sql, params)
         return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
 
     def _bound_time(self, received_at: dt.datetime) -> Any:
@@ -312,6 +321,8 @@ class SQLEventBuffer:
             return int(conn.execute(statements.count_pending()).scalar_one())
 
     def close(self) -> None:
+        if self._record_connections is not None:
+            self._record_connections.close()
         if self._owns_engine:
             self._engine.dispose()
 
