@@ -3,12 +3,12 @@
 ``SQLEventBuffer.record`` on PostgreSQL is one ``INSERT ... ON CONFLICT DO
 NOTHING`` in autocommit: one round trip. Going through SQLAlchemy's pool for
 it (checkout, pre-ping, autocommit on and off, reset-on-return, check-in
-events) added about 100 µs of client CPU per call in the benchmark: the code
+events) added about 90 µs of client CPU per call in the benchmark: the code
 runs cold, right after the process woke from waiting on the server, so it
 costs several times what a tight loop suggests. That was the whole gap to the
 raw driver (0.83x; see BENCHMARKS.md, "Record and import"). Here the
 connections stay in autocommit in a small LIFO list, and a call costs two
-lock round-trips and one ``poll``.
+lock acquisitions and one ``poll``.
 
 The guarantees stay the pool's: a connection is checked the same way as the
 engine's poll-first pre-ping (:func:`recorder.engine._ping_only_when_in_doubt`)
