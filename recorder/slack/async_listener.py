@@ -20,7 +20,7 @@ from recorder.adapter import EventBufferAdapter
 from recorder.adapters.sql import ClaimedEnvelope
 from recorder.errors import ConfigurationError
 from recorder.slack.frames import capture_frame_async, frame_of
-from recorder.slack.metrics import Metrics, resolve_metrics
+from recorder.slack.metrics import Metrics
 from recorder.slack.recording import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -28,7 +28,7 @@ from recorder.slack.recording import (
     DEFAULT_SPOOL_PATH,
     EnvelopeRecorder,
     OnStorageError,
-    RecorderStats,
+    RecorderFront,
 )
 
 __all__ = ["AsyncHandler", "AsyncRecordingListener"]
@@ -50,7 +50,7 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
-class AsyncRecordingListener:
+class AsyncRecordingListener(RecorderFront):
     """:class:`~recorder.slack.RecordingListener` for the asyncio clients (aiohttp, websockets).
 
     Same parameters and the same order of things (record, ack, handle new
@@ -82,7 +82,7 @@ class AsyncRecordingListener:
             lease_seconds=lease_seconds,
             recovery_interval=recovery_interval,
             max_attempts=max_attempts,
-            metrics=resolve_metrics(metrics),
+            metrics=metrics,
         )
         self.handler = handler
         self._handler_is_async = is_async_callable(handler)
@@ -94,14 +94,6 @@ class AsyncRecordingListener:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._background: asyncio.Task[None] | None = None
         self._closed = False
-
-    @property
-    def buffer(self) -> EventBufferAdapter:
-        return self.recorder.buffer
-
-    @property
-    def stats(self) -> RecorderStats:
-        return self.recorder.stats
 
     def attach(self, client: AsyncBaseSocketModeClient) -> AsyncRecordingListener:
         """Listen on ``client``; the background work starts with the first envelope,

@@ -67,7 +67,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from recorder.adapter import EventBufferAdapter
 from recorder.adapters.sql import ClaimedEnvelope, SQLEventBuffer
 from recorder.slack.frames import capture_frame, capture_frame_async, frame_of
-from recorder.slack.metrics import Metrics, resolve_metrics
+from recorder.slack.metrics import Metrics
 from recorder.slack.recording import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -76,7 +76,7 @@ from recorder.slack.recording import (
     EnvelopeRecorder,
     OnStorageError,
     Outcome,
-    RecorderStats,
+    RecorderFront,
 )
 
 __all__ = ["AsyncSocketModeHandler", "SocketModeHandler"]
@@ -142,11 +142,11 @@ def _recorder(
         lease_seconds=lease_seconds,
         recovery_interval=recovery_interval,
         max_attempts=max_attempts,
-        metrics=resolve_metrics(metrics),
+        metrics=metrics,
     )
 
 
-class SocketModeHandler(_BoltSocketModeHandler):
+class SocketModeHandler(RecorderFront, _BoltSocketModeHandler):
     """slack_bolt's ``SocketModeHandler`` (builtin client) that records every envelope.
 
     Parameters
@@ -217,14 +217,6 @@ receive_buffer_size, concurrency
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def buffer(self) -> EventBufferAdapter:
-        return self.recorder.buffer
-
-    @property
-    def stats(self) -> RecorderStats:
-        return self.recorder.stats
 
     def handle(self, client: BaseSocketModeClient, req: SocketModeRequest) -> None:
         received = time.perf_counter()
@@ -309,7 +301,7 @@ receive_buffer_size, concurrency
         self.recorder.close()
 
 
-class AsyncSocketModeHandler(_BoltAsyncSocketModeHandler):
+class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
     """slack_bolt's ``AsyncSocketModeHandler`` (aiohttp client) that records every envelope.
 
     Parameters
@@ -363,14 +355,6 @@ class AsyncSocketModeHandler(_BoltAsyncSocketModeHandler):
         self._background: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._closed = False
-
-    @property
-    def buffer(self) -> EventBufferAdapter:
-        return self.recorder.buffer
-
-    @property
-    def stats(self) -> RecorderStats:
-        return self.recorder.stats
 
     async def _in_io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

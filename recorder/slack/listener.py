@@ -17,7 +17,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from recorder.adapter import EventBufferAdapter
 from recorder.errors import ConfigurationError
 from recorder.slack.frames import capture_frame, frame_of
-from recorder.slack.metrics import Metrics, resolve_metrics
+from recorder.slack.metrics import Metrics
 from recorder.slack.recording import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -25,7 +25,7 @@ from recorder.slack.recording import (
     DEFAULT_SPOOL_PATH,
     EnvelopeRecorder,
     OnStorageError,
-    RecorderStats,
+    RecorderFront,
 )
 
 __all__ = ["Handler", "RecordingListener"]
@@ -39,7 +39,7 @@ Handler = Callable[[BaseSocketModeClient, SocketModeRequest], Any]
 TICK_SECONDS = 0.5
 
 
-class RecordingListener:
+class RecordingListener(RecorderFront):
     """Records each envelope, acks it, then calls ``handler`` once per envelope.
 
     For the sync slack_sdk clients (``slack_sdk.socket_mode.builtin`` and
@@ -122,7 +122,7 @@ class RecordingListener:
             lease_seconds=lease_seconds,
             recovery_interval=recovery_interval,
             max_attempts=max_attempts,
-            metrics=resolve_metrics(metrics),
+            metrics=metrics,
         )
         self.handler = handler
         self._pool = ThreadPoolExecutor(
@@ -132,15 +132,6 @@ class RecordingListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-
-    @property
-    def buffer(self) -> EventBufferAdapter:
-        return self.recorder.buffer
-
-    @property
-    def stats(self) -> RecorderStats:
-        """Counts since start: received, outcomes, dispatched, handled, failed, recovered."""
-        return self.recorder.stats
 
     def attach(self, client: BaseSocketModeClient) -> RecordingListener:
         """Listen on ``client`` and start the background work (recovery first).

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from recorder.adapter import EventBufferAdapter, RecordResult
 from recorder.adapters.sql import ClaimedEnvelope
 from recorder.errors import ConfigurationError, InvalidEnvelope, StorageUnavailable
-from recorder.slack.metrics import Metrics
+from recorder.slack.metrics import Metrics, resolve_metrics
 from recorder.slack.spool import Spool, move_rows
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "EnvelopeRecorder",
     "OnStorageError",
     "Outcome",
+    "RecorderFront",
     "RecorderStats",
 ]
 
@@ -192,7 +193,7 @@ class EnvelopeRecorder:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
-        metrics: Metrics,
+        metrics: Metrics | bool | None = None,
     ) -> None:
         if on_storage_error not in POLICIES:
             raise ConfigurationError(
@@ -206,7 +207,7 @@ class EnvelopeRecorder:
         self.lease_seconds = float(lease_seconds)
         self.recovery_interval = float(recovery_interval)
         self.max_attempts = max_attempts
-        self.metrics = metrics
+        self.metrics = resolve_metrics(metrics)
         self.stats = RecorderStats()
         self._recent = _RecentKeys(RECENT_TTL_SECONDS, RECENT_MAX_KEYS)
         self._lock = threading.Lock()
@@ -635,3 +636,18 @@ def _extra(envelope_id: str, frame: Mapping[str, Any], outcome: Outcome | None) 
     if outcome is not None:
         extra["outcome"] = outcome.value
     return extra
+
+
+class RecorderFront:
+    """What every listener and Bolt handler exposes of its :class:`EnvelopeRecorder`."""
+
+    recorder: EnvelopeRecorder
+
+    @property
+    def buffer(self) -> EventBufferAdapter:
+        return self.recorder.buffer
+
+    @property
+    def stats(self) -> RecorderStats:
+        """Counts since start: received, outcomes, dispatched, handled, failed, recovered."""
+        return self.recorder.stats
