@@ -226,7 +226,7 @@ def _form_fields(body: str) -> dict[str, str]:
     for name, value in pairs:
         # A repeated field is as ambiguous as a repeated JSON key: refused the same way.
         if name in fields:
-            raise InvalidEnvelope(f"form field {name!r} appears more than once")
+            raise InvalidEnvelope(f"request has a duplicate form field: {name!r} appears twice")
         fields[name] = value
     return fields
 

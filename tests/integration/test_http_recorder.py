@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
@@ -97,12 +98,26 @@ def test_a_verified_request_that_cannot_be_recorded_is_answered_400_and_not_retr
             decision = http.decide(headers, text)
             assert (decision.dispatch, decision.status) == (False, 400)
             assert decision.headers == {"X-Slack-No-Retry": "1"}
+        event_id = SLACK.factory.event_id()
+        repeated_keys = [
+            # Two event ids: which one would a retry be compared with?
+            f'{{"type":"event_callback","event_id":"{event_id}","event_id":"Ev2","event":{{}}}}',
+            f'{{"type":"event_callback","event_id":"{event_id}","event":{{"user":"U1","user":"U2"}}}}',
+        ]
+        for text in repeated_keys:
+            decision = http.decide(SLACK.signed_headers(text), text)
+            assert (decision.dispatch, decision.status) == (False, 400), text
+            assert "duplicate key" in decision.reason
+        payload = '{"type":"block_actions","user":{"id":"U1"},"user":{"id":"U2"}}'
+        form = urlencode({"payload": payload})
+        decision = http.decide(SLACK.signed_headers(form, "application/x-www-form-urlencoded"), form)
+        assert (decision.dispatch, decision.status) == (False, 400)
         form = "command=%2Fa&command=%2Fb&text=1"
         decision = http.decide(
             SLACK.signed_headers(form, "application/x-www-form-urlencoded"), form
         )
         assert (decision.dispatch, decision.status) == (False, 400)
-        assert "more than once" in decision.reason
+        assert "duplicate form field" in decision.reason
     assert count(buffer) == 0
 
 

@@ -99,7 +99,7 @@ def test_handshakes_are_answered_not_recorded() -> None:
         (json.dumps({"type": "event_callback", "event_id": ""}), "no event_id"),
         ("{not json", "not valid JSON"),
         ("[1, 2]", "not JSON or a form"),
-        ("command=%2Fa&command=%2Fb", "more than once"),
+        ("command=%2Fa&command=%2Fb", "duplicate form field"),
         (urlencode({"payload": "[1]"}), "must be a JSON object"),
         (urlencode({"payload": "{nope"}), "not valid JSON"),
         ("user=U1&text=hi", "not a Slack event"),
