@@ -142,9 +142,7 @@ def header_map(headers: Headers) -> dict[str, str]:
     """
     # Werkzeug's header objects are not Mappings, but they, Starlette's and
     # plain dicts all have items(); an iterable of pairs is taken as is.
-    items: Iterable[tuple[str, Any]] = (
-        headers.items() if hasattr(headers, "items") else headers
-    )
+    items: Iterable[tuple[str, Any]] = headers.items() if hasattr(headers, "items") else headers
     result: dict[str, str] = {}
     for name, value in items:
         key = str(name).lower()

@@ -110,7 +110,9 @@ def test_a_verified_request_that_cannot_be_recorded_is_answered_400_and_not_retr
             assert "duplicate key" in decision.reason
         payload = '{"type":"block_actions","user":{"id":"U1"},"user":{"id":"U2"}}'
         form = urlencode({"payload": payload})
-        decision = http.decide(SLACK.signed_headers(form, "application/x-www-form-urlencoded"), form)
+        decision = http.decide(
+            SLACK.signed_headers(form, "application/x-www-form-urlencoded"), form
+        )
         assert (decision.dispatch, decision.status) == (False, 400)
         form = "command=%2Fa&command=%2Fb&text=1"
         decision = http.decide(
