@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import make_server
@@ -38,11 +37,11 @@ def recorded(path: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
     monkeypatch.delenv("RECORDER_DATABASE_URL", raising=False)
-    yield tmp_path
+    return tmp_path
 
 
 def test_the_page_has_its_examples() -> None:
