@@ -123,3 +123,16 @@ def test_fastapi_example(in_tmp: Path) -> None:
 def test_testing_example(in_tmp: Path) -> None:
     run(example("SlackHttpSender(f"))
     assert [t for t, _ in recorded(in_tmp / "test-recorder.db")] == ["events_api"]
+
+
+def test_readme_http_example(in_tmp: Path) -> None:
+    readme = DOC.parents[1] / "README.md"
+    (source,) = [
+        text
+        for text in re.findall(
+            r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.DOTALL
+        )
+        if "HttpRecorder" in text
+    ]
+    run(source)
+    assert recorded(in_tmp / "recorder.db") == []
