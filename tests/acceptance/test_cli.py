@@ -79,7 +79,7 @@ def test_import_then_query_jsonl_gives_back_the_exact_lines(
     path.write_bytes(("\n".join(lines) + "\n").encode())
 
     result = run(database_url, "import", str(path))
-    assert result.stdout.decode().strip() == "imported: 5 new, 2 duplicate, 1 rejected"
+    assert result.stdout.decode().splitlines()[0] == "imported: 5 new, 2 duplicate, 1 rejected"
     assert result.returncode == 1, "a rejected line makes the exit status 1"
     assert result.stderr.decode().startswith("line 3: envelope is not valid JSON")
 
@@ -228,7 +228,7 @@ def test_max_envelope_bytes_from_the_environment(sqlite_url: str, tmp_path: Path
     path.write_text(json.dumps(small) + "\n" + json.dumps(large) + "\n")
     result = run(sqlite_url, "import", str(path), env={"RECORDER_MAX_ENVELOPE_BYTES": "2048"})
     assert result.returncode == 1
-    assert result.stdout.decode().strip() == "imported: 1 new, 0 duplicate, 1 rejected"
+    assert result.stdout.decode().splitlines()[0] == "imported: 1 new, 0 duplicate, 1 rejected"
     assert "line 2: " in result.stderr.decode()
     assert "2,048" in result.stderr.decode()
 

@@ -142,7 +142,7 @@ def test_export_imported_into_another_database_gives_the_same_rows(
     assert len(exported.stdout.splitlines()) == stored
 
     assert (
-        ok(sqlite_url, "import", str(path)).strip()
+        ok(sqlite_url, "import", str(path)).splitlines()[0]
         == f"imported: {stored} new, 0 duplicate, 0 rejected"
     )
     original, copied = table_rows(pg_url), table_rows(sqlite_url)
