@@ -89,8 +89,12 @@ class SQLEventBuffer:
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
     upgrade
-        Apply the schema migrations first (handy for the embedded SQLite
-        database; production deployments run ``recorder db upgrade``).
+        Apply the schema migrations first. By default (``None``) an SQLite
+        database is created and migrated on first use (and brought to the
+        newest revision), while PostgreSQL is never migrated implicitly:
+        production deployments run ``recorder db upgrade``, and a missing
+        schema is a :class:`~recorder.errors.SchemaMissing` error that says so.
+        ``False`` never migrates.
     """
 
     def __init__(
@@ -99,7 +103,7 @@ class SQLEventBuffer:
         *,
         max_envelope_bytes: int | None = None,
         redaction: Redaction | None = DEFAULT_REDACTION,
-        upgrade: bool = False,
+        upgrade: bool | None = None,
         clock: Clock = utc_now,
     ) -> None:
         if isinstance(url_or_engine, Engine):
@@ -124,10 +128,14 @@ class SQLEventBuffer:
         self._imported_sql: tuple[str, tuple[str, ...]] | None = None
         dialect = self._engine.dialect
         self._bind_received_at = _UTC.dialect_impl(dialect).bind_processor(dialect)
-        if upgrade:
-            from recorder.db import upgrade as upgrade_schema
+        if upgrade is not False:
+            # Imported here: alembic is loaded only by buffers that migrate.
+            from recorder import db
 
-            upgrade_schema(self._engine)
+            if upgrade:
+                db.upgrade(self._engine)
+            else:
+                db.ensure_sqlite_schema(self._engine)
 
     @property
     def engine(self) -> Engine:
