@@ -248,7 +248,7 @@ def db_current(settings: Settings) -> None:
 
 
 # `recorder db grant`, `recorder seal`, `recorder verify` live in their own module.
-from recorder import security_cli  # noqa: E402, F401
+from recorder import erase_cli, security_cli  # noqa: E402, F401
 
 # -- recorder import
 

@@ -41,22 +41,26 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.envelope import parse_envelope
+from recorder.envelope import ParsedEnvelope, parse_envelope
 from recorder.errors import RecorderError
+from recorder.holds import LegalHold
 from recorder.schema import (
+    DONE,
     envelopes,
     erased_envelopes,
     erasures,
     legal_holds,
     message_author,
+    pruned_envelopes,
 )
-from recorder.tombstone import is_user_id, scrub, text_sha256, tombstone_text
+from recorder.tombstone import PERSONAL_COLUMNS, is_user_id, scrub, text_sha256, tombstone_text
 
 UTC = dt.timezone.utc
 DEFAULT_BATCH_SIZE = 1000
@@ -130,6 +134,8 @@ class ErasureReport:
     deferred: int = 0
     gone: int = 0
     """Deferred envelopes pruned before their holds were released."""
+    spooled: int = 0
+    """Envelopes erased or scrubbed in a spool file (see :mod:`recorder.erasure_spool`)."""
     deferred_by_hold: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -138,6 +144,8 @@ class ErasureReport:
             f"erasure {ids}: erased {self.erased} envelopes, scrubbed {self.scrubbed}, "
             f"deferred {self.deferred}"
         )
+        if self.spooled:
+            text += f", {self.spooled} in the spool"
         if self.gone:
             text += f", {self.gone} pruned before their holds were released"
         if self.deferred_by_hold:
@@ -196,24 +204,14 @@ def _mention_filter(user_id: str, team_id: str | None) -> list[sa.ColumnElement[
     return terms
 
 
-def _holds_in_force(conn: Connection) -> list[Any]:
-    return list(conn.execute(sa.select(legal_holds).where(legal_holds.c.released_at.is_(None))))
+def _holds_in_force(conn: Connection) -> list[LegalHold]:
+    stmt = sa.select(legal_holds).where(legal_holds.c.released_at.is_(None))
+    return [LegalHold(**row._mapping) for row in conn.execute(stmt)]
 
 
-def _covering(holds: Iterable[Any], row: Any) -> list[str]:
-    """Names of the holds that cover ``row`` (the rule of recorder.statements.held)."""
-    names = []
-    for h in holds:
-        if (
-            all(getattr(h, c) is None or getattr(h, c) == getattr(row, c) for c in _HOLD_COLUMNS)
-            and (h.since is None or row.received_at >= h.since)
-            and (h.until is None or row.received_at < h.until)
-        ):
-            names.append(h.name)
-    return sorted(names)
-
-
-_HOLD_COLUMNS = ("team_id", "channel_id", "user_id")
+def _covering(holds: Iterable[LegalHold], row: Any) -> list[str]:
+    """Names of the holds in force that cover ``row``: the rule prune applies."""
+    return sorted(h.name for h in holds if h.covers(row._mapping, row.received_at))
 
 
 # -- the dry run
@@ -290,6 +288,7 @@ def erase(
     subjects: str = "erase",
     mentions: str = "scrub",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    spool: str | Path | None = None,
 ) -> ErasureReport:
     """Erase ``user_id``'s envelopes and scrub their mentions; log every change.
 
@@ -310,6 +309,9 @@ def erase(
         ``scrub`` (default), ``erase`` or ``skip`` envelopes that mention them.
     batch_size
         Envelopes per transaction.
+    spool
+        A listener's spool file to erase in as well (first, so an envelope
+        that drains meanwhile is caught by the database's pass).
 
     Returns
     -------
@@ -332,6 +334,19 @@ def erase(
     with storage_errors(f"erasing the data of {user_id}"):
         erasure_id = _start(engine, user_id, team_id, reason, actor, subjects, mentions)
         report.erasure_ids.append(erasure_id)
+        if spool is not None:
+            from recorder.erasure_spool import erase_spool
+
+            erase_spool(
+                engine,
+                Path(spool),
+                erasure_id=erasure_id,
+                user_id=user_id,
+                team_id=team_id,
+                subjects=subjects,
+                mentions=mentions,
+                report=report,
+            )
         _run(engine, erasure_id, batch_size, report)
         _deferred_summary(engine, report)
     return report
@@ -465,6 +480,38 @@ def _step_sqlite(conn: Connection, erasure_id: int, limit: int) -> _Step:
     )
 
 
+def replacement(
+    row: Any, action: str, erasure_id: int, user_id: str
+) -> tuple[ParsedEnvelope, dict[str, Any]]:
+    """The text an erasure writes over ``row`` (an ``envelopes`` row), and the new column values.
+
+    ``erase`` writes the tombstone and clears the personal columns (and marks
+    the envelope handled: a tombstone is nothing to dispatch); ``scrub``
+    replaces the user's mentions. The digest column is left alone: it keeps
+    the original's digest.
+    """
+    current = text_sha256(row.envelope_text)
+    values: dict[str, Any] = {}
+    if action == "erase":
+        new_text = tombstone_text(
+            envelope_id=row.envelope_id,
+            envelope_type=row.envelope_type,
+            columns=dict(row._mapping),
+            erasure_id=erasure_id,
+            original_sha256=current,
+        )
+        values.update({name: None for name in PERSONAL_COLUMNS})
+        values.update(status=DONE, completed_at=row.completed_at or dt.datetime.now(UTC))
+    elif action == "scrub":
+        new_text = scrub(row.envelope_text, user_id)
+    else:
+        raise ValueError(f"unknown erasure action {action!r}")
+    parsed = parse_envelope(row.envelope_id, new_text, max_bytes=_NO_LIMIT)
+    # sa.literal: the text is already JSON; the JSON type would encode it again.
+    values.update(envelope_text=new_text, envelope=sa.literal(parsed.queryable_text))
+    return parsed, values
+
+
 def _record_sqlite(
     conn: Connection,
     holds: Sequence[Any],
@@ -477,7 +524,7 @@ def _record_sqlite(
     """Erase, scrub or defer one envelope and log it (recorder_erasure_record, in Python)."""
     row = conn.execute(sa.select(envelopes).where(envelopes.c.envelope_id == envelope_id)).first()
     if row is None:
-        return "gone"
+        return "absent"
     current = text_sha256(row.envelope_text)
     key = {"erasure_id": erasure_id, "envelope_id": envelope_id}
     existing = conn.execute(
@@ -506,28 +553,8 @@ def _record_sqlite(
                 .values(held_by=covering)
             )
         return "deferred"
-    if action == "erase":
-        new_text = tombstone_text(
-            envelope_id=envelope_id,
-            envelope_type=row.envelope_type,
-            columns=dict(row._mapping),
-            erasure_id=erasure_id,
-            original_sha256=current,
-        )
-        values: dict[str, Any] = {
-            "user_id": None,
-            "status": "done",
-            "completed_at": row.completed_at or dt.datetime.now(UTC),
-        }
-    else:
-        new_text = scrub(row.envelope_text, user_id)
-        values = {}
-    parsed = parse_envelope(envelope_id, new_text, max_bytes=_NO_LIMIT)
-    conn.execute(
-        sa.update(envelopes)
-        .where(envelopes.c.envelope_id == envelope_id)
-        .values(envelope_text=new_text, envelope=sa.literal(parsed.queryable_text), **values)
-    )
+    parsed, values = replacement(row, action, erasure_id, user_id)
+    conn.execute(sa.update(envelopes).where(envelopes.c.envelope_id == envelope_id).values(values))
     done = {
         "state": "done",
         "original_sha256": current,
@@ -638,12 +665,15 @@ def _resume_sqlite(conn: Connection, limit: int, after: tuple[int, str] | None) 
         outcome = _record_sqlite(
             conn, holds, r.erasure_id, r.envelope_id, r.kind, r.action, r.user_id
         )
-        if outcome == "gone":
+        if outcome == "absent" and _was_pruned(conn, r.envelope_id):
+            outcome = "gone"
             conn.execute(
                 sa.update(erased_envelopes)
                 .where(q.erasure_id == r.erasure_id, q.envelope_id == r.envelope_id)
                 .values(state="gone", erased_at=dt.datetime.now(UTC))
             )
+        elif outcome == "absent":
+            outcome = "deferred"  # not here yet: still in a spool, to be drained
         outcomes[outcome] += 1
     _complete_released(conn)
     last = rows[-1] if rows else None
@@ -656,6 +686,11 @@ def _resume_sqlite(conn: Connection, limit: int, after: tuple[int, str] | None) 
         last.erasure_id if last else None,
         last.envelope_id if last else None,
     )
+
+
+def _was_pruned(conn: Connection, envelope_id: str) -> bool:
+    stmt = sa.select(sa.literal(1)).where(pruned_envelopes.c.envelope_id == envelope_id)
+    return conn.execute(stmt).first() is not None
 
 
 def _complete_released(conn: Connection) -> None:

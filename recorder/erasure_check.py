@@ -51,6 +51,8 @@ class LedgerEntry:
     action: str
     original_sha256: str
     replacement_sha256: str
+    spooled: bool = False
+    """Erased in a spool file: absent from the database until the spool drains."""
 
 
 @dataclass(slots=True)
@@ -67,9 +69,14 @@ class ErasureLedger:
         q = erased_envelopes.c
         stmt = (
             sa.select(
-                q.erasure_id, q.envelope_id, q.action, q.original_sha256, q.replacement_sha256
+                q.erasure_id,
+                q.envelope_id,
+                q.action,
+                q.original_sha256,
+                q.replacement_sha256,
+                q.state,
             )
-            .where(q.state == "done")
+            .where(q.state.in_(("done", "spooled")))
             .order_by(q.envelope_id, q.erasure_id)
         )
         for row in conn.execute(stmt):
@@ -80,6 +87,7 @@ class ErasureLedger:
                     row.action,
                     row.original_sha256,
                     row.replacement_sha256 or "",
+                    row.state == "spooled",
                 )
             )
         ledger.users = {
@@ -125,7 +133,7 @@ class ErasureLedger:
             for envelope_id in chunk:
                 row = rows.get(envelope_id)
                 if row is None:
-                    if envelope_id not in pruned:
+                    if envelope_id not in pruned and not self.entries[envelope_id][-1].spooled:
                         yield (
                             envelope_id,
                             (

@@ -342,7 +342,7 @@ Index("ix_sealed_envelopes_envelope_id", sealed_envelopes.c.envelope_id)
 ERASURE_STATUSES = ("running", "completed", "deferred")
 ERASURE_ACTIONS = ("erase", "scrub", "skip")
 ERASED_KINDS = ("subject", "mention")
-ERASED_STATES = ("done", "deferred", "gone")
+ERASED_STATES = ("done", "deferred", "gone", "spooled")
 
 erasures = Table(
     "erasures",
@@ -388,7 +388,10 @@ erased_envelopes = Table(
     Column("kind", Text, nullable=False, comment="subject: the user's own; mention: mentions them"),
     Column("action", Text, nullable=False, comment="erase: tombstone; scrub: mentions replaced"),
     Column(
-        "state", Text, nullable=False, comment="done; deferred under held_by; gone: pruned first"
+        "state",
+        Text,
+        nullable=False,
+        comment="done; deferred under held_by; gone: pruned first; spooled: done in a spool file",
     ),
     Column("held_by", JSONDocument, comment="names of the legal holds that deferred it"),
     Column("original_sha256", Text, nullable=False, comment="digest of the text it replaced"),

@@ -185,7 +185,7 @@ BEGIN
     SELECT x.envelope_text, x.team_id, x.channel_id, x.user_id, x.received_at INTO e
     FROM {s}.envelopes x WHERE x.envelope_id = p_envelope_id FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN 'gone';
+        RETURN 'absent';
     END IF;
     cur_sha := encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex');
     holds := {s}.recorder_erasure_is_held(e.team_id, e.channel_id, e.user_id, e.received_at);
@@ -279,6 +279,33 @@ BEGIN
 END
 $$;
 
+-- An envelope erased (or deferred) in a spool file, not yet in the database.
+CREATE FUNCTION {s}.recorder_erasure_log_spooled(
+    p_erasure_id integer, p_envelope_id text, p_received_at timestamptz, p_kind text,
+    p_action text, p_state text, p_held_by jsonb, p_original text, p_replacement text
+) RETURNS void {definer} AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {s}.erasures r WHERE r.id = p_erasure_id AND r.status = 'running') THEN
+        RAISE EXCEPTION 'erasure % is not running', p_erasure_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_state NOT IN ('spooled', 'deferred') THEN
+        RAISE EXCEPTION 'a spooled envelope is spooled or deferred, not %', p_state
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Only envelopes the database does not hold: one that drained meanwhile is
+    -- erased and logged by the step, which runs after the spool's.
+    IF EXISTS (SELECT 1 FROM {s}.envelopes x WHERE x.envelope_id = p_envelope_id) THEN
+        RETURN;
+    END IF;
+    INSERT INTO {s}.erased_envelopes (erasure_id, envelope_id, received_at, kind, action, state,
+                                      held_by, original_sha256, replacement_sha256, erased_at)
+    VALUES (p_erasure_id, p_envelope_id, p_received_at, p_kind, p_action, p_state, p_held_by,
+            p_original, p_replacement, CASE WHEN p_state = 'spooled' THEN now() END)
+    ON CONFLICT (erasure_id, envelope_id) DO NOTHING;
+END
+$$;
+
 CREATE FUNCTION {s}.recorder_erasure_resume(p_limit integer, p_after_erasure integer,
                                             p_after_envelope text)
 RETURNS TABLE (erased integer, scrubbed integer, deferred integer, gone integer,
@@ -312,10 +339,12 @@ BEGIN
             scrubbed := scrubbed + 1;
         ELSIF outcome = 'deferred' THEN
             deferred := deferred + 1;
-        ELSE
+        ELSIF EXISTS (SELECT 1 FROM {s}.pruned_envelopes p WHERE p.envelope_id = d.envelope_id) THEN
             UPDATE {s}.erased_envelopes q SET state = 'gone', erased_at = now()
             WHERE q.erasure_id = d.erasure_id AND q.envelope_id = d.envelope_id;
             gone := gone + 1;
+        ELSE
+            deferred := deferred + 1;  -- not here yet: still in a spool, to be drained
         END IF;
     END LOOP;
     UPDATE {s}.erasures r SET status = 'completed', finished_at = now()
@@ -335,6 +364,7 @@ _REVOKE = [
     "recorder_erasure_apply(integer, text, text, text)",
     "recorder_erasure_record(integer, text, text, text, text)",
     "recorder_erasure_step(integer, integer)",
+    "recorder_erasure_log_spooled(integer, text, timestamptz, text, text, text, jsonb, text, text)",
     "recorder_erasure_resume(integer, integer, text)",
 ]
 
@@ -413,7 +443,7 @@ def upgrade() -> None:
             "state",
             sa.Text(),
             nullable=False,
-            comment="done; deferred under held_by; gone: pruned first",
+            comment="done; deferred under held_by; gone: pruned first; spooled: done in a spool file",
         ),
         sa.Column("held_by", JSON_DOCUMENT, comment="names of the legal holds that deferred it"),
         sa.Column(
@@ -428,7 +458,8 @@ def upgrade() -> None:
         sa.CheckConstraint("kind IN ('subject', 'mention')", name=op.f("ck_erased_envelopes_kind")),
         sa.CheckConstraint("action IN ('erase', 'scrub')", name=op.f("ck_erased_envelopes_action")),
         sa.CheckConstraint(
-            "state IN ('done', 'deferred', 'gone')", name=op.f("ck_erased_envelopes_state")
+            "state IN ('done', 'deferred', 'gone', 'spooled')",
+            name=op.f("ck_erased_envelopes_state"),
         ),
         sa.PrimaryKeyConstraint("erasure_id", "envelope_id", name=op.f("pk_erased_envelopes")),
         comment="every envelope an erasure changed or deferred, with the digests `verify` checks",
