@@ -139,10 +139,10 @@ class ErasureReport:
     deferred_by_hold: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        ids = ", ".join(str(i) for i in self.erasure_ids) or "none"
+        ids = ", ".join(str(i) for i in self.erasure_ids)
         text = (
-            f"erasure {ids}: erased {self.erased} envelopes, scrubbed {self.scrubbed}, "
-            f"deferred {self.deferred}"
+            f"{f'erasure {ids}' if ids else 'resumed'}: erased {self.erased} envelopes, "
+            f"scrubbed {self.scrubbed}, deferred {self.deferred}"
         )
         if self.spooled:
             text += f", {self.spooled} in the spool"
