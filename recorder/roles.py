@@ -47,6 +47,7 @@ from sqlalchemy.engine import Engine
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import ConfigurationError
 from recorder.schema import (
+    archive_files,
     change_log,
     envelopes,
     legal_holds,
@@ -74,6 +75,7 @@ RECORDER_TABLES = (
     change_log.name,
     seal_blocks.name,
     sealed_envelopes.name,
+    archive_files.name,
 )
 
 
@@ -157,6 +159,8 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name} TO {p}",
             f"GRANT SELECT, INSERT, UPDATE ON TABLE {prune_runs.name} TO {p}",
             f"GRANT SELECT, INSERT ON TABLE {pruned_envelopes.name} TO {p}",
+            "-- (prune --archive: the manifest of the files it writes before deleting)",
+            f"GRANT SELECT, INSERT, UPDATE ON TABLE {archive_files.name} TO {p}",
         ]
         sequence = _sequence_of(prune_runs)
         if sequence:
