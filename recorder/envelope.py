@@ -377,6 +377,21 @@ def _build(envelope_id: str, text: str, data: dict[str, Any]) -> ParsedEnvelope:
     )
 
 
+def decode_json_object(text: str) -> dict[str, Any]:
+    """Decode JSON text that must be an object, as strictly as ``record`` does.
+
+    For callers that must look inside a body before recording it (HTTP mode
+    reads the event id to build the envelope id), so that they accept and
+    refuse exactly what the adapters do.
+
+    Raises
+    ------
+    InvalidEnvelope
+        The text is not a JSON object, or not JSON at all.
+    """
+    return _decode(text)
+
+
 def decode_stored(text: str) -> dict[str, Any]:
     """Decode an ``envelope_text`` value read back from storage."""
     value: dict[str, Any] = json.loads(text)

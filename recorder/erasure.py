@@ -26,7 +26,7 @@ row is logged as ``deferred`` with the holds' names, and :func:`resume`
 once the holds are released.
 
 On PostgreSQL every step runs inside database-side functions (migration
-``0004``) so that the eraser role needs no privilege on the envelopes; on
+``0005``) so that the eraser role needs no privilege on the envelopes; on
 SQLite the same steps run here, in Python, each batch in one ``BEGIN
 IMMEDIATE`` transaction. Steps are serialised (an advisory lock on
 PostgreSQL, the write lock on SQLite), and each batch commits on its own: an

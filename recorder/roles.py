@@ -31,7 +31,7 @@ sealer (``recorder seal``), optional
 eraser (``recorder erase``)
     No privilege on ``envelopes`` at all: it may only ``EXECUTE`` the erasure
     functions (:data:`ERASER_FUNCTIONS`, ``SECURITY DEFINER``, created by
-    migration ``0004``), which find the user's envelopes, skip held ones,
+    migration ``0005``), which find the user's envelopes, skip held ones,
     write tombstones and scrubs and log each change themselves. It reads the
     erasure log and the legal holds (a spool's envelopes are checked against
     them). So it can erase only what an ``erasures`` row it started names,
@@ -56,6 +56,7 @@ from sqlalchemy.engine import Engine
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import ConfigurationError
 from recorder.schema import (
+    archive_files,
     change_log,
     envelopes,
     erased_envelopes,
@@ -87,6 +88,7 @@ RECORDER_TABLES = (
     sealed_envelopes.name,
     erasures.name,
     erased_envelopes.name,
+    archive_files.name,
 )
 #: The erasure functions the eraser may call (signatures as PostgreSQL names them).
 ERASER_FUNCTIONS = (
@@ -184,6 +186,8 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name} TO {p}",
             f"GRANT SELECT, INSERT, UPDATE ON TABLE {prune_runs.name} TO {p}",
             f"GRANT SELECT, INSERT ON TABLE {pruned_envelopes.name} TO {p}",
+            "-- (prune --archive: the manifest of the files it writes before deleting)",
+            f"GRANT SELECT, INSERT, UPDATE ON TABLE {archive_files.name} TO {p}",
         ]
         sequence = _sequence_of(prune_runs)
         if sequence:

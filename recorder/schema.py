@@ -337,6 +337,49 @@ sealed_envelopes = Table(
 Index("ix_sealed_envelopes_envelope_id", sealed_envelopes.c.envelope_id)
 
 
+# -- the cold archive: Parquet files written before a prune deletes (recorder.archive)
+
+ARCHIVE_FILE_STATES = ("writing", "written", "complete", "abandoned")
+
+archive_files = Table(
+    "archive_files",
+    metadata,
+    Column("archive_id", Text, primary_key=True, comment="the archive directory's id"),
+    Column("file_name", Text, primary_key=True, comment="path inside the archive directory"),
+    Column(
+        "state",
+        Text,
+        nullable=False,
+        comment="writing: named, not yet complete on disk; written: complete and fsynced, "
+        "its envelopes not yet all deleted; complete: deleted and logged; "
+        "abandoned: never completed, no file",
+    ),
+    Column("policy_name", Text, nullable=False, comment="the retention policy that expired them"),
+    Column("prune_run_id", Integer, nullable=False, comment="the prune run that wrote it"),
+    Column("deleted_by_run_id", Integer, comment="the prune run that deleted its envelopes"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("written_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Column("row_count", BigInteger),
+    Column("deleted_count", BigInteger, comment="envelopes the live database removed"),
+    Column("first_received_at", UTCDateTime),
+    Column("last_received_at", UTCDateTime),
+    Column("file_bytes", BigInteger),
+    Column("file_sha256", Text, comment="hex SHA-256 of the file's bytes"),
+    Column(
+        "members_sha256",
+        Text,
+        comment="hex SHA-256 over (envelope_id, received_at, envelope_sha256) of each row, "
+        "in file order",
+    ),
+    CheckConstraint(
+        "state IN (" + ", ".join(f"'{s}'" for s in ARCHIVE_FILE_STATES) + ")", name="state"
+    ),
+    comment="the archive manifest: every Parquet file `recorder prune --archive` wrote",
+)
+Index("ix_archive_files_state", archive_files.c.state)
+
+
 # -- erasure: `recorder erase` runs, and every envelope each erased, scrubbed or deferred
 
 ERASURE_STATUSES = ("running", "completed", "deferred")

@@ -1,7 +1,7 @@
 """What erasure writes in place of an envelope: the tombstone, and the mention scrub.
 
 Pure functions, no I/O. The PostgreSQL functions that erase on the database
-side (migration ``0004``) build exactly the same text, character for
+side (migration ``0005``) build exactly the same text, character for
 character; a test holds the two to that.
 
 **The tombstone** replaces the text of an envelope whose subject was erased.

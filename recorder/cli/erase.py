@@ -1,8 +1,4 @@
-"""``recorder erase``: the right to erasure, thin over :mod:`recorder.erasure`.
-
-Registered on the ``recorder`` group by importing this module from
-:mod:`recorder.cli`.
-"""
+"""``recorder erase``: the right to erasure, thin over :mod:`recorder.erasure`."""
 
 from __future__ import annotations
 
@@ -12,13 +8,13 @@ from pathlib import Path
 import click
 
 from recorder import erasure
-from recorder.cli import main, open_engine
+from recorder.cli.storage import open_engine
 from recorder.erasure_spool import plan_spool
 from recorder.errors import ConfigurationError
 from recorder.settings import Settings
 
 
-@main.command("erase")
+@click.command("erase")
 @click.option("--user", "user_id", metavar="USER_ID", help="The Slack user (U... or W...).")
 @click.option("--reason", help="Why: the request's reference; stored with the erasure.")
 @click.option("--team", "team_id", metavar="TEAM_ID", help="Only envelopes of this team.")
