@@ -241,6 +241,29 @@ def hold_release(settings: Settings, name: str, actor: str | None) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Start no new batch after this long; the next run carries on.",
 )
+@click.option(
+    "--archive",
+    "archive_dir",
+    metavar="DIR",
+    envvar="RECORDER_ARCHIVE_DIR",
+    show_envvar=True,
+    help="Write each envelope to a Parquet file in DIR (fsynced, in the manifest) before "
+    "deleting it. Needs the archive extra.",
+)
+@click.option(
+    "--archive-file-rows",
+    type=click.IntRange(1, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="At most this many envelopes per archive file.",
+)
+@click.option(
+    "--archive-partition",
+    type=click.Choice(["month", "day"]),
+    default="month",
+    show_default=True,
+    help="Archive files never span two UTC months (days) of received_at.",
+)
 @actor_option
 @click.pass_obj
 def prune_command(
@@ -248,6 +271,9 @@ def prune_command(
     dry_run: bool,
     batch_size: int,
     max_seconds: float | None,
+    archive_dir: str | None,
+    archive_file_rows: int,
+    archive_partition: str,
     actor: str | None,
 ) -> None:
     """Delete expired envelopes no legal hold covers, in batches.
@@ -255,7 +281,20 @@ def prune_command(
     One run at a time: when another is in progress this one says so and
     exits with status 0, doing nothing. Every run is logged (see
     `recorder retention log`).
+
+    With --archive DIR (or RECORDER_ARCHIVE_DIR), nothing is deleted before
+    it is in a complete, fsynced Parquet file recorded in the archive
+    manifest; a run that was interrupted is finished by the next one.
+
+    Example: recorder prune --max-seconds 3000 --archive /srv/recorder-archive
     """
+    archive = None
+    if archive_dir:
+        from recorder.archive import ArchiveOptions
+
+        archive = ArchiveOptions(
+            archive_dir, file_rows=archive_file_rows, partition=archive_partition
+        )
     with open_engine(settings, must_exist=True) as engine, ExitStack() as stack:
         bar: Any = None
         shown = 0
@@ -278,6 +317,7 @@ def prune_command(
             max_seconds=max_seconds,
             actor=actor,
             on_progress=on_progress if stderr_is_terminal() else None,
+            archive=archive,
         )
     if result.locked_out:
         click.echo(f"prune run #{result.run_id}: {result.summary()}", err=True)
