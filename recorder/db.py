@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine
 
-from recorder.engine import create_engine, is_sqlite, storage_errors
+from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
 from recorder.errors import ConfigurationError
 
 
@@ -66,9 +66,18 @@ def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
 
 
 def current_revision(url_or_engine: str | URL | Engine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
-    with _connection(url_or_engine, "reading the schema revision") as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    """The revision the database is at, or None for an empty database.
+
+    A read that never waits for writers (SQLite's deferred transaction), so
+    checking the schema does not queue behind a long write.
+    """
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else create_engine(url_or_engine)
+    try:
+        with storage_errors("reading the schema revision"), read_only(engine) as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        if engine is not url_or_engine:
+            engine.dispose()
 
 
 @functools.cache
