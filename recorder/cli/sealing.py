@@ -10,6 +10,7 @@ import click
 
 from recorder import seal
 from recorder.cli.errors import EXIT_ERROR
+from recorder.cli.options import YEAR_SECONDS, Seconds, anchor_digest
 from recorder.cli.storage import open_engine
 from recorder.settings import Settings
 
@@ -18,7 +19,7 @@ from recorder.settings import Settings
 @click.option(
     "--margin",
     "margin_seconds",
-    type=click.FloatRange(min=0),
+    type=Seconds(YEAR_SECONDS),
     default=seal.DEFAULT_MARGIN.total_seconds(),
     show_default=True,
     metavar="SECONDS",
@@ -47,7 +48,7 @@ def seal_command(
     and publish the printed digest somewhere the database's administrators
     cannot rewrite, for `recorder verify --anchor`.
     """
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         report = seal.seal(
             engine,
             margin=dt.timedelta(seconds=margin_seconds),
@@ -73,6 +74,7 @@ def seal_command(
     "--anchor",
     "anchors",
     multiple=True,
+    callback=anchor_digest,
     metavar="DIGEST",
     help="A digest published earlier; it must still be in the chain (repeatable).",
 )
