@@ -2,7 +2,7 @@
 
 Registered on the ``recorder`` group by importing this module from
 :mod:`recorder.cli`; each command is thin over :mod:`recorder.roles` and
-:mod:`recorder.seal`.
+:mod:`recorder.seal` and :mod:`recorder.verify`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from typing import TextIO
 
 import click
 
-from recorder import roles, seal
+from recorder import roles, seal, verify
 from recorder.cli import EXIT_ERROR, db, main, open_engine
 from recorder.settings import Settings
 
@@ -72,26 +73,45 @@ def db_grant(
 )
 @click.option(
     "--adopt-late",
-    is_flag=True,
-    help="Also seal rows `recorder verify` reports as inserted, once you know they are genuine.",
+    "adopt_ids",
+    multiple=True,
+    metavar="ENVELOPE_ID",
+    help="Also seal this row `recorder verify` reports as INSERTED behind the sealed range, "
+    "once you know it is genuine (repeatable).",
+)
+@click.option(
+    "--adopt-late-from",
+    "adopt_file",
+    type=click.File("r"),
+    metavar="FILE",
+    help="Adopt the envelope ids listed in FILE, one per line (`-` for stdin).",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 def seal_command(
-    settings: Settings, margin_seconds: float, block_size: int, adopt_late: bool, fmt: str
+    settings: Settings,
+    margin_seconds: float,
+    block_size: int,
+    adopt_ids: tuple[str, ...],
+    adopt_file: TextIO | None,
+    fmt: str,
 ) -> None:
     """Append sealed blocks to the hash chain over the stored envelopes.
 
     Incremental and safe while bots write; schedule it (every few minutes)
     and publish the printed digest somewhere the database's administrators
-    cannot rewrite, for `recorder verify --anchor`.
+    cannot rewrite, for `recorder verify --anchor`. A row dated inside the
+    range already sealed is never sealed unless named with --adopt-late.
     """
+    adopt = list(adopt_ids)
+    if adopt_file is not None:
+        adopt.extend(line.strip() for line in adopt_file if line.strip())
     with open_engine(settings) as engine:
         report = seal.seal(
             engine,
             margin=dt.timedelta(seconds=margin_seconds),
             block_size=block_size,
-            adopt_late=adopt_late,
+            adopt_late=adopt,
         )
     if fmt == "json":
         click.echo(
@@ -129,7 +149,7 @@ def verify_command(settings: Settings, anchors: tuple[str, ...], latest: bool, f
     inserted into a sealed range; exit status 1 if anything was found.
     """
     with open_engine(settings, must_exist=True) as engine:
-        report = seal.verify(engine, anchors=anchors)
+        report = verify.verify(engine, anchors=anchors)
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -155,7 +175,7 @@ def verify_command(settings: Settings, anchors: tuple[str, ...], latest: bool, f
     elif latest and report.ok:
         click.echo(report.latest_digest or "none")
     else:
-        for line in seal.verify_lines(report):
+        for line in verify.verify_lines(report):
             click.echo(line)
     if not report.ok:
         if latest and fmt != "json":
