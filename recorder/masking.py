@@ -21,7 +21,7 @@ import re
 RECORDER_LOGGERS = (
     "recorder",
     "recorder.slack",
-    "recorder.retention",
+    "recorder.prune",
     "recorder.seal",
     "recorder.testing.simulator",
 )

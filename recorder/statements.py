@@ -1,7 +1,10 @@
-"""Every statement that touches the ``envelopes`` table, built by named functions.
+"""Every statement on the recorder's tables, built by named functions.
 
 A compliance reviewer reads this one file to know what the recorder does to
-the audit table. Dialect differences sit side by side here and nowhere else.
+the audit table, its retention rules and its logs. Dialect differences sit
+side by side here and nowhere else. Sections: envelopes (record, pending,
+recovery, spool, import, audit queries), policies and holds, the change
+log, prune, reporting.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.dml import Delete, Insert, ReturningDelete, Update
 
 from recorder.envelope import ParsedEnvelope
 from recorder.schema import (
     DONE,
     PENDING,
     UTCDateTime,
+    change_log,
     envelopes,
     legal_holds,
+    prune_runs,
     pruned_envelopes,
+    retention_policies,
     seal_blocks,
     sealed_envelopes,
 )
@@ -266,6 +272,28 @@ ON CONFLICT DO NOTHING
 
 # -- audit queries (recorder query): keyset pagination on (received_at, envelope_id)
 
+Keyset = tuple[dt.datetime, str]
+"""``(received_at, envelope_id)`` of the last row a page or batch returned."""
+
+
+def keyset_after(after: Keyset | None) -> list[sa.ColumnElement[bool]]:
+    """Conditions for rows after ``after`` in ``(received_at, envelope_id)`` order.
+
+    The one keyset of audit pages and prune batches. Spelled ``received_at >=
+    t AND (received_at > t OR envelope_id > id)`` rather than as a row
+    comparison so that both engines bound the scan of the ``(column,
+    received_at)`` indexes by time.
+    """
+    if after is None:
+        return []
+    received_at = envelopes.c.received_at
+    after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
+    return [
+        received_at >= after_at,
+        sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]),
+    ]
+
+
 #: Columns an audit query returns, in output order; envelope_text last.
 AUDIT_COLUMNS: tuple[str, ...] = (
     "received_at",
@@ -289,7 +317,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
 def select_envelopes_page(
     *,
     page_size: int,
-    after: tuple[dt.datetime, str] | None = None,
+    after: Keyset | None = None,
     team_id: str | None = None,
     channel_id: str | None = None,
     user_id: str | None = None,
@@ -300,10 +328,7 @@ def select_envelopes_page(
 ) -> sa.Select[Any]:
     """One page of matching envelopes, oldest first, after the keyset ``after``.
 
-    ``since`` is inclusive and ``until`` exclusive. The keyset condition is
-    spelled ``received_at >= t AND (received_at > t OR envelope_id > id)``
-    rather than as a row comparison so that both engines bound the scan of
-    the ``(column, received_at)`` indexes by time.
+    ``since`` is inclusive and ``until`` exclusive.
     """
     received_at = envelopes.c.received_at
     conditions: list[sa.ColumnElement[bool]] = []
@@ -320,10 +345,7 @@ def select_envelopes_page(
         conditions.append(received_at >= sa.bindparam("since", since, type_=UTCDateTime))
     if until is not None:
         conditions.append(received_at < sa.bindparam("until", until, type_=UTCDateTime))
-    if after is not None:
-        after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
-        conditions.append(received_at >= after_at)
-        conditions.append(sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]))
+    conditions.extend(keyset_after(after))
     return (
         sa.select(*(envelopes.c[name] for name in AUDIT_COLUMNS))
         .where(*conditions)
@@ -332,7 +354,98 @@ def select_envelopes_page(
     )
 
 
-# -- retention: the prune batch, the counts a prune run reports, legal holds
+# -- policies and holds (recorder.policies, recorder.holds)
+
+
+def select_policies() -> sa.Select[Any]:
+    return sa.select(retention_policies)
+
+
+def select_policy_for_update(name: str) -> sa.Select[Any]:
+    """The policy ``name``, locked until the transaction ends (set_policy's read-modify-write)."""
+    return select_policies().where(retention_policies.c.name == name).with_for_update()
+
+
+def insert_policy(values: dict[str, Any]) -> Insert:
+    return sa.insert(retention_policies).values(values)
+
+
+def update_policy(name: str, values: dict[str, Any]) -> Update:
+    return sa.update(retention_policies).where(retention_policies.c.name == name).values(values)
+
+
+def delete_policy(name: str) -> ReturningDelete[Any]:
+    """Delete the policy ``name``, returning the row it had (none when there was no such policy)."""
+    return (
+        sa.delete(retention_policies)
+        .where(retention_policies.c.name == name)
+        .returning(*retention_policies.c)
+    )
+
+
+def select_holds(*, include_released: bool = True) -> sa.Select[Any]:
+    """Holds in order of creation."""
+    stmt = sa.select(legal_holds).order_by(legal_holds.c.created_at, legal_holds.c.name)
+    if not include_released:
+        stmt = stmt.where(legal_holds.c.released_at.is_(None))
+    return stmt
+
+
+def select_hold_released_at(name: str) -> sa.Select[Any]:
+    """``released_at`` of the hold ``name`` (NULL while in force); no row when none exists."""
+    return sa.select(legal_holds.c.released_at).where(legal_holds.c.name == name)
+
+
+def select_hold_for_update(name: str) -> sa.Select[Any]:
+    return sa.select(legal_holds).where(legal_holds.c.name == name).with_for_update()
+
+
+def insert_hold(values: dict[str, Any]) -> Insert:
+    return sa.insert(legal_holds).values(values)
+
+
+def release_hold(name: str, *, at: dt.datetime, actor: str) -> Update:
+    return (
+        sa.update(legal_holds)
+        .where(legal_holds.c.name == name)
+        .values(released_at=at, released_by=actor)
+    )
+
+
+# -- the change log: one row per change to a policy or a hold, in the changing transaction
+
+
+def insert_change(
+    *, at: dt.datetime, actor: str, action: str, kind: str, name: str, details: dict[str, Any]
+) -> Insert:
+    return sa.insert(change_log).values(
+        at=at, actor=actor, action=action, object_kind=kind, object_name=name, details=details
+    )
+
+
+def select_change_log(limit: int | None) -> sa.Select[Any]:
+    """Changes, newest first (the newest ``limit`` when given)."""
+    stmt = sa.select(change_log).order_by(change_log.c.id.desc())
+    return stmt if limit is None else stmt.limit(limit)
+
+
+# -- prune: the run log, the batch, the counts a prune run reports, legal holds
+
+
+def insert_prune_run(values: dict[str, Any]) -> Insert:
+    """Start (or, locked out, record at once) a prune run, returning its id."""
+    return sa.insert(prune_runs).values(values).returning(prune_runs.c.id)
+
+
+def finish_prune_run(run_id: int, values: dict[str, Any]) -> Update:
+    return sa.update(prune_runs).where(prune_runs.c.id == run_id).values(values)
+
+
+def select_prune_runs(limit: int | None) -> sa.Select[Any]:
+    """Prune runs, newest first (the newest ``limit`` when given)."""
+    stmt = sa.select(prune_runs).order_by(prune_runs.c.id.desc())
+    return stmt if limit is None else stmt.limit(limit)
+
 
 #: Columns a retention policy or a legal hold can match on, NULL meaning "any".
 POLICY_MATCH_COLUMNS: tuple[str, ...] = (
@@ -392,17 +505,6 @@ def expired_under(
     return conditions
 
 
-def _after(after: tuple[dt.datetime, str] | None) -> list[sa.ColumnElement[bool]]:
-    if after is None:
-        return []
-    received_at = envelopes.c.received_at
-    after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
-    return [
-        received_at >= after_at,
-        sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]),
-    ]
-
-
 def count_expired(conditions: list[sa.ColumnElement[bool]], *, is_held: bool) -> sa.Select[Any]:
     """How many rows meet ``conditions`` (from :func:`expired_under`) and are (not) held."""
     hold = held() if is_held else sa.not_(held())
@@ -413,7 +515,7 @@ def select_prune_batch(
     conditions: list[sa.ColumnElement[bool]],
     *,
     batch_size: int,
-    after: tuple[dt.datetime, str] | None,
+    after: Keyset | None,
 ) -> sa.Select[Any]:
     """The next batch of expired, unheld rows, oldest first, after the keyset ``after``.
 
@@ -422,7 +524,7 @@ def select_prune_batch(
     """
     return (
         sa.select(envelopes.c.envelope_id, envelopes.c.received_at)
-        .where(*conditions, sa.not_(held()), *_after(after))
+        .where(*conditions, sa.not_(held()), *keyset_after(after))
         .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
         .limit(batch_size)
     )
@@ -447,7 +549,7 @@ def prune_batch_postgresql(
     prune_run_id: int,
     policy_name: str,
     batch_size: int,
-    after: tuple[dt.datetime, str] | None,
+    after: Keyset | None,
 ) -> sa.Select[Any]:
     """One statement that deletes a batch and logs each removed row in ``pruned_envelopes``.
 
