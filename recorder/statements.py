@@ -615,6 +615,89 @@ def delete_pruned_sqlite() -> Delete:
     return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(_ids_param()))
 
 
+# -- archive before delete (recorder.archive): list whole rows, then delete the listed ids
+
+
+def select_archive_batch(
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    batch_size: int,
+    after: tuple[dt.datetime, str] | None,
+    before: dt.datetime | None,
+) -> sa.Select[Any]:
+    """The next expired, unheld rows with every audit column, oldest first.
+
+    ``before`` (exclusive) keeps one archive file inside one time partition.
+    """
+    bound = (
+        []
+        if before is None
+        else [envelopes.c.received_at < sa.bindparam("before", before, type_=UTCDateTime)]
+    )
+    return (
+        sa.select(*(envelopes.c[name] for name in AUDIT_COLUMNS))
+        .where(*conditions, sa.not_(held()), *keyset_after(after), *bound)
+        .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
+        .limit(batch_size)
+    )
+
+
+def _listed_ids(dialect_name: str) -> sa.ColumnElement[bool]:
+    if dialect_name == "postgresql":
+        ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))
+        return envelopes.c.envelope_id == sa.any_(ids)
+    return envelopes.c.envelope_id.in_(_ids_param())
+
+
+def archived_delete_postgresql(
+    conditions: list[sa.ColumnElement[bool]], *, prune_run_id: int, policy_name: str
+) -> sa.Select[Any]:
+    """Delete and log the archived ids in ``:ids`` (an array) that are still expired and unheld.
+
+    One statement, like :func:`prune_batch_postgresql`, but over a given list
+    of ids, re-checked: a hold placed since the rows were archived keeps them.
+    Rows a writer holds locked are waited for, not skipped, so that an
+    archived row is not left live by a passing update. Returns the count.
+    """
+    batch = (
+        sa.select(envelopes.c.envelope_id)
+        .where(_listed_ids("postgresql"), *conditions, sa.not_(held()))
+        .with_for_update()
+        .cte("batch")
+    )
+    removed = (
+        sa.delete(envelopes)
+        .where(envelopes.c.envelope_id == batch.c.envelope_id)
+        .returning(envelopes.c.envelope_id, envelopes.c.envelope_sha256, envelopes.c.received_at)
+        .cte("d")
+    )
+    columns, rows = _pruned_row(removed, prune_run_id, policy_name)
+    logged = (
+        sa.insert(pruned_envelopes)
+        .from_select(columns, rows)
+        .returning(pruned_envelopes.c.envelope_id)
+        .cte("logged")
+    )
+    return sa.select(sa.func.count()).select_from(logged)
+
+
+def log_archived_sqlite(
+    conditions: list[sa.ColumnElement[bool]], *, prune_run_id: int, policy_name: str
+) -> Insert:
+    """Log the archived ids in ``:ids`` (a JSON array) that are still expired and unheld.
+
+    Runs in one ``BEGIN IMMEDIATE`` transaction with :func:`delete_archived_sqlite`.
+    """
+    columns, rows = _pruned_row(envelopes, prune_run_id, policy_name)
+    return sa.insert(pruned_envelopes).from_select(
+        columns, rows.where(_listed_ids("sqlite"), *conditions, sa.not_(held()))
+    )
+
+
+def delete_archived_sqlite(conditions: list[sa.ColumnElement[bool]]) -> Delete:
+    return sa.delete(envelopes).where(_listed_ids("sqlite"), *conditions, sa.not_(held()))
+
+
 def naive_prune_delete(conditions: list[sa.ColumnElement[bool]]) -> Delete:
     """One unbatched ``DELETE`` of everything expired and unheld: the benchmark's baseline."""
     return sa.delete(envelopes).where(*conditions, sa.not_(held()))

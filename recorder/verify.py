@@ -5,6 +5,10 @@
 * **modified**: its text no longer has its sealed digest, its received_at
   moved, or (sealed or not) its stored digest, reporting columns or queryable
   ``envelope`` copy no longer match its text;
+* **erased** is not a finding: an envelope whose text an erasure replaced is
+  accepted exactly when the erasure log leads from its sealed digest to its
+  current one (:mod:`recorder.erasure_check`), and a log entry the envelopes
+  do not bear out is an ``erasure`` finding;
 * **deleted**: sealed, gone, and not in the prune log (``pruned_envelopes``
   with the sealed digest) -- so pruning keeps verification passing;
 * **inserted**: dated at or before the point the range blocks have sealed
@@ -34,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from recorder import statements
 from recorder.engine import READ_ONLY, is_sqlite, storage_errors
 from recorder.envelope import parse_envelope
+from recorder.erasure_check import ErasureLedger
 from recorder.errors import InvalidEnvelope
 from recorder.schema import envelopes
 from recorder.seal import (
@@ -71,7 +76,7 @@ class Finding:
     """One problem :func:`verify` found."""
 
     kind: str
-    """``modified``, ``deleted``, ``inserted``, ``chain`` or ``anchor``."""
+    """``modified``, ``deleted``, ``inserted``, ``chain``, ``anchor`` or ``erasure``."""
     envelope_id: str | None
     detail: str
     block_no: int | None = None
@@ -90,6 +95,8 @@ class VerifyReport:
     sealed: int = 0
     pruned: int = 0
     unsealed: int = 0
+    erased: int = 0
+    """Envelopes changed by logged erasures (their tombstones or scrubbed texts checked)."""
     latest_digest: str | None = None
 
     @property
@@ -104,7 +111,8 @@ class VerifyReport:
         verdict = "OK" if self.ok else f"FAILED: {len(self.findings)} problems"
         return (
             f"{verdict}; {self.blocks} blocks, {self.sealed} sealed envelopes "
-            f"({self.pruned} since pruned by logged prunes), {self.unsealed} not yet sealed; "
+            f"({self.pruned} since pruned by logged prunes), {self.unsealed} not yet sealed, "
+            f"{self.erased} erased by logged erasures; "
             f"latest digest {self.latest_digest or 'none'}"
         )
 
@@ -144,13 +152,23 @@ def verify(
         blocks = [SealBlock(**row._mapping) for row in conn.execute(statements.select_blocks())]
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
-        _check_chain(conn, blocks, report)
+        ledger = ErasureLedger.load(conn)
+        _check_chain(conn, blocks, report, ledger)
         _check_anchors(blocks, anchors, report)
         through = sealed_through(conn)
         if through.started:
-            _check_unsealed_behind(conn, through, report)
-        _check_beyond(conn, through, report, latest_plausible)
+            _check_unsealed_behind(conn, through, report, ledger)
+        _check_beyond(conn, through, report, latest_plausible, ledger)
+        check_erasure_log(conn, ledger, report)
     return report
+
+
+def check_erasure_log(conn: Connection, ledger: ErasureLedger, report: VerifyReport) -> None:
+    """Every finished erasure log entry must be borne out by its envelope (or a logged prune)."""
+    report.erased = len(ledger)
+    report.findings.extend(
+        Finding("erasure", envelope_id, problem) for envelope_id, problem in ledger.findings(conn)
+    )
 
 
 @contextmanager
@@ -183,7 +201,9 @@ def _check_anchors(blocks: list[SealBlock], anchors: Iterable[str], report: Veri
 # -- the chain
 
 
-def _check_chain(conn: Connection, blocks: list[SealBlock], report: VerifyReport) -> None:
+def _check_chain(
+    conn: Connection, blocks: list[SealBlock], report: VerifyReport, ledger: ErasureLedger
+) -> None:
     prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
         members = [
@@ -196,7 +216,7 @@ def _check_chain(conn: Connection, blocks: list[SealBlock], report: VerifyReport
         )
         prev = block.digest
         report.sealed += len(members)
-        _check_members(conn, block, members, report)
+        _check_members(conn, block, members, report, ledger)
 
 
 def block_problems(
@@ -285,7 +305,11 @@ def _pruned(conn: Connection, ids: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _check_members(
-    conn: Connection, block: SealBlock, members: Sequence[Member], report: VerifyReport
+    conn: Connection,
+    block: SealBlock,
+    members: Sequence[Member],
+    report: VerifyReport,
+    ledger: ErasureLedger,
 ) -> None:
     for chunk in _chunks(members):
         current = _current_rows(conn, [m.envelope_id for m in chunk])
@@ -296,7 +320,7 @@ def _check_members(
         ]
         pruned = _pruned(conn, [m.envelope_id for m in missing]) if missing else {}
         for m in chunk:
-            check_member(block.block_no, m, current.get(m.envelope_id), pruned, report)
+            check_member(block.block_no, m, current.get(m.envelope_id), pruned, report, ledger)
 
 
 def check_member(
@@ -305,11 +329,12 @@ def check_member(
     row: Any,
     pruned: dict[str, list[Any]],
     report: VerifyReport,
+    ledger: ErasureLedger,
 ) -> None:
     """One sealed envelope against its stored row (or None) and the prune log."""
     if row is not None and row.received_at == m.received_at:
         actual = text_sha256(row.envelope_text)
-        if actual != m.sha256:
+        if actual != m.sha256 and not ledger.accounts_for(m.envelope_id, m.sha256, actual):
             report.findings.append(
                 Finding(
                     "modified",
@@ -320,10 +345,10 @@ def check_member(
                 )
             )
         else:
-            check_consistent(row, report, block_no)
+            check_consistent(row, report, ledger, block_no)
         return
     logged = [p for p in pruned.get(m.envelope_id, []) if p.received_at == m.received_at]
-    if any(p.envelope_sha256 == m.sha256 for p in logged):
+    if any(_same_or_erased(ledger, m, p.envelope_sha256) for p in logged):
         report.pruned += 1
     elif logged:
         report.findings.append(
@@ -358,11 +383,28 @@ def check_member(
         )
 
 
-def check_consistent(row: Any, report: VerifyReport, block_no: int | None = None) -> None:
-    """The row's digest column, reporting columns and queryable copy agree with its text."""
+def _same_or_erased(ledger: ErasureLedger, m: Member, logged_sha256: str) -> bool:
+    # A prune logs the envelope_sha256 column (the original's digest), while a
+    # block sealed after an erasure holds the tombstone's: the log links them.
+    return (
+        logged_sha256 == m.sha256
+        or ledger.accounts_for(m.envelope_id, logged_sha256, m.sha256)
+        or ledger.accounts_for(m.envelope_id, m.sha256, logged_sha256)
+    )
+
+
+def check_consistent(
+    row: Any, report: VerifyReport, ledger: ErasureLedger, block_no: int | None = None
+) -> None:
+    """The row's digest column, reporting columns and queryable copy agree with its text.
+
+    After a logged erasure the digest column keeps the original's digest.
+    """
     problems = []
     actual = text_sha256(row.envelope_text)
-    if row.envelope_sha256 != actual:
+    if row.envelope_sha256 != actual and not ledger.accounts_for(
+        row.envelope_id, row.envelope_sha256, actual
+    ):
         problems.append(f"envelope_sha256 {row.envelope_sha256} is not the text's digest {actual}")
     try:
         parsed = parse_envelope(row.envelope_id, row.envelope_text, max_bytes=2**62)
@@ -427,13 +469,15 @@ def inserted_in_future(row: Any) -> Finding:
     )
 
 
-def _check_unsealed_behind(conn: Connection, through: SealedThrough, report: VerifyReport) -> None:
+def _check_unsealed_behind(
+    conn: Connection, through: SealedThrough, report: VerifyReport, ledger: ErasureLedger
+) -> None:
     condition = statements.sealed_through(conn.dialect, through.cutoff, through.last)
     stmt = statements.select_unsealed_behind(conn.dialect, condition, row_columns(conn))
     for row in conn.execute(stmt):
         report.unsealed += 1
         report.findings.append(inserted_behind(row, through))
-        check_consistent(row, report)
+        check_consistent(row, report, ledger)
 
 
 def _check_beyond(
@@ -441,6 +485,7 @@ def _check_beyond(
     through: SealedThrough,
     report: VerifyReport,
     latest_plausible: dt.datetime,
+    ledger: ErasureLedger,
 ) -> None:
     beyond = (
         ~statements.sealed_through(conn.dialect, through.cutoff, through.last)
@@ -462,7 +507,7 @@ def _check_beyond(
             report.unsealed += 1
             if row.received_at > latest_plausible:
                 report.findings.append(inserted_in_future(row))
-            check_consistent(row, report)
+            check_consistent(row, report, ledger)
         if len(rows) < _FETCH_CHUNK:
             return
         after = (rows[-1].received_at, rows[-1].envelope_id)

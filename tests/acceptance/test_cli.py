@@ -278,3 +278,16 @@ def test_help_lists_the_subcommands() -> None:
     for name in ("db", "import", "query"):
         assert f"  {name}" in text
     assert make_url("sqlite:///recorder.db").database == "recorder.db"
+
+
+def test_bare_recorder_prints_the_help_and_exits_0() -> None:
+    result = run(None, script=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("Usage: recorder")
+    assert "postgresql://user:pass@host/db" in result.stdout.decode()
+    assert result.stderr == b""
+
+
+def test_a_mistake_in_the_global_options_is_one_line_with_status_2() -> None:
+    line = assert_one_line_error(run(None, "--bogus", "query"), 2)
+    assert "No such option '--bogus'" in line

@@ -23,7 +23,7 @@ from recorder.verify import verify
 pytestmark = pytest.mark.postgres
 
 UTC = dt.timezone.utc
-PARTS = ("writer", "reader", "pruner", "sealer")
+PARTS = ("writer", "reader", "pruner", "sealer", "eraser")
 
 
 def _libpq(url: str) -> str:
