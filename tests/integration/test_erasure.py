@@ -82,6 +82,7 @@ def archive(engine: Engine, clock: Clock) -> list[Generated]:
     generated = generate(COUNT)
     record(engine, clock, generated[: COUNT // 2])
     seal(engine, block_size=500, now=sealed_later(clock))
+    clock.now = sealed_later(clock)  # the rest arrive after that seal's cutoff
     record(engine, clock, generated[COUNT // 2 :])
     return generated
 

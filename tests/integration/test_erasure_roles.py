@@ -81,10 +81,11 @@ def denied(engine: Engine, statement: str, **params: object) -> str:
 @pytest.fixture
 def recorded(owner: Engine) -> list[str]:
     generated = generate(96)
-    buffer = SQLEventBuffer(owner)
+    # recorded yesterday and sealed now: what the spool drains later is newer than the cutoff
+    buffer = SQLEventBuffer(owner, clock=lambda: dt.datetime.now(UTC) - dt.timedelta(days=1))
     for g in generated:
         buffer.record(g.envelope_id, g.envelope)
-    seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    seal(owner)
     return [g.envelope_id for g in generated if g.subject]
 
 
