@@ -32,7 +32,7 @@ from typing import IO, Any, BinaryIO, NoReturn
 
 import click
 from click.core import ParameterSource
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from recorder import audit, importer, report, retention, stats
 from recorder import db as db_api
@@ -92,7 +92,8 @@ def _cause_of(exc: BaseException) -> BaseException | None:
 
 def _mask(text: str, settings: Settings | None) -> str:
     text = mask_secrets(redact(text))
-    password = make_url(settings.database_url).password if settings is not None else None
+    # The engine's parse: the password runs to the last "@" of the authority.
+    password = database_url(settings.database_url).password if settings is not None else None
     if password and len(str(password)) >= 4:
         text = text.replace(str(password), "***")
     return text
