@@ -21,7 +21,8 @@ import re
 RECORDER_LOGGERS = (
     "recorder",
     "recorder.slack",
-    "recorder.retention",
+    "recorder.http",
+    "recorder.prune",
     "recorder.seal",
     "recorder.testing.simulator",
 )

@@ -45,7 +45,7 @@ def test_terminated_backends_are_replaced_before_the_next_pooled_call(pg_url: st
     """The server drops every pooled connection (a restart, an idle kill): the
     next call through the pool (seen, pending, complete) still succeeds at once,
     because the dropped socket is readable and so gets a full ping. (record's
-    own connections are covered in test_autocommit_connections.py.)"""
+    own connections are covered in test_record_connections.py.)"""
     with SQLEventBuffer(pg_url) as buffer:
         assert buffer.record("e1", envelope(1)) is RecordResult.NEW
         assert buffer.seen("e1")

@@ -6,13 +6,8 @@ import datetime as dt
 
 import pytest
 
-from recorder.retention import (
-    LegalHold,
-    RetentionError,
-    RetentionPolicy,
-    deciding_policy,
-    parse_keep,
-)
+from recorder.holds import LegalHold
+from recorder.policies import RetentionError, RetentionPolicy, deciding_policy, parse_keep
 
 
 @pytest.mark.parametrize(
