@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -41,6 +41,9 @@ from recorder.policies import (
     list_policies,
     resolve_now,
 )
+
+if TYPE_CHECKING:
+    from recorder.archive.archiver import ArchiveOptions, ArchiveProgress
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class PruneReport:
     skipped: int = 0
     """Expired, unheld rows left for a later run (time budget, rows locked by writers)."""
     error: str | None = None
+    archive: ArchiveProgress | None = None
+    """What an archiving run (``prune(archive=...)``) wrote and finished."""
 
     @property
     def deleted_total(self) -> int:
@@ -93,6 +98,12 @@ class PruneReport:
             return "another prune run is in progress; nothing done"
         verb = "would delete" if self.dry_run else "deleted"
         text = f"{verb} {self.deleted_total} envelopes; held {self.held}; skipped {self.skipped}"
+        if self.archive is not None:
+            text += (
+                f"; archived {self.archive.archived} envelopes in {len(self.archive.files)} files"
+            )
+            if self.archive.recovered:
+                text += f" (finished {len(self.archive.recovered)} left by an interrupted run)"
         if self.status == "stopped":
             text += " (time budget reached: run again to continue)"
         return text
@@ -189,6 +200,7 @@ def prune(
     actor: str | None = None,
     on_progress: Callable[[PruneProgress], None] | None = None,
     now: dt.datetime | None = None,
+    archive: ArchiveOptions | None = None,
 ) -> PruneReport:
     """Delete expired, unheld records in batches; record the run in ``prune_runs``.
 
@@ -209,6 +221,11 @@ def prune(
         Called after every batch.
     now
         The time cutoffs are measured from (default: the current time).
+    archive
+        Write every envelope to a Parquet file in this archive, fsynced and
+        recorded in the manifest, before deleting it (see
+        :mod:`recorder.archive.archiver`); first finish any file an
+        interrupted archiving run left.
 
     Returns
     -------
@@ -240,7 +257,7 @@ def prune(
             with _prune_lock(engine):
                 report.run_id = _start_run(engine, {**base_row, "status": "running"})
                 try:
-                    _prune_locked(engine, report, batch_size, max_seconds, on_progress)
+                    _prune_locked(engine, report, batch_size, max_seconds, on_progress, archive)
                 except BaseException as exc:
                     report.status = "failed"
                     report.error = _error_text(exc)
@@ -288,6 +305,7 @@ def _prune_locked(
     batch_size: int,
     max_seconds: float | None,
     on_progress: Callable[[PruneProgress], None] | None,
+    archive: ArchiveOptions | None = None,
 ) -> None:
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     policies = list_policies(engine)
@@ -307,9 +325,36 @@ def _prune_locked(
     total_expected = sum(expected.values())
     deleted_so_far = 0
     stopped = False
+    report.deleted = {policy.name: 0 for policy, _ in plans}
+
+    def on_deleted(policy_name: str, removed: int) -> None:
+        nonlocal deleted_so_far
+        report.deleted[policy_name] = report.deleted.get(policy_name, 0) + removed
+        deleted_so_far += removed
+        if on_progress is not None:
+            on_progress(PruneProgress(policy_name, deleted_so_far, total_expected))
+
+    archiver = None
+    if archive is not None:
+        # The integration point of the cold tier: between listing what has
+        # expired and deleting it, the archiver writes and records the files.
+        from recorder.archive.archiver import Archiver
+
+        assert report.run_id is not None
+        archiver = Archiver(engine, archive, run_id=report.run_id)
+        report.archive = archiver.progress
+        archiver.recover({p.name: c for p, c in plans}, batch_size, on_deleted)
     for policy, conditions in plans:
-        report.deleted[policy.name] = 0
         if stopped or expected[policy.name] == 0:
+            continue
+        if archiver is not None:
+            stopped = archiver.prune_policy(
+                policy.name,
+                conditions,
+                batch_size=batch_size,
+                deadline=deadline,
+                on_deleted=on_deleted,
+            )
             continue
         after: statements.Keyset | None = None
         while True:
@@ -320,10 +365,7 @@ def _prune_locked(
             if last is None:
                 break
             after = last
-            report.deleted[policy.name] += removed
-            deleted_so_far += removed
-            if on_progress is not None:
-                on_progress(PruneProgress(policy.name, deleted_so_far, total_expected))
+            on_deleted(policy.name, removed)
     report.held = sum(_count(engine, c, is_held=True) for _, c in plans)
     report.skipped = sum(_count(engine, c, is_held=False) for _, c in plans)
     report.status = "stopped" if stopped else "completed"

@@ -22,7 +22,7 @@ from recorder.seal import seal, verify
 pytestmark = pytest.mark.postgres
 
 UTC = dt.timezone.utc
-PARTS = ("writer", "reader", "pruner", "sealer")
+PARTS = ("writer", "reader", "pruner", "sealer", "eraser")
 
 
 def _libpq(url: str) -> str:
