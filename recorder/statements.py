@@ -87,6 +87,31 @@ def insert_envelope(dialect: Dialect) -> Insert:
     return stmt.execution_options(preserve_rowcount=True)
 
 
+#: Processing-state columns an import writes beside RECORD_COLUMNS.
+IMPORT_STATE_COLUMNS: tuple[str, ...] = ("status", "completed_at")
+
+
+def insert_imported(dialect: Dialect) -> Insert:
+    """:func:`insert_envelope` that also sets ``status`` and ``completed_at``.
+
+    ``recorder import`` stores an archive as already handled (``done``), so
+    that recovery never dispatches it; ``--pending`` stores ``pending``.
+    """
+    stmt = insert_envelope(dialect)
+    return stmt.values(
+        {name: sa.bindparam(name, type_=envelopes.c[name].type) for name in IMPORT_STATE_COLUMNS}
+    )
+
+
+def import_state(handled: bool, now: dt.datetime) -> dict[str, Any]:
+    """Values of :data:`IMPORT_STATE_COLUMNS` for an imported envelope."""
+    return (
+        {"status": DONE, "completed_at": now}
+        if handled
+        else {"status": PENDING, "completed_at": None}
+    )
+
+
 def select_seen(envelope_id: str) -> sa.Select[int]:
     return sa.select(sa.literal(1)).where(envelopes.c.envelope_id == envelope_id)
 
@@ -249,21 +274,25 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {IMPORT_STAGING_TABLE} (
     envelope_id text, envelope_type text, received_at timestamptz, team_id text,
     enterprise_id text, api_app_id text, event_id text, event_type text,
     channel_id text, user_id text, retry_attempt integer, retry_reason text,
-    envelope text, envelope_text text, envelope_sha256 text
+    envelope text, envelope_text text, envelope_sha256 text,
+    status text, completed_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
+#: Columns of a COPY row into the staging table, in order.
+IMPORT_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + IMPORT_STATE_COLUMNS
+
+COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(IMPORT_COLUMNS)}) FROM STDIN"
 
 # No conflict target, as in insert_envelope: both unique keys dedupe, and rows
 # repeated inside one batch are skipped like any other duplicate. The staged
 # ``envelope`` is NULL when the queryable copy equals the exact text (nearly
 # always), so each envelope crosses the wire once.
 _STAGED_VALUES = ", ".join(
-    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in RECORD_COLUMNS
+    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in IMPORT_COLUMNS
 )
 INSERT_FROM_IMPORT_STAGING = f"""
-INSERT INTO envelopes ({", ".join(RECORD_COLUMNS)})
+INSERT INTO envelopes ({", ".join(IMPORT_COLUMNS)})
 SELECT {_STAGED_VALUES}
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
