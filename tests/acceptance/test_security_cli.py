@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -101,7 +102,7 @@ def test_usage_mistakes_are_one_line_errors(sqlite_url: str, args: list[str]) ->
 
 
 def test_a_backdated_row_fails_verify_and_is_sealed_only_when_named(
-    sqlite_url: str, tmp_path: os.PathLike[str]
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     record(sqlite_url, 3)
     assert run(sqlite_url, "seal").returncode == 0
@@ -124,8 +125,7 @@ def test_a_backdated_row_fails_verify_and_is_sealed_only_when_named(
 
     adopted = run(sqlite_url, "seal", "--adopt-late", "late-1")
     assert adopted.stdout.startswith("sealed 1 envelopes in 1 new blocks (1 adopted late)")
-    listed = os.path.join(tmp_path, "late.txt")
-    with open(listed, "w") as out:
-        out.write("late-2\n\n")
-    assert run(sqlite_url, "seal", "--adopt-late-from", listed).returncode == 0
+    listed = tmp_path / "late.txt"
+    listed.write_text("late-2\n\n")
+    assert run(sqlite_url, "seal", "--adopt-late-from", str(listed)).returncode == 0
     assert run(sqlite_url, "verify").returncode == 0
