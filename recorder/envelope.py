@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.errors import ConfigurationError, InvalidEnvelope
+from recorder.tombstone import tombstone_columns, tombstone_of
 
 MAX_ENVELOPE_ID_LENGTH = 255
 DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
@@ -401,8 +402,16 @@ def extract_columns(data: Mapping[str, Any]) -> dict[str, Any]:
     """The reporting columns of an envelope; absent or unusable values are None.
 
     Understands ``events_api``, ``slash_commands`` and ``interactive``
-    envelopes; any other type still yields what the common fields give.
+    envelopes; any other type still yields what the common fields give. An
+    erased envelope's tombstone (:mod:`recorder.tombstone`) gives the columns
+    it kept.
     """
+    if tombstone_of(data) is not None:
+        # The same limits as extracted values: a tombstone is stored text too.
+        return {
+            name: _int32(value) if name == "retry_attempt" else _text(value)
+            for name, value in tombstone_columns(data).items()
+        }
     envelope_type = _text(data.get("type"))
     payload = data.get("payload")
     if not isinstance(payload, Mapping):

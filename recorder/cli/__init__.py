@@ -11,7 +11,7 @@ Layout (no module here imports another command module, so there is no cycle):
   subcommands share (opening the database; time, actor and match options);
 * one module per command family: :mod:`~recorder.cli.db`,
   :mod:`~recorder.cli.envelopes`, :mod:`~recorder.cli.retention`,
-  :mod:`~recorder.cli.sealing`, :mod:`~recorder.cli.reports`,
+  :mod:`~recorder.cli.sealing`, :mod:`~recorder.cli.erase`, :mod:`~recorder.cli.reports`,
   :mod:`~recorder.cli.slack`, :mod:`~recorder.cli.archive`.
 
 How to add a subcommand (keep the edit small and additive):
@@ -31,7 +31,7 @@ Every option also reads a ``RECORDER_<COMMAND>_<OPTION>`` environment variable
 
 from __future__ import annotations
 
-from recorder.cli import archive, db, envelopes, reports, retention, sealing, slack
+from recorder.cli import archive, db, envelopes, erase, reports, retention, sealing, slack
 from recorder.cli.app import main
 from recorder.cli.errors import error_lines, redact
 
@@ -43,6 +43,7 @@ main.add_command(retention.hold_group)
 main.add_command(retention.prune_command)
 main.add_command(sealing.seal_command)
 main.add_command(sealing.verify_command)
+main.add_command(erase.erase_command)
 main.add_command(reports.stats_command)
 main.add_command(reports.report_command)
 main.add_command(slack.listen_command)

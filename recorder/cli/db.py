@@ -41,6 +41,9 @@ def db_current(settings: Settings) -> None:
 @click.option("--reader", metavar="ROLE", help="Auditors' role: select only.")
 @click.option("--pruner", metavar="ROLE", help="`recorder prune`'s role: logged deletions only.")
 @click.option("--sealer", metavar="ROLE", help="`recorder seal`'s role: append to the chain.")
+@click.option(
+    "--eraser", metavar="ROLE", help="`recorder erase`'s role: the erasure functions only."
+)
 @click.option("--schema", default="public", show_default=True, help="Schema of the tables.")
 @click.option("--print-sql", is_flag=True, help="Print the SQL instead of running it.")
 @click.pass_obj
@@ -50,6 +53,7 @@ def db_grant(
     reader: str | None,
     pruner: str | None,
     sealer: str | None,
+    eraser: str | None,
     schema: str,
     print_sql: bool,
 ) -> None:
@@ -60,7 +64,9 @@ def db_grant(
     so running it again is harmless. Create the roles (with their passwords)
     yourself first.
     """
-    names = roles.RoleNames(writer=writer, reader=reader, pruner=pruner, sealer=sealer)
+    names = roles.RoleNames(
+        writer=writer, reader=reader, pruner=pruner, sealer=sealer, eraser=eraser
+    )
     if print_sql:
         click.echo(roles.render_sql(roles.grant_statements(names, schema=schema)), nl=False)
         return

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from sqlalchemy.engine import Engine
 
-from recorder import seal
+from recorder import seal, verify
 from recorder.archive.verify import ArchiveVerifyReport, verify_archive
 from recorder.cli.errors import EXIT_ERROR
 from recorder.cli.storage import open_engine
@@ -36,26 +36,45 @@ from recorder.settings import Settings
 )
 @click.option(
     "--adopt-late",
-    is_flag=True,
-    help="Also seal rows `recorder verify` reports as inserted, once you know they are genuine.",
+    "adopt_ids",
+    multiple=True,
+    metavar="ENVELOPE_ID",
+    help="Also seal this row `recorder verify` reports as INSERTED behind the sealed range, "
+    "once you know it is genuine (repeatable).",
+)
+@click.option(
+    "--adopt-late-from",
+    "adopt_file",
+    type=click.File("r"),
+    metavar="FILE",
+    help="Adopt the envelope ids listed in FILE, one per line (`-` for stdin).",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 def seal_command(
-    settings: Settings, margin_seconds: float, block_size: int, adopt_late: bool, fmt: str
+    settings: Settings,
+    margin_seconds: float,
+    block_size: int,
+    adopt_ids: tuple[str, ...],
+    adopt_file: TextIO | None,
+    fmt: str,
 ) -> None:
     """Append sealed blocks to the hash chain over the stored envelopes.
 
     Incremental and safe while bots write; schedule it (every few minutes)
     and publish the printed digest somewhere the database's administrators
-    cannot rewrite, for `recorder verify --anchor`.
+    cannot rewrite, for `recorder verify --anchor`. A row dated inside the
+    range already sealed is never sealed unless named with --adopt-late.
     """
+    adopt = list(adopt_ids)
+    if adopt_file is not None:
+        adopt.extend(line.strip() for line in adopt_file if line.strip())
     with open_engine(settings) as engine:
         report = seal.seal(
             engine,
             margin=dt.timedelta(seconds=margin_seconds),
             block_size=block_size,
-            adopt_late=adopt_late,
+            adopt_late=adopt,
         )
     if fmt == "json":
         click.echo(
@@ -108,7 +127,7 @@ def verify_command(
     """
     archived = None
     with open_engine(settings, must_exist=True) as engine:
-        report = seal.verify(engine, anchors=anchors)
+        report = verify.verify(engine, anchors=anchors)
         if archive_dir is not None:
             archived = _verify_archive(engine, archive_dir)
     failed = not report.ok or (archived is not None and not archived.ok)
@@ -138,7 +157,7 @@ def verify_command(
     elif latest and not failed:
         click.echo(report.latest_digest or "none")
     else:
-        for line in seal.verify_lines(report):
+        for line in verify.verify_lines(report):
             click.echo(line)
         if archived is not None:
             for finding in archived.findings:

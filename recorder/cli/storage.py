@@ -33,8 +33,8 @@ def open_engine(
         _require_sqlite_file(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
-        if migrate_sqlite and engine.dialect.name == "sqlite":
-            ensure_sqlite_schema(engine)
+        if migrate_sqlite:
+            db_api.ensure_sqlite_schema(engine)
         yield engine
     finally:
         engine.dispose()
@@ -50,12 +50,6 @@ def _require_sqlite_file(url: str) -> None:
             f"no database at {path}: record something first (recorder import, recorder demo), "
             "or check --database-url / RECORDER_DATABASE_URL"
         )
-
-
-def ensure_sqlite_schema(engine: Engine) -> None:
-    """Upgrade an SQLite database that is not at the newest revision."""
-    if db_api.current_revision(engine) != db_api.head_revision():
-        db_api.upgrade(engine)
 
 
 def stderr_is_terminal() -> bool:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recorder import retention, seal
+from recorder import retention, seal, verify
 from recorder.archive import ArchiveError, ArchiveOptions, open_archive
 from recorder.archive import manifest as archive_manifest
 from recorder.archive.files import read_stats
@@ -90,7 +90,7 @@ def test_seal_verification_still_passes_after_an_archiving_prune(
     seal.seal(engine, margin=dt.timedelta(0))
     retention.set_policy(engine, "default", keep="30d")
     retention.prune(engine, archive=ArchiveOptions(tmp_path / "a"))
-    result = seal.verify(engine)
+    result = verify.verify(engine)
     assert result.ok, result.findings
     assert result.pruned == 30
 
