@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+from pathlib import Path
+
 import click
 
-from recorder.settings import Settings
+from recorder.cli.errors import EXIT_ERROR
+from recorder.engine import DEFAULT_DATABASE_URL, database_url
+from recorder.settings import ENV_DATABASE_URL, Settings
 
 
 @click.command("listen")
@@ -78,5 +85,23 @@ def demo_command(settings: Settings) -> None:
 
     click.echo("starting a local Socket Mode simulator and a recording bot ...")
     result = run_demo(settings.database_url)
-    for line in render(result, settings.masked_database_url):
+    for line in render(result, settings.masked_database_url, follow_up_command(settings)):
         click.echo(line)
+    if not result.exactly_once:
+        sys.exit(EXIT_ERROR)
+
+
+def follow_up_command(settings: Settings) -> str:
+    """How to run ``recorder`` again as this process was run, for the suggested commands.
+
+    ``.venv/bin/recorder`` stays ``.venv/bin/recorder`` (the README's set-up,
+    no venv activated); the database is repeated when it was not the default
+    and has no password to print.
+    """
+    program = Path(sys.argv[0])
+    command = str(program) if program.name == "recorder" else f"{sys.executable} -m recorder"
+    url = settings.database_url
+    explicit = url != DEFAULT_DATABASE_URL and os.environ.get(ENV_DATABASE_URL) != url
+    if explicit and database_url(url).password is None:
+        command += f" --database-url {shlex.quote(url)}"
+    return command
