@@ -55,6 +55,10 @@ def listen_command(
 
     For an app dedicated to archiving: each envelope is stored before it is
     acked, and nothing else is done with it.
+
+    \b
+    Example:
+      SLACK_APP_TOKEN=xapp-... recorder listen --metrics-port 9108
     """
     from recorder.slack.archive import listen
 
@@ -80,7 +84,12 @@ def listen_command(
 @click.command("demo")
 @click.pass_obj
 def demo_command(settings: Settings) -> None:
-    """Play a simulated Slack stream into the database and show what was recorded."""
+    """Play a simulated Slack stream into the database and show what was recorded.
+
+    \b
+    Example:
+      recorder demo && recorder query --type slash_commands
+    """
     from recorder.slack.demo import render, run_demo
 
     click.echo("starting a local Socket Mode simulator and a recording bot ...")
