@@ -27,6 +27,8 @@ from recorder.schema import (
     legal_holds,
     prune_runs,
     pruned_envelopes,
+    replay_runs,
+    replayed_envelopes,
     retention_policies,
     seal_blocks,
     sealed_envelopes,
@@ -958,3 +960,68 @@ def select_pruned_log(envelope_ids: list[str]) -> sa.Select[Any]:
         pruned_envelopes.c.received_at,
         pruned_envelopes.c.prune_run_id,
     ).where(pruned_envelopes.c.envelope_id.in_(envelope_ids))
+
+
+# -- replay (recorder.replaying): the run log and the envelopes each run replayed
+
+
+def select_unfinished_replay(handler: str, filters: str) -> sa.Select[Any]:
+    """The newest run of ``handler`` over ``filters`` that did not complete, if any."""
+    return (
+        sa.select(replay_runs.c.id)
+        .where(
+            replay_runs.c.handler == handler,
+            replay_runs.c.filters == filters,
+            replay_runs.c.status != "completed",
+        )
+        .order_by(replay_runs.c.id.desc())
+        .limit(1)
+    )
+
+
+def select_replayed_ids(run_id: int) -> sa.Select[Any]:
+    return sa.select(replayed_envelopes.c.envelope_id).where(replayed_envelopes.c.run_id == run_id)
+
+
+def insert_replay_run(values: dict[str, Any]) -> Any:
+    return sa.insert(replay_runs).values(values).returning(replay_runs.c.id)
+
+
+def insert_replayed_envelope(
+    *, run_id: int, envelope_id: str, replayed_at: dt.datetime, error: str | None
+) -> Insert:
+    return sa.insert(replayed_envelopes).values(
+        run_id=run_id, envelope_id=envelope_id, replayed_at=replayed_at, error=error
+    )
+
+
+def finish_replay_run(run_id: int, status: str, finished_at: dt.datetime) -> Update:
+    """Close a run; a resumed run that completes is marked completed too."""
+    return (
+        sa.update(replay_runs)
+        .where(replay_runs.c.id == run_id)
+        .values(status=status, finished_at=finished_at)
+    )
+
+
+def select_replay_runs(limit: int) -> sa.Select[Any]:
+    """The latest runs with their counts, newest first (``recorder replay --log``)."""
+    counts = (
+        sa.select(
+            replayed_envelopes.c.run_id,
+            sa.func.count().label("replayed"),
+            sa.func.count(replayed_envelopes.c.error).label("failed"),
+        )
+        .group_by(replayed_envelopes.c.run_id)
+        .subquery()
+    )
+    return (
+        sa.select(
+            replay_runs,
+            sa.func.coalesce(counts.c.replayed, 0).label("replayed"),
+            sa.func.coalesce(counts.c.failed, 0).label("failed"),
+        )
+        .select_from(replay_runs.outerjoin(counts, counts.c.run_id == replay_runs.c.id))
+        .order_by(replay_runs.c.id.desc())
+        .limit(limit)
+    )
