@@ -1003,25 +1003,3 @@ def finish_replay_run(run_id: int, status: str, finished_at: dt.datetime) -> Upd
         .values(status=status, finished_at=finished_at)
     )
 
-
-def select_replay_runs(limit: int) -> sa.Select[Any]:
-    """The latest runs with their counts, newest first (``recorder replay --log``)."""
-    counts = (
-        sa.select(
-            replayed_envelopes.c.run_id,
-            sa.func.count().label("replayed"),
-            sa.func.count(replayed_envelopes.c.error).label("failed"),
-        )
-        .group_by(replayed_envelopes.c.run_id)
-        .subquery()
-    )
-    return (
-        sa.select(
-            replay_runs,
-            sa.func.coalesce(counts.c.replayed, 0).label("replayed"),
-            sa.func.coalesce(counts.c.failed, 0).label("failed"),
-        )
-        .select_from(replay_runs.outerjoin(counts, counts.c.run_id == replay_runs.c.id))
-        .order_by(replay_runs.c.id.desc())
-        .limit(limit)
-    )
