@@ -1002,4 +1002,3 @@ def finish_replay_run(run_id: int, status: str, finished_at: dt.datetime) -> Upd
         .where(replay_runs.c.id == run_id)
         .values(status=status, finished_at=finished_at)
     )
-
