@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,16 +43,15 @@ def arrow_schema() -> Any:
     return pa.schema(fields)
 
 
-def _timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class MembersDigest:
-    """SHA-256 over one JSON line ``[envelope_id, received_at, envelope_sha256]`` per row.
+    """SHA-256 over one line ``envelope_id NUL received_at NUL envelope_sha256 LF`` per row.
 
-    Kept in the manifest beside the file's own digest: the file's digest
-    proves the bytes, this one proves which envelopes (and which versions of
-    them) the file holds, whatever its encoding.
+    ``received_at`` is in whole microseconds since the Unix epoch; an envelope
+    id never holds NUL (:mod:`recorder.envelope` refuses it), so the lines are
+    unambiguous. Kept in the manifest beside the file's own digest: the
+    file's digest proves the bytes, this one proves which envelopes (and
+    which versions of them) the file holds, whatever its encoding. Computed
+    from Arrow arrays, a batch at a time.
     """
 
     def __init__(self) -> None:
@@ -62,14 +60,24 @@ class MembersDigest:
         self.first: dt.datetime | None = None
         self.last: dt.datetime | None = None
 
-    def add(self, envelope_id: str, received_at: dt.datetime, sha256: str) -> None:
-        line = json.dumps([envelope_id, _timestamp(received_at), sha256], separators=(",", ":"))
-        self._hash.update(line.encode() + b"\n")
-        self.count += 1
-        if self.first is None or received_at < self.first:
-            self.first = received_at
-        if self.last is None or received_at > self.last:
-            self.last = received_at
+    def add(self, ids: Any, received_at: Any, digests: Any) -> None:
+        """One batch: Arrow arrays of envelope ids, received_at times and digests."""
+        if len(ids) == 0:
+            return
+        pa, _ = deps.pyarrow()
+        import pyarrow.compute as pc
+
+        micros = received_at.cast(pa.int64()).to_pylist()
+        lines = "".join(
+            f"{i}\x00{t}\x00{d}\n"
+            for i, t, d in zip(ids.to_pylist(), micros, digests.to_pylist(), strict=True)
+        )
+        self._hash.update(lines.encode("utf-8"))
+        self.count += len(ids)
+        bounds = pc.min_max(received_at)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        self.first = low if self.first is None else min(self.first, low)
+        self.last = high if self.last is None else max(self.last, high)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -133,16 +141,14 @@ class ParquetFile:
             self._pa.array(values, type=field.type)
             for values, field in zip(columns, self._schema, strict=True)
         ]
-        index = {name: i for i, name in enumerate(COLUMNS)}
-        for envelope_id, received_at, sha in zip(
-            columns[index["envelope_id"]],
-            columns[index["received_at"]],
-            columns[index["envelope_sha256"]],
-            strict=True,
-        ):
-            self.members.add(envelope_id, received_at, sha)
+        table = self._pa.Table.from_arrays(arrays, schema=self._schema)
+        self.members.add(
+            table.column("envelope_id").combine_chunks(),
+            table.column("received_at").combine_chunks(),
+            table.column("envelope_sha256").combine_chunks(),
+        )
         try:
-            self._writer.write_table(self._pa.Table.from_arrays(arrays, schema=self._schema))
+            self._writer.write_table(table)
         except OSError as exc:
             raise ArchiveError(f"cannot write {self.temp}: {exc}") from exc
 
@@ -190,10 +196,7 @@ def read_stats(path: Path) -> FileStats:
         for batch in parquet.iter_batches(
             columns=["envelope_id", "received_at", "envelope_sha256"]
         ):
-            for envelope_id, received_at, sha in zip(
-                *(c.to_pylist() for c in batch.columns), strict=True
-            ):
-                members.add(envelope_id, received_at, sha)
+            members.add(*batch.columns)
         size, digest = file_sha256(path)
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"cannot read {path}: {exc}") from exc
