@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,19 @@ COLUMNS: tuple[str, ...] = statements.AUDIT_COLUMNS
 _TIMESTAMP_COLUMNS = frozenset({"received_at"})
 _INTEGER_COLUMNS = frozenset({"retry_attempt"})
 COMPRESSION = "zstd"
+#: Columns with few distinct values are dictionary-encoded; the unique ones
+#: (ids, digests, texts) are not: a dictionary would only be built and dropped.
+DICTIONARY_COLUMNS = [
+    "envelope_type",
+    "event_type",
+    "team_id",
+    "enterprise_id",
+    "api_app_id",
+    "channel_id",
+    "user_id",
+    "retry_reason",
+    "status",
+]
 _HASH_CHUNK = 1 << 20
 
 
@@ -44,14 +58,14 @@ def arrow_schema() -> Any:
 
 
 class MembersDigest:
-    """SHA-256 over one line ``envelope_id NUL received_at NUL envelope_sha256 LF`` per row.
+    """SHA-256 over ``envelope_id NUL received_at NUL envelope_sha256 NUL`` for each row.
 
-    ``received_at`` is in whole microseconds since the Unix epoch; an envelope
-    id never holds NUL (:mod:`recorder.envelope` refuses it), so the lines are
-    unambiguous. Kept in the manifest beside the file's own digest: the
-    file's digest proves the bytes, this one proves which envelopes (and
-    which versions of them) the file holds, whatever its encoding. Computed
-    from Arrow arrays, a batch at a time.
+    ``received_at`` is in whole microseconds since the Unix epoch, in
+    decimal; an envelope id never holds NUL (:mod:`recorder.envelope`
+    refuses it), so the sequence is unambiguous. Kept in the manifest beside
+    the file's own digest: the file's digest proves the bytes, this one
+    proves which envelopes (and which versions of them) the file holds,
+    whatever its encoding. Computed by Arrow, a batch at a time.
     """
 
     def __init__(self) -> None:
@@ -67,12 +81,15 @@ class MembersDigest:
         pa, _ = deps.pyarrow()
         import pyarrow.compute as pc
 
-        micros = received_at.cast(pa.int64()).to_pylist()
-        lines = "".join(
-            f"{i}\x00{t}\x00{d}\n"
-            for i, t, d in zip(ids.to_pylist(), micros, digests.to_pylist(), strict=True)
-        )
-        self._hash.update(lines.encode("utf-8"))
+        micros = received_at.cast(pa.int64()).cast(pa.string())
+        empty = pa.array([""] * len(ids), type=pa.string())
+        # Each row becomes "id NUL micros NUL digest NUL"; a string array's
+        # data buffer holds its values back to back, between two offsets.
+        rows = pc.binary_join_element_wise(ids, micros, digests, empty, "\x00")
+        offsets, data = rows.buffers()[1:3]
+        start = struct.unpack_from("<i", offsets, 4 * rows.offset)[0]
+        end = struct.unpack_from("<i", offsets, 4 * (rows.offset + len(rows)))[0]
+        self._hash.update(memoryview(data)[start:end])
         self.count += len(ids)
         bounds = pc.min_max(received_at)
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
@@ -127,7 +144,11 @@ class ParquetFile:
         try:
             _make_directory(self.final.parent, archive.path)
             self._writer = pq.ParquetWriter(
-                str(self.temp), self._schema, compression=COMPRESSION, write_statistics=True
+                str(self.temp),
+                self._schema,
+                compression=COMPRESSION,
+                use_dictionary=DICTIONARY_COLUMNS,
+                write_statistics=True,
             )
         except OSError as exc:
             raise ArchiveError(f"cannot write {self.temp}: {exc}") from exc
