@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from recorder import seal, verify
 from recorder.archive.verify import ArchiveVerifyReport, verify_archive
 from recorder.cli.errors import EXIT_ERROR
+from recorder.cli.options import YEAR_SECONDS, Seconds, anchor_digest
 from recorder.cli.storage import open_engine
 from recorder.settings import Settings
 
@@ -21,7 +22,7 @@ from recorder.settings import Settings
 @click.option(
     "--margin",
     "margin_seconds",
-    type=click.FloatRange(min=0),
+    type=Seconds(YEAR_SECONDS),
     default=seal.DEFAULT_MARGIN.total_seconds(),
     show_default=True,
     metavar="SECONDS",
@@ -69,7 +70,7 @@ def seal_command(
     adopt = list(adopt_ids)
     if adopt_file is not None:
         adopt.extend(line.strip() for line in adopt_file if line.strip())
-    with open_engine(settings) as engine:
+    with open_engine(settings, must_exist=True) as engine:
         report = seal.seal(
             engine,
             margin=dt.timedelta(seconds=margin_seconds),
@@ -95,6 +96,7 @@ def seal_command(
     "--anchor",
     "anchors",
     multiple=True,
+    callback=anchor_digest,
     metavar="DIGEST",
     help="A digest published earlier; it must still be in the chain (repeatable).",
 )
