@@ -38,6 +38,7 @@ from recorder.archive import deps, manifest
 from recorder.archive.errors import ArchiveError
 from recorder.archive.files import ParquetFile, chunked, file_sha256, read_ids, read_stats
 from recorder.archive.layout import (
+    MARKER,
     PARTITIONS,
     ArchiveDir,
     new_file_name,
@@ -99,9 +100,17 @@ class Archiver:
         self.engine = engine
         self.options = options
         self.run_id = run_id
-        self.archive: ArchiveDir = open_archive(options.directory, create=True)
+        marker = Path(options.directory).expanduser() / MARKER
+        # Made on first use: a run with nothing to archive leaves no trace.
+        self._archive = open_archive(options.directory) if marker.exists() else None
         self.progress = ArchiveProgress()
         self._sequence = 0
+
+    @property
+    def archive(self) -> ArchiveDir:
+        if self._archive is None:
+            self._archive = open_archive(self.options.directory, create=True)
+        return self._archive
 
     # -- finishing what an interrupted run left
 
@@ -119,19 +128,15 @@ class Archiver:
             Another archive has unfinished files (run prune with that
             directory first), or a written file's bytes changed since.
         """
-        others = [
-            e
-            for e in manifest.entries(self.engine, states=manifest.UNFINISHED)
-            if e.archive_id != self.archive.archive_id
-        ]
+        this = None if self._archive is None else self._archive.archive_id
+        unfinished = manifest.entries(self.engine, states=manifest.UNFINISHED)
+        others = [e for e in unfinished if e.archive_id != this]
         if others:
             raise ArchiveError(
                 f"archive {others[0].archive_id} has an unfinished file ({others[0].file_name}); "
                 "run `recorder prune --archive` with that archive's directory first"
             )
-        for entry in manifest.entries(
-            self.engine, archive_id=self.archive.archive_id, states=manifest.UNFINISHED
-        ):
+        for entry in unfinished:
             path = self.archive.file_path(entry.file_name)
             if entry.state == manifest.WRITING:
                 if not path.exists():
