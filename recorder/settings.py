@@ -77,6 +77,18 @@ class Settings:
         )
 
 
+def max_envelope_bytes_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``RECORDER_MAX_ENVELOPE_BYTES``, or the default limit (every adapter's default).
+
+    Raises
+    ------
+    ConfigurationError
+        The variable is set and not a positive number of bytes.
+    """
+    env = os.environ if environ is None else environ
+    return _positive_int(env, ENV_MAX_ENVELOPE_BYTES) or DEFAULT_MAX_ENVELOPE_BYTES
+
+
 def _env(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value.strip() if value and value.strip() else None

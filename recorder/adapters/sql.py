@@ -6,13 +6,12 @@ import datetime as dt
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 
 from recorder import statements
-from recorder.adapter import EnvelopeInput, RecordResult
+from recorder.adapter import ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
 from recorder.autocommit import AutocommitConnections, supports
 from recorder.engine import (
     create_engine,
@@ -23,7 +22,6 @@ from recorder.engine import (
     write_statement,
 )
 from recorder.envelope import (
-    DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_REDACTION,
     ParsedEnvelope,
     Redaction,
@@ -32,8 +30,10 @@ from recorder.envelope import (
     resolve_redaction,
     validate_envelope_id,
 )
-from recorder.errors import ConfigurationError
 from recorder.schema import UTCDateTime
+from recorder.settings import max_envelope_bytes_from_env
+
+__all__ = ["ClaimedEnvelope", "SQLEventBuffer", "utc_now"]
 
 Clock = Callable[[], dt.datetime]
 _UTC = UTCDateTime()
@@ -41,33 +41,6 @@ _UTC = UTCDateTime()
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def max_envelope_bytes_from_env() -> int:
-    """``RECORDER_MAX_ENVELOPE_BYTES``, or the default limit."""
-    raw = os.environ.get("RECORDER_MAX_ENVELOPE_BYTES")
-    if raw is None or raw.strip() == "":
-        return DEFAULT_MAX_ENVELOPE_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigurationError(
-            f"RECORDER_MAX_ENVELOPE_BYTES must be a positive number of bytes, not {raw!r}"
-        )
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedEnvelope:
-    """An envelope :meth:`SQLEventBuffer.claim_stale` claimed for another dispatch."""
-
-    envelope_id: str
-    envelope: dict[str, Any]
-    """The stored envelope, decoded."""
-    attempts: int
-    """Dispatches so far, this one included."""
 
 
 class SQLEventBuffer:
@@ -131,6 +104,11 @@ class SQLEventBuffer:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def serialized_writes(self) -> bool:
+        """SQLite admits one writer at a time; PostgreSQL takes writers as they come."""
+        return is_sqlite(self._engine)
 
     def parse(self, envelope_id: object, envelope: object) -> ParsedEnvelope:
         """Validate an envelope against this buffer's limits without storing it."""
@@ -314,6 +292,33 @@ class SQLEventBuffer:
             write_statement(self._engine) as conn,
         ):
             conn.execute(statements.renew_claims(ids, self._clock()))
+
+    def restore(self, envelopes: Sequence[StoredEnvelope]) -> int:
+        """Store envelopes with their processing state (the Slack spool's drain).
+
+        Each is parsed by this buffer's own parser (limits, redaction); the
+        batch is one transaction, so a refused envelope stores nothing of it.
+        """
+        if not envelopes:
+            return 0
+        params = []
+        for stored in envelopes:
+            values = statements.record_params(
+                self.parse(stored.envelope_id, stored.envelope_text), stored.received_at
+            )
+            values.update(
+                status=stored.status,
+                completed_at=stored.completed_at,
+                attempts=stored.attempts,
+                claimed_at=stored.claimed_at,
+            )
+            params.append(values)
+        stmt = statements.insert_drained(self._engine.dialect)
+        with (
+            storage_errors(f"restoring {len(params)} envelopes"),
+            self._engine.begin() as conn,
+        ):
+            return int(conn.execute(stmt, params).rowcount)
 
     def count_pending(self) -> int:
         """How many envelopes are recorded and not completed."""
