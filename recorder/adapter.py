@@ -209,16 +209,6 @@ class RecoverableEventBuffer(ParsingEventBuffer, Protocol):
     * A backend failure raises ``StorageUnavailable``.
     """
 
-    @property
-    def serialized_writes(self) -> bool:
-        """True when the backend admits one writer at a time (SQLite).
-
-        Callers in one process then queue their writes on a lock of their own:
-        a writer that finds the backend's lock taken sleeps in its busy
-        handler (SQLite: 1 ms, then longer), far longer than the wait.
-        """
-        ...
-
     def claim_stale(
         self, lease: float | dt.timedelta, limit: int = 100, *, max_attempts: int | None = None
     ) -> list[ClaimedEnvelope]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.errors import ConfigurationError, InvalidEnvelope
+from recorder.tombstone import tombstone_columns, tombstone_of
 
 MAX_ENVELOPE_ID_LENGTH = 255
 DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
@@ -312,6 +313,7 @@ def parse_envelope(
         text = envelope
         data = _decode(text)
     elif isinstance(envelope, Mapping):
+        check_string_keys(envelope)
         data = dict(envelope)
         if redaction is not None and redaction.enabled:
             data = redaction.apply(data)[0]
@@ -375,6 +377,21 @@ def _build(envelope_id: str, text: str, data: dict[str, Any]) -> ParsedEnvelope:
     )
 
 
+def decode_json_object(text: str) -> dict[str, Any]:
+    """Decode JSON text that must be an object, as strictly as ``record`` does.
+
+    For callers that must look inside a body before recording it (HTTP mode
+    reads the event id to build the envelope id), so that they accept and
+    refuse exactly what the adapters do.
+
+    Raises
+    ------
+    InvalidEnvelope
+        The text is not a JSON object, or not JSON at all.
+    """
+    return _decode(text)
+
+
 def decode_stored(text: str) -> dict[str, Any]:
     """Decode an ``envelope_text`` value read back from storage."""
     value: dict[str, Any] = json.loads(text)
@@ -385,8 +402,16 @@ def extract_columns(data: Mapping[str, Any]) -> dict[str, Any]:
     """The reporting columns of an envelope; absent or unusable values are None.
 
     Understands ``events_api``, ``slash_commands`` and ``interactive``
-    envelopes; any other type still yields what the common fields give.
+    envelopes; any other type still yields what the common fields give. An
+    erased envelope's tombstone (:mod:`recorder.tombstone`) gives the columns
+    it kept.
     """
+    if tombstone_of(data) is not None:
+        # The same limits as extracted values: a tombstone is stored text too.
+        return {
+            name: _int32(value) if name == "retry_attempt" else _text(value)
+            for name, value in tombstone_columns(data).items()
+        }
     envelope_type = _text(data.get("type"))
     payload = data.get("payload")
     if not isinstance(payload, Mapping):
@@ -529,15 +554,123 @@ def _reject_constant(name: str) -> Any:
     raise InvalidEnvelope(f"envelope contains {name}, which is not JSON")
 
 
-def _decode(text: str) -> dict[str, Any]:
+class _DuplicateKey(Exception):
+    """Raised inside the decoder; :func:`_decode` finds the key's path and reports it."""
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # The standard decoder keeps the last of repeated keys, so
+    # {"token": "SECRET", "token": "[redacted]"} would look redacted while the
+    # stored text kept the secret. A count is enough here; the slow search
+    # for the key's path runs only on the (rare) refusal.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey
+    return obj
+
+
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_strict_object, parse_constant=_reject_constant
+)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key-value pairs in order, repeats kept (for the path search)."""
+
+
+def _duplicate_key_path(text: str) -> str:
+    """The path (``payload.token``) of the first repeated key in ``text``."""
+    root = json.loads(text, object_pairs_hook=_Pairs)
+    stack: list[tuple[Any, str]] = [(root, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _Pairs):
+            seen: set[str] = set()
+            for key, _ in value:
+                if key in seen:
+                    return _join(path, key)
+                seen.add(key)
+            items: list[tuple[str, Any]] = list(value)
+        elif isinstance(value, list):
+            items = [(str(index), item) for index, item in enumerate(value)]
+        else:
+            continue
+        # Reversed onto the stack: children are searched in document order.
+        stack.extend((item, _join(path, key)) for key, item in reversed(items))
+    return "?"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _shown_path(path: str) -> str:
+    # A key is attacker-chosen text: bounded, and shown as a literal.
+    return repr(path if len(path) <= 200 else path[:200] + "...")
+
+
+def check_string_keys(data: Mapping[str, Any]) -> None:
+    """Raise InvalidEnvelope if any object in ``data`` has a key that is not a string.
+
+    ``json.dumps`` would turn ``1``, ``True`` and ``None`` into the keys
+    ``"1"``, ``"true"`` and ``"null"`` (and ``{1: ..., "1": ...}`` into a
+    duplicate key), so the stored text would not be the object given.
+    """
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    where = f"in {_shown_path(path)}" if path else "at the top level"
+                    raise InvalidEnvelope(
+                        f"envelope has a key that is not a string {where}: {key!r} "
+                        f"({type(key).__name__}); JSON object keys are strings"
+                    )
+                if isinstance(item, Mapping | list | tuple):
+                    stack.append((item, _join(path, key)))
+        else:
+            for index, item in enumerate(value):
+                if isinstance(item, Mapping | list | tuple):
+                    stack.append((item, _join(path, str(index))))
+
+
+def loads_strict(text: str) -> Any:
+    """Decode JSON text strictly: no repeated key in any object, no NaN or Infinity.
+
+    The one decoder every path that takes an envelope in uses (the adapters,
+    import, the Slack listeners, the spool).
+
+    Raises
+    ------
+    InvalidEnvelope
+        The text is not JSON, repeats a key (the message names its path,
+        for example ``payload.token``), or is nested too deeply.
+    """
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        return _STRICT_DECODER.decode(text)
+    except _DuplicateKey:
+        try:
+            path = _duplicate_key_path(text)
+        except RecursionError as exc:
+            raise InvalidEnvelope("envelope is nested too deeply to decode") from exc
+        except ValueError as exc:
+            # Repeated key first, malformed text after it: report the malformation.
+            raise InvalidEnvelope(f"envelope is not valid JSON: {exc}") from exc
+        raise InvalidEnvelope(
+            f"envelope has a duplicate key: {_shown_path(path)} appears twice in one "
+            "object; strict JSON allows each key once"
+        ) from None
     except InvalidEnvelope:
         raise
     except RecursionError as exc:
         raise InvalidEnvelope("envelope is nested too deeply to decode") from exc
     except ValueError as exc:
         raise InvalidEnvelope(f"envelope is not valid JSON: {exc}") from exc
+
+
+def _decode(text: str) -> dict[str, Any]:
+    data = loads_strict(text)
     if not isinstance(data, dict):
         raise InvalidEnvelope(f"envelope must be a JSON object, not {type(data).__name__}")
     return data

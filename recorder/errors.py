@@ -16,8 +16,9 @@ class InvalidEnvelope(RecorderError, ValueError):
     """The envelope or its id cannot be recorded as given.
 
     Raised for an empty, non-string or over-long ``envelope_id``, text that is
-    not a JSON object, an envelope over the size limit, and values JSON cannot
-    hold. Nothing was stored, and nothing else was affected: the next envelope
+    not a JSON object, an object that repeats a key (strict JSON), a mapping
+    with a key that is not a string, an envelope over the size limit, and
+    values JSON cannot hold. Nothing was stored, and nothing else was affected: the next envelope
     is recorded as usual.
     """
 

@@ -28,6 +28,15 @@ pruner (``recorder prune``)
     only detected later by ``recorder verify``.
 sealer (``recorder seal``), optional
     Reads envelopes, inserts into ``seal_blocks`` and ``sealed_envelopes``.
+eraser (``recorder erase``)
+    No privilege on ``envelopes`` at all: it may only ``EXECUTE`` the erasure
+    functions (:data:`ERASER_FUNCTIONS`, ``SECURITY DEFINER``, created by
+    migration ``0005``), which find the user's envelopes, skip held ones,
+    write tombstones and scrubs and log each change themselves. It reads the
+    erasure log and the legal holds (a spool's envelopes are checked against
+    them). So it can erase only what an ``erasures`` row it started names,
+    always logged, and nothing else; writers, readers and pruners cannot
+    call the functions (``EXECUTE`` is revoked from ``PUBLIC``).
 
 Why grants plus a trigger rather than a ``SECURITY DEFINER`` prune function:
 pruning (policy precedence, legal holds, batches) is Python in
@@ -47,8 +56,11 @@ from sqlalchemy.engine import Engine
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import ConfigurationError
 from recorder.schema import (
+    archive_files,
     change_log,
     envelopes,
+    erased_envelopes,
+    erasures,
     legal_holds,
     prune_runs,
     pruned_envelopes,
@@ -74,6 +86,17 @@ RECORDER_TABLES = (
     change_log.name,
     seal_blocks.name,
     sealed_envelopes.name,
+    erasures.name,
+    erased_envelopes.name,
+    archive_files.name,
+)
+#: The erasure functions the eraser may call (signatures as PostgreSQL names them).
+ERASER_FUNCTIONS = (
+    "recorder_erasure_start(text, text, text, text, text, text)",
+    "recorder_erasure_plan(text, text, boolean, boolean)",
+    "recorder_erasure_step(integer, integer)",
+    "recorder_erasure_resume(integer, integer, text)",
+    "recorder_erasure_log_spooled(integer, text, timestamptz, text, text, text, jsonb, text, text)",
 )
 
 
@@ -85,6 +108,7 @@ class RoleNames:
     reader: str | None = None
     pruner: str | None = None
     sealer: str | None = None
+    eraser: str | None = None
 
     def assigned(self) -> dict[str, str]:
         parts = {
@@ -92,6 +116,7 @@ class RoleNames:
             "reader": self.reader,
             "pruner": self.pruner,
             "sealer": self.sealer,
+            "eraser": self.eraser,
         }
         return {part: name for part, name in parts.items() if name}
 
@@ -125,7 +150,9 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     """
     assigned = roles.assigned()
     if not assigned:
-        raise ConfigurationError("name at least one role: --writer, --reader, --pruner, --sealer")
+        raise ConfigurationError(
+            "name at least one role: --writer, --reader, --pruner, --sealer, --eraser"
+        )
     q = {part: quote_identifier(name) for part, name in assigned.items()}
     sch = quote_identifier(schema)
     every = ", ".join([*RECORDER_TABLES, ALEMBIC_VERSION_TABLE])
@@ -133,6 +160,8 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     for part, role in q.items():
         sql.append(f"-- {part}: {assigned[part]}")
         sql.append(f"REVOKE ALL ON TABLE {every} FROM {role}")
+        functions = ", ".join(f"{sch}.{f}" for f in ERASER_FUNCTIONS)
+        sql.append(f"REVOKE ALL ON FUNCTION {functions} FROM {role}")
         sql.append(f"GRANT USAGE ON SCHEMA {sch} TO {role}")
     if "writer" in q:
         w = q["writer"]
@@ -157,6 +186,8 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name} TO {p}",
             f"GRANT SELECT, INSERT, UPDATE ON TABLE {prune_runs.name} TO {p}",
             f"GRANT SELECT, INSERT ON TABLE {pruned_envelopes.name} TO {p}",
+            "-- (prune --archive: the manifest of the files it writes before deleting)",
+            f"GRANT SELECT, INSERT, UPDATE ON TABLE {archive_files.name} TO {p}",
         ]
         sequence = _sequence_of(prune_runs)
         if sequence:
@@ -168,6 +199,14 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             "-- sealer: read envelopes, append to the seal chain",
             f"GRANT SELECT ON TABLE {envelopes.name}, {pruned_envelopes.name} TO {s}",
             f"GRANT SELECT, INSERT ON TABLE {seal_blocks.name}, {sealed_envelopes.name} TO {s}",
+        ]
+    if "eraser" in q:
+        e = q["eraser"]
+        sql += [
+            "-- eraser: the erasure functions only (they log every change); reads the log",
+            *(f"GRANT EXECUTE ON FUNCTION {sch}.{f} TO {e}" for f in ERASER_FUNCTIONS),
+            f"GRANT SELECT ON TABLE {erasures.name}, {erased_envelopes.name} TO {e}",
+            f"GRANT SELECT ON TABLE {legal_holds.name} TO {e}",
         ]
     return sql
 

@@ -1,7 +1,10 @@
-"""Every statement that touches the ``envelopes`` table, built by named functions.
+"""Every statement on the recorder's tables, built by named functions.
 
 A compliance reviewer reads this one file to know what the recorder does to
-the audit table. Dialect differences sit side by side here and nowhere else.
+the audit table, its retention rules and its logs. Dialect differences sit
+side by side here and nowhere else. Sections: envelopes (record, pending,
+recovery, spool, import, audit queries), policies and holds, the change
+log, prune, reporting.
 """
 
 from __future__ import annotations
@@ -12,16 +15,21 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.dml import Delete, Insert, ReturningDelete, Update
 
 from recorder.envelope import ParsedEnvelope
 from recorder.schema import (
     DONE,
     PENDING,
     UTCDateTime,
+    change_log,
     envelopes,
     legal_holds,
+    prune_runs,
     pruned_envelopes,
+    retention_policies,
+    seal_blocks,
+    sealed_envelopes,
 )
 
 #: Columns written on record, in the order the COPY import path sends them.
@@ -77,6 +85,31 @@ def insert_envelope(dialect: Dialect) -> Insert:
         stmt = sqlite.insert(envelopes).values(values).on_conflict_do_nothing()
     # SQLAlchemy reads an INSERT's row count only when asked to.
     return stmt.execution_options(preserve_rowcount=True)
+
+
+#: Processing-state columns an import writes beside RECORD_COLUMNS.
+IMPORT_STATE_COLUMNS: tuple[str, ...] = ("status", "completed_at")
+
+
+def insert_imported(dialect: Dialect) -> Insert:
+    """:func:`insert_envelope` that also sets ``status`` and ``completed_at``.
+
+    ``recorder import`` stores an archive as already handled (``done``), so
+    that recovery never dispatches it; ``--pending`` stores ``pending``.
+    """
+    stmt = insert_envelope(dialect)
+    return stmt.values(
+        {name: sa.bindparam(name, type_=envelopes.c[name].type) for name in IMPORT_STATE_COLUMNS}
+    )
+
+
+def import_state(handled: bool, now: dt.datetime) -> dict[str, Any]:
+    """Values of :data:`IMPORT_STATE_COLUMNS` for an imported envelope."""
+    return (
+        {"status": DONE, "completed_at": now}
+        if handled
+        else {"status": PENDING, "completed_at": None}
+    )
 
 
 def select_seen(envelope_id: str) -> sa.Select[int]:
@@ -241,21 +274,25 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {IMPORT_STAGING_TABLE} (
     envelope_id text, envelope_type text, received_at timestamptz, team_id text,
     enterprise_id text, api_app_id text, event_id text, event_type text,
     channel_id text, user_id text, retry_attempt integer, retry_reason text,
-    envelope text, envelope_text text, envelope_sha256 text
+    envelope text, envelope_text text, envelope_sha256 text,
+    status text, completed_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
+#: Columns of a COPY row into the staging table, in order.
+IMPORT_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + IMPORT_STATE_COLUMNS
+
+COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(IMPORT_COLUMNS)}) FROM STDIN"
 
 # No conflict target, as in insert_envelope: both unique keys dedupe, and rows
 # repeated inside one batch are skipped like any other duplicate. The staged
 # ``envelope`` is NULL when the queryable copy equals the exact text (nearly
 # always), so each envelope crosses the wire once.
 _STAGED_VALUES = ", ".join(
-    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in RECORD_COLUMNS
+    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in IMPORT_COLUMNS
 )
 INSERT_FROM_IMPORT_STAGING = f"""
-INSERT INTO envelopes ({", ".join(RECORD_COLUMNS)})
+INSERT INTO envelopes ({", ".join(IMPORT_COLUMNS)})
 SELECT {_STAGED_VALUES}
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
@@ -263,6 +300,28 @@ ON CONFLICT DO NOTHING
 
 
 # -- audit queries (recorder query): keyset pagination on (received_at, envelope_id)
+
+Keyset = tuple[dt.datetime, str]
+"""``(received_at, envelope_id)`` of the last row a page or batch returned."""
+
+
+def keyset_after(after: Keyset | None) -> list[sa.ColumnElement[bool]]:
+    """Conditions for rows after ``after`` in ``(received_at, envelope_id)`` order.
+
+    The one keyset of audit pages and prune batches. Spelled ``received_at >=
+    t AND (received_at > t OR envelope_id > id)`` rather than as a row
+    comparison so that both engines bound the scan of the ``(column,
+    received_at)`` indexes by time.
+    """
+    if after is None:
+        return []
+    received_at = envelopes.c.received_at
+    after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
+    return [
+        received_at >= after_at,
+        sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]),
+    ]
+
 
 #: Columns an audit query returns, in output order; envelope_text last.
 AUDIT_COLUMNS: tuple[str, ...] = (
@@ -287,7 +346,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
 def select_envelopes_page(
     *,
     page_size: int,
-    after: tuple[dt.datetime, str] | None = None,
+    after: Keyset | None = None,
     team_id: str | None = None,
     channel_id: str | None = None,
     user_id: str | None = None,
@@ -298,10 +357,7 @@ def select_envelopes_page(
 ) -> sa.Select[Any]:
     """One page of matching envelopes, oldest first, after the keyset ``after``.
 
-    ``since`` is inclusive and ``until`` exclusive. The keyset condition is
-    spelled ``received_at >= t AND (received_at > t OR envelope_id > id)``
-    rather than as a row comparison so that both engines bound the scan of
-    the ``(column, received_at)`` indexes by time.
+    ``since`` is inclusive and ``until`` exclusive.
     """
     received_at = envelopes.c.received_at
     conditions: list[sa.ColumnElement[bool]] = []
@@ -318,10 +374,7 @@ def select_envelopes_page(
         conditions.append(received_at >= sa.bindparam("since", since, type_=UTCDateTime))
     if until is not None:
         conditions.append(received_at < sa.bindparam("until", until, type_=UTCDateTime))
-    if after is not None:
-        after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
-        conditions.append(received_at >= after_at)
-        conditions.append(sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]))
+    conditions.extend(keyset_after(after))
     return (
         sa.select(*(envelopes.c[name] for name in AUDIT_COLUMNS))
         .where(*conditions)
@@ -330,7 +383,98 @@ def select_envelopes_page(
     )
 
 
-# -- retention: the prune batch, the counts a prune run reports, legal holds
+# -- policies and holds (recorder.policies, recorder.holds)
+
+
+def select_policies() -> sa.Select[Any]:
+    return sa.select(retention_policies)
+
+
+def select_policy_for_update(name: str) -> sa.Select[Any]:
+    """The policy ``name``, locked until the transaction ends (set_policy's read-modify-write)."""
+    return select_policies().where(retention_policies.c.name == name).with_for_update()
+
+
+def insert_policy(values: dict[str, Any]) -> Insert:
+    return sa.insert(retention_policies).values(values)
+
+
+def update_policy(name: str, values: dict[str, Any]) -> Update:
+    return sa.update(retention_policies).where(retention_policies.c.name == name).values(values)
+
+
+def delete_policy(name: str) -> ReturningDelete[Any]:
+    """Delete the policy ``name``, returning the row it had (none when there was no such policy)."""
+    return (
+        sa.delete(retention_policies)
+        .where(retention_policies.c.name == name)
+        .returning(*retention_policies.c)
+    )
+
+
+def select_holds(*, include_released: bool = True) -> sa.Select[Any]:
+    """Holds in order of creation."""
+    stmt = sa.select(legal_holds).order_by(legal_holds.c.created_at, legal_holds.c.name)
+    if not include_released:
+        stmt = stmt.where(legal_holds.c.released_at.is_(None))
+    return stmt
+
+
+def select_hold_released_at(name: str) -> sa.Select[Any]:
+    """``released_at`` of the hold ``name`` (NULL while in force); no row when none exists."""
+    return sa.select(legal_holds.c.released_at).where(legal_holds.c.name == name)
+
+
+def select_hold_for_update(name: str) -> sa.Select[Any]:
+    return sa.select(legal_holds).where(legal_holds.c.name == name).with_for_update()
+
+
+def insert_hold(values: dict[str, Any]) -> Insert:
+    return sa.insert(legal_holds).values(values)
+
+
+def release_hold(name: str, *, at: dt.datetime, actor: str) -> Update:
+    return (
+        sa.update(legal_holds)
+        .where(legal_holds.c.name == name)
+        .values(released_at=at, released_by=actor)
+    )
+
+
+# -- the change log: one row per change to a policy or a hold, in the changing transaction
+
+
+def insert_change(
+    *, at: dt.datetime, actor: str, action: str, kind: str, name: str, details: dict[str, Any]
+) -> Insert:
+    return sa.insert(change_log).values(
+        at=at, actor=actor, action=action, object_kind=kind, object_name=name, details=details
+    )
+
+
+def select_change_log(limit: int | None) -> sa.Select[Any]:
+    """Changes, newest first (the newest ``limit`` when given)."""
+    stmt = sa.select(change_log).order_by(change_log.c.id.desc())
+    return stmt if limit is None else stmt.limit(limit)
+
+
+# -- prune: the run log, the batch, the counts a prune run reports, legal holds
+
+
+def insert_prune_run(values: dict[str, Any]) -> Insert:
+    """Start (or, locked out, record at once) a prune run, returning its id."""
+    return sa.insert(prune_runs).values(values).returning(prune_runs.c.id)
+
+
+def finish_prune_run(run_id: int, values: dict[str, Any]) -> Update:
+    return sa.update(prune_runs).where(prune_runs.c.id == run_id).values(values)
+
+
+def select_prune_runs(limit: int | None) -> sa.Select[Any]:
+    """Prune runs, newest first (the newest ``limit`` when given)."""
+    stmt = sa.select(prune_runs).order_by(prune_runs.c.id.desc())
+    return stmt if limit is None else stmt.limit(limit)
+
 
 #: Columns a retention policy or a legal hold can match on, NULL meaning "any".
 POLICY_MATCH_COLUMNS: tuple[str, ...] = (
@@ -390,17 +534,6 @@ def expired_under(
     return conditions
 
 
-def _after(after: tuple[dt.datetime, str] | None) -> list[sa.ColumnElement[bool]]:
-    if after is None:
-        return []
-    received_at = envelopes.c.received_at
-    after_at = sa.bindparam("after_at", after[0], type_=UTCDateTime)
-    return [
-        received_at >= after_at,
-        sa.or_(received_at > after_at, envelopes.c.envelope_id > after[1]),
-    ]
-
-
 def count_expired(conditions: list[sa.ColumnElement[bool]], *, is_held: bool) -> sa.Select[Any]:
     """How many rows meet ``conditions`` (from :func:`expired_under`) and are (not) held."""
     hold = held() if is_held else sa.not_(held())
@@ -411,7 +544,7 @@ def select_prune_batch(
     conditions: list[sa.ColumnElement[bool]],
     *,
     batch_size: int,
-    after: tuple[dt.datetime, str] | None,
+    after: Keyset | None,
 ) -> sa.Select[Any]:
     """The next batch of expired, unheld rows, oldest first, after the keyset ``after``.
 
@@ -420,7 +553,7 @@ def select_prune_batch(
     """
     return (
         sa.select(envelopes.c.envelope_id, envelopes.c.received_at)
-        .where(*conditions, sa.not_(held()), *_after(after))
+        .where(*conditions, sa.not_(held()), *keyset_after(after))
         .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
         .limit(batch_size)
     )
@@ -445,7 +578,7 @@ def prune_batch_postgresql(
     prune_run_id: int,
     policy_name: str,
     batch_size: int,
-    after: tuple[dt.datetime, str] | None,
+    after: Keyset | None,
 ) -> sa.Select[Any]:
     """One statement that deletes a batch and logs each removed row in ``pruned_envelopes``.
 
@@ -509,6 +642,89 @@ def log_pruned_sqlite(*, prune_run_id: int, policy_name: str) -> Insert:
 def delete_pruned_sqlite() -> Delete:
     """Delete the batch whose ids are the JSON array ``:ids``."""
     return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(_ids_param()))
+
+
+# -- archive before delete (recorder.archive): list whole rows, then delete the listed ids
+
+
+def select_archive_batch(
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    batch_size: int,
+    after: tuple[dt.datetime, str] | None,
+    before: dt.datetime | None,
+) -> sa.Select[Any]:
+    """The next expired, unheld rows with every audit column, oldest first.
+
+    ``before`` (exclusive) keeps one archive file inside one time partition.
+    """
+    bound = (
+        []
+        if before is None
+        else [envelopes.c.received_at < sa.bindparam("before", before, type_=UTCDateTime)]
+    )
+    return (
+        sa.select(*(envelopes.c[name] for name in AUDIT_COLUMNS))
+        .where(*conditions, sa.not_(held()), *keyset_after(after), *bound)
+        .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
+        .limit(batch_size)
+    )
+
+
+def _listed_ids(dialect_name: str) -> sa.ColumnElement[bool]:
+    if dialect_name == "postgresql":
+        ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))
+        return envelopes.c.envelope_id == sa.any_(ids)
+    return envelopes.c.envelope_id.in_(_ids_param())
+
+
+def archived_delete_postgresql(
+    conditions: list[sa.ColumnElement[bool]], *, prune_run_id: int, policy_name: str
+) -> sa.Select[Any]:
+    """Delete and log the archived ids in ``:ids`` (an array) that are still expired and unheld.
+
+    One statement, like :func:`prune_batch_postgresql`, but over a given list
+    of ids, re-checked: a hold placed since the rows were archived keeps them.
+    Rows a writer holds locked are waited for, not skipped, so that an
+    archived row is not left live by a passing update. Returns the count.
+    """
+    batch = (
+        sa.select(envelopes.c.envelope_id)
+        .where(_listed_ids("postgresql"), *conditions, sa.not_(held()))
+        .with_for_update()
+        .cte("batch")
+    )
+    removed = (
+        sa.delete(envelopes)
+        .where(envelopes.c.envelope_id == batch.c.envelope_id)
+        .returning(envelopes.c.envelope_id, envelopes.c.envelope_sha256, envelopes.c.received_at)
+        .cte("d")
+    )
+    columns, rows = _pruned_row(removed, prune_run_id, policy_name)
+    logged = (
+        sa.insert(pruned_envelopes)
+        .from_select(columns, rows)
+        .returning(pruned_envelopes.c.envelope_id)
+        .cte("logged")
+    )
+    return sa.select(sa.func.count()).select_from(logged)
+
+
+def log_archived_sqlite(
+    conditions: list[sa.ColumnElement[bool]], *, prune_run_id: int, policy_name: str
+) -> Insert:
+    """Log the archived ids in ``:ids`` (a JSON array) that are still expired and unheld.
+
+    Runs in one ``BEGIN IMMEDIATE`` transaction with :func:`delete_archived_sqlite`.
+    """
+    columns, rows = _pruned_row(envelopes, prune_run_id, policy_name)
+    return sa.insert(pruned_envelopes).from_select(
+        columns, rows.where(_listed_ids("sqlite"), *conditions, sa.not_(held()))
+    )
+
+
+def delete_archived_sqlite(conditions: list[sa.ColumnElement[bool]]) -> Delete:
+    return sa.delete(envelopes).where(_listed_ids("sqlite"), *conditions, sa.not_(held()))
 
 
 def naive_prune_delete(conditions: list[sa.ColumnElement[bool]]) -> Delete:
@@ -610,3 +826,135 @@ def select_totals(since: dt.datetime | None, until: dt.datetime | None) -> sa.Se
         sa.func.count(sa.distinct(e.user_id)).label("users"),
     ).where(*_received_between(since, until))
     return cast("sa.Select[Any]", stmt)
+
+
+# -- tamper evidence: the seal chain (recorder.seal) and its verification (recorder.verify)
+
+
+def seal_id_key(dialect: Dialect) -> sa.ColumnElement[str]:
+    """``envelope_id`` in byte order on every engine, as the chain orders it.
+
+    Byte order, not the database's locale: a restore onto a server with
+    another collation must order (and so seal and verify) the same way.
+    """
+    if dialect.name == "sqlite":
+        return envelopes.c.envelope_id
+    return envelopes.c.envelope_id.collate("C")
+
+
+def _seal_key(dialect: Dialect) -> Any:
+    return sa.tuple_(envelopes.c.received_at, seal_id_key(dialect))
+
+
+def key_after(dialect: Dialect, at: dt.datetime, envelope_id: str) -> sa.ColumnElement[bool]:
+    """Rows after the key ``(at, envelope_id)`` in seal order."""
+    # The plain received_at bound lets the planner use ix_envelopes_received_at.
+    return sa.and_(
+        envelopes.c.received_at >= at,
+        _seal_key(dialect) > sa.tuple_(sa.literal(at, UTCDateTime), envelope_id),
+    )
+
+
+def sealed_through(
+    dialect: Dialect, cutoff: dt.datetime | None, last: tuple[dt.datetime, str] | None
+) -> sa.ColumnElement[bool]:
+    """Rows at or before the point the range blocks have sealed everything up to.
+
+    That point is a cutoff (every row received up to it was sealed) or, when
+    a seal run stopped between blocks, the last sealed key.
+    """
+    if cutoff is not None:
+        return envelopes.c.received_at <= sa.literal(cutoff, UTCDateTime)
+    if last is None:
+        return sa.false()
+    at, envelope_id = last
+    return sa.and_(
+        envelopes.c.received_at <= at,
+        _seal_key(dialect) <= sa.tuple_(sa.literal(at, UTCDateTime), envelope_id),
+    )
+
+
+def _seal_row_columns() -> list[sa.ColumnElement[Any]]:
+    return [envelopes.c.envelope_id, envelopes.c.received_at, envelopes.c.envelope_text]
+
+
+def select_next_range(
+    dialect: Dialect, after: sa.ColumnElement[bool] | None, cutoff: dt.datetime, limit: int
+) -> sa.Select[Any]:
+    """The next ``limit`` rows to seal in order: received by ``cutoff``, after ``after``."""
+    stmt = sa.select(*_seal_row_columns()).where(
+        envelopes.c.received_at <= sa.literal(cutoff, UTCDateTime)
+    )
+    if after is not None:
+        stmt = stmt.where(after)
+    return stmt.order_by(envelopes.c.received_at, seal_id_key(dialect)).limit(limit)
+
+
+def is_sealed() -> sa.Exists:
+    """The row is a member of some block (same id and received_at)."""
+    return sa.exists().where(
+        sealed_envelopes.c.envelope_id == envelopes.c.envelope_id,
+        sealed_envelopes.c.received_at == envelopes.c.received_at,
+    )
+
+
+def select_unsealed_behind(
+    dialect: Dialect,
+    through: sa.ColumnElement[bool],
+    columns: list[sa.ColumnElement[Any]] | None = None,
+    envelope_ids: list[str] | None = None,
+) -> sa.Select[Any]:
+    """Rows the range blocks passed over (at or before ``through``) that no block holds."""
+    stmt = sa.select(*(columns or _seal_row_columns())).where(through, ~is_sealed())
+    if envelope_ids is not None:
+        stmt = stmt.where(envelopes.c.envelope_id.in_(envelope_ids))
+    return stmt.order_by(envelopes.c.received_at, seal_id_key(dialect))
+
+
+def select_last_block(kind: str | None = None) -> sa.Select[Any]:
+    """The newest block (of ``kind``, if given)."""
+    stmt = sa.select(seal_blocks)
+    if kind is not None:
+        stmt = stmt.where(seal_blocks.c.kind == kind)
+    return stmt.order_by(seal_blocks.c.block_no.desc()).limit(1)
+
+
+def select_blocks() -> sa.Select[Any]:
+    return sa.select(seal_blocks).order_by(seal_blocks.c.block_no)
+
+
+def select_block_members(block_no: int) -> sa.Select[Any]:
+    return (
+        sa.select(sealed_envelopes)
+        .where(sealed_envelopes.c.block_no == block_no)
+        .order_by(sealed_envelopes.c.position)
+    )
+
+
+def insert_block() -> Insert:
+    return sa.insert(seal_blocks)
+
+
+#: One statement over arrays on PostgreSQL: a block of 10,000 members in one round trip.
+INSERT_MEMBERS_POSTGRESQL = sa.text(
+    """
+    INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
+    SELECT :block_no, m.ord - 1, m.envelope_id, m.received_at, m.envelope_sha256
+    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[]), CAST(:shas AS text[]))
+        WITH ORDINALITY AS m(envelope_id, received_at, envelope_sha256, ord)
+    """
+)
+
+
+def insert_members() -> Insert:
+    """Member rows, one parameter set each (SQLite)."""
+    return sa.insert(sealed_envelopes)
+
+
+def select_pruned_log(envelope_ids: list[str]) -> sa.Select[Any]:
+    return sa.select(
+        pruned_envelopes.c.envelope_id,
+        pruned_envelopes.c.envelope_sha256,
+        pruned_envelopes.c.received_at,
+        pruned_envelopes.c.prune_run_id,
+    ).where(pruned_envelopes.c.envelope_id.in_(envelope_ids))

@@ -114,11 +114,6 @@ class MemoryEventBuffer:
             envelope_id, envelope, max_bytes=self.max_envelope_bytes, redaction=self.redaction
         )
 
-    @property
-    def serialized_writes(self) -> bool:
-        """One lock guards every call, and it is never held across I/O: nothing to queue."""
-        return False
-
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
         with self._lock:

@@ -65,6 +65,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from recorder.adapter import ClaimedEnvelope, EventBufferAdapter
 from recorder.adapters import open_buffer
 from recorder.slack.background import AsyncMaintenance, Maintenance, OffLoop
+from recorder.slack.bolt_http import AsyncRecorderMiddleware, RecorderMiddleware  # HTTP mode
 from recorder.slack.frames import capture_frame, capture_frame_async, frame_of
 from recorder.slack.metrics import Metrics
 from recorder.slack.options import (
@@ -77,7 +78,12 @@ from recorder.slack.options import (
 )
 from recorder.slack.recording import EnvelopeRecorder, Outcome, RecorderFront
 
-__all__ = ["AsyncSocketModeHandler", "SocketModeHandler"]
+__all__ = [
+    "AsyncRecorderMiddleware",
+    "AsyncSocketModeHandler",
+    "RecorderMiddleware",
+    "SocketModeHandler",
+]
 
 logger = logging.getLogger("recorder.slack")
 

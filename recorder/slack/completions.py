@@ -10,13 +10,11 @@ never left behind for recovery to run the handler again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from recorder.adapter import EventBufferAdapter, RecoverableEventBuffer
 from recorder.errors import StorageUnavailable
@@ -36,9 +34,6 @@ class Completions:
     ----------
     buffer
         Where completions are written (``complete_many`` when it has it).
-    writes
-        Held around every write: the recorder's writer queue for backends
-        that admit one writer at a time.
     settled
         Called with the ids of every batch once written or owed: they are
         no longer in flight.
@@ -47,13 +42,11 @@ class Completions:
     def __init__(
         self,
         buffer: EventBufferAdapter,
-        writes: contextlib.AbstractContextManager[Any],
         settled: Callable[[list[str]], None],
         *,
         batch_seconds: float = COMPLETION_BATCH_SECONDS,
     ) -> None:
         self._buffer = buffer
-        self._writes = writes
         self._settled = settled
         self._batch_seconds = batch_seconds
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -96,8 +89,7 @@ class Completions:
         owed = self.owed()
         if not owed:
             return
-        with self._writes:
-            self._complete(owed)
+        self._complete(owed)
         with self._lock:
             self._owed.difference_update(owed)
 
@@ -137,8 +129,7 @@ class Completions:
         if not envelope_ids:
             return True
         try:
-            with self._writes:
-                self._complete(envelope_ids)
+            self._complete(envelope_ids)
             return True
         except StorageUnavailable as exc:
             logger.warning(

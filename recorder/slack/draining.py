@@ -11,13 +11,11 @@ the other rows back.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from recorder.adapter import (
     DONE,
@@ -103,7 +101,6 @@ class SpoolDrain:
         *,
         recent: RecentKeys,
         inflight: InFlight,
-        db_writes: contextlib.AbstractContextManager[Any],
         metrics: Metrics,
         lease_seconds: float,
         clock: Callable[[], dt.datetime] = utc_now,
@@ -119,7 +116,6 @@ class SpoolDrain:
         self._buffer = buffer
         self._recent = recent
         self._inflight = inflight
-        self._db_writes = db_writes
         self._metrics = metrics
         self._lease_seconds = lease_seconds
         self._clock = clock
@@ -211,8 +207,7 @@ class SpoolDrain:
             rows = spool.drainable(self._lease_seconds, running, DRAIN_BATCH)
             if not rows:
                 break
-            with self._db_writes:
-                stored, refused = move(rows, self._buffer)
+            stored, refused = move(rows, self._buffer)
             with self._writes:
                 spool.remove(stored)
                 for row, reason in refused:

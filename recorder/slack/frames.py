@@ -7,6 +7,12 @@ just before the request listeners, in the same thread or task) keeps the
 text in a context variable, and :func:`frame_of` picks it up. When a listener
 was added without the capture (appended to ``socket_mode_request_listeners``
 by hand), the frame is rebuilt from every field the request carries.
+
+The captured text is what the buffer decodes (strictly: a frame repeating a
+key is refused, see :func:`recorder.envelope.loads_strict`); slack_sdk's own
+decoded dict keeps the last of repeated keys, so it is never what gets
+stored. A rebuilt frame is slack_sdk's dict re-encoded: it cannot repeat a
+key, but a repeat in the original frame can no longer be seen either.
 """
 
 from __future__ import annotations

@@ -61,6 +61,9 @@ class RecorderOptions:
     """Recovery leaves an envelope alone once dispatched this many times."""
     metrics: Metrics | bool | None = None
     """``True`` for Prometheus metrics (the ``metrics`` extra), or a :class:`Metrics`."""
+    recover: bool = True
+    """Claim abandoned envelopes for another dispatch. Off where nothing could
+    dispatch them again (HTTP mode: the request is gone)."""
 
     def __post_init__(self) -> None:
         if self.on_storage_error not in POLICIES:

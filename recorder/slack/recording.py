@@ -21,7 +21,6 @@ adapter that does not implement it, recovery is off. It is thread-safe.
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as dt
 import enum
 import logging
@@ -150,19 +149,13 @@ class EnvelopeRecorder:
         self.stats = RecorderStats()
         self._monotonic = monotonic
         self._stats_lock = threading.Lock()
+        # Checked once: a runtime protocol check costs microseconds per call.
+        # (Writers of one SQLite database queue inside the buffer, with
+        # record's time bound: recorder.writer.)
         self._recoverable = buffer if isinstance(buffer, RecoverableEventBuffer) else None
-        # SQLite lets one writer in at a time, and a writer that finds the lock
-        # taken sleeps in SQLite's busy handler (1 ms, then longer): queueing
-        # this process's writers on a Python lock instead keeps that sleep off
-        # the ack path. PostgreSQL takes concurrent writers as they come.
-        self._db_writes: contextlib.AbstractContextManager[Any] = (
-            threading.Lock()
-            if self._recoverable is not None and self._recoverable.serialized_writes
-            else contextlib.nullcontext()
-        )
         self.recent = RecentKeys(clock=monotonic)
         self.inflight = InFlight()
-        self.completions = Completions(buffer, self._db_writes, self.inflight.discard)
+        self.completions = Completions(buffer, self.inflight.discard)
         self.spool: SpoolDrain | None = None
         if self.options.on_storage_error == "spool" or isinstance(buffer, ParsingEventBuffer):
             # Also under "nack" and "raise": a spool an earlier run left is drained.
@@ -171,7 +164,6 @@ class EnvelopeRecorder:
                 buffer,
                 recent=self.recent,
                 inflight=self.inflight,
-                db_writes=self._db_writes,
                 metrics=self.metrics,
                 lease_seconds=self.lease_seconds,
                 clock=clock,
@@ -202,7 +194,8 @@ class EnvelopeRecorder:
 
     @property
     def recovery_supported(self) -> bool:
-        return self._recoverable is not None
+        """Whether :meth:`claim_stale` can claim anything: a recoverable buffer, recovery on."""
+        return self._recoverable is not None and self.options.recover
 
     # -- the receive path
 
@@ -221,8 +214,7 @@ class EnvelopeRecorder:
             return self._decided(envelope_id, frame, Outcome.DUPLICATE)
         started = time.perf_counter()
         try:
-            with self._db_writes:
-                result = self.buffer.record(envelope_id, text)
+            result = self.buffer.record(envelope_id, text)
         except InvalidEnvelope as exc:
             logger.error(
                 "envelope %s rejected, not acked: %s",
@@ -362,12 +354,11 @@ class EnvelopeRecorder:
         StorageUnavailable
             The database did not answer.
         """
-        if self._recoverable is None:
+        if self._recoverable is None or not self.options.recover:
             return []
-        with self._db_writes:
-            claims = self._recoverable.claim_stale(
-                self.lease_seconds, limit, max_attempts=self.options.max_attempts
-            )
+        claims = self._recoverable.claim_stale(
+            self.lease_seconds, limit, max_attempts=self.options.max_attempts
+        )
         # One running here already (its renewals missed while the database was
         # away) keeps its claim alive; a second run would not.
         taken = [c for c in claims if self.inflight.add_new(c.envelope_id, Where.DATABASE)]
@@ -450,8 +441,7 @@ class EnvelopeRecorder:
     def _renew(self) -> None:
         main = self.inflight.ids(Where.DATABASE)
         if main and self._recoverable is not None:
-            with self._db_writes:
-                self._recoverable.renew(main)
+            self._recoverable.renew(main)
         if self.spool is not None:
             self.spool.renew(self.inflight.ids(Where.SPOOL))
 

@@ -1,5 +1,5 @@
-"""Test support for bots and adapters: the Socket Mode simulator, the adapter
-conformance suite, and fault injection for backends.
+"""Test support for bots and adapters: the Socket Mode simulator, a fake Slack
+for HTTP-mode apps, the adapter conformance suite, and fault injection for backends.
 
 Names load lazily, so the conformance suite needs no Slack dependencies and
 the simulator needs no pytest.
@@ -17,6 +17,7 @@ _EXPORTS = {
     "CrossProcessConformance": "recorder.testing.conformance",
     "RecoveryConformance": "recorder.testing.recovery",
     "TcpProxy": "recorder.testing.faults",
+    "SlackHttpSender": "recorder.testing.slack_http",
 }
 
 __all__ = sorted(_EXPORTS)

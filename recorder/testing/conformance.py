@@ -321,6 +321,27 @@ class AdapterConformance:
         assert buffer.record("good", good) is RecordResult.NEW
         assert buffer.pending() == [json.loads(at_limit), good]
 
+    def test_repeated_key_is_rejected_and_the_same_id_then_recorded(
+        self, buffer: EventBufferAdapter
+    ) -> None:
+        # Last value wins in a lenient decoder: this would look redacted while
+        # the stored text kept the secret.
+        smuggled = (
+            '{"envelope_id":"env-1","type":"events_api",'
+            '"payload":{"token":"SECRET","token":"[redacted]"}}'
+        )
+        with pytest.raises(InvalidEnvelope, match=r"payload\.token"):
+            buffer.record("env-1", smuggled)
+        assert not buffer.seen("env-1")
+        assert buffer.record("env-1", events_api_envelope("env-1")) is RecordResult.NEW
+
+    def test_non_string_keys_are_rejected_not_coerced(self, buffer: EventBufferAdapter) -> None:
+        envelope = events_api_envelope("env-1")
+        for key in (1, True, None):
+            with pytest.raises(InvalidEnvelope, match="not a string"):
+                buffer.record("env-1", {**envelope, "payload": {key: "value"}})
+        assert not buffer.seen("env-1")
+
     # -- backend failure ---------------------------------------------------
 
     def test_unavailable_backend_record_raises(

@@ -73,7 +73,6 @@ class RecoveryConformance:
         self, recoverable_buffer: RecoverableEventBuffer
     ) -> None:
         assert isinstance(recoverable_buffer, RecoverableEventBuffer)
-        assert isinstance(recoverable_buffer.serialized_writes, bool)
 
     def test_an_envelope_is_stale_only_after_the_lease(
         self, recoverable_buffer: RecoverableEventBuffer, advance_clock: Advance

@@ -592,3 +592,36 @@ def test_queryable_copy_replaces_only_the_escapes_jsonb_rejects(
         parsed.queryable_text == '{"envelope_id":"e1","s":"' + queryable + '","n":1e400,"f":1.10}'
     )
     json.loads(parsed.queryable_text)
+
+
+def test_strict_decoding_names_the_path_of_a_repeated_key() -> None:
+    from recorder.envelope import loads_strict
+
+    with pytest.raises(InvalidEnvelope, match=r"duplicate key: 'payload\.token'"):
+        loads_strict('{"payload":{"token":"SECRET","token":"[redacted]"}}')
+    with pytest.raises(InvalidEnvelope, match=r"'a\.1\.b'"):
+        loads_strict('{"a":[{"b":1},{"b":1,"b":1}]}')
+    with pytest.raises(InvalidEnvelope, match=r"duplicate key: 'a'"):
+        loads_strict('{"a":1,"a":1}')
+    # A repeat before a syntax error: the syntax error is what is reported.
+    with pytest.raises(InvalidEnvelope, match="not valid JSON"):
+        loads_strict('{"a":{"b":1,"b":2},')
+    # The same key in different objects is fine.
+    assert loads_strict('{"a":{"k":1},"b":{"k":1},"k":[{"k":1},{"k":2}]}')["k"][1] == {"k": 2}
+
+
+def test_a_key_path_in_an_error_is_bounded() -> None:
+    from recorder.envelope import loads_strict
+
+    key = "k" * 10_000
+    with pytest.raises(InvalidEnvelope) as caught:
+        loads_strict(f'{{"{key}":1,"{key}":2}}')
+    assert len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize("key", [1, True, None, 1.5, ("t",)])
+def test_mapping_keys_must_be_strings(key: object) -> None:
+    with pytest.raises(InvalidEnvelope, match=r"key that is not a string in 'payload\.blocks\.0'"):
+        parse_envelope("e1", {"envelope_id": "e1", "payload": {"blocks": [{key: "v"}]}})
+    with pytest.raises(InvalidEnvelope, match="at the top level"):
+        parse_envelope("e1", {"envelope_id": "e1", key: "v"})
