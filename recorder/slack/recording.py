@@ -20,11 +20,12 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from recorder.adapter import EventBufferAdapter, RecordResult
 from recorder.adapters.sql import ClaimedEnvelope
 from recorder.errors import ConfigurationError, InvalidEnvelope, StorageUnavailable
+from recorder.settings import DEFAULT_SPOOL_PATH, STORAGE_ERROR_POLICIES, OnStorageError
 from recorder.slack.metrics import Metrics, resolve_metrics
 from recorder.slack.spool import Spool, move_rows
 
@@ -41,10 +42,10 @@ __all__ = [
 
 logger = logging.getLogger("recorder.slack")
 
-OnStorageError = Literal["spool", "nack", "raise"]
-POLICIES: tuple[str, ...] = ("spool", "nack", "raise")
+# The storage-error choices and the spool's default path are settings (one
+# definition for the library, the CLI and the environment).
+POLICIES: tuple[str, ...] = STORAGE_ERROR_POLICIES
 
-DEFAULT_SPOOL_PATH = "recorder-spool.db"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_RECOVERY_INTERVAL = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
