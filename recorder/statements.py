@@ -958,3 +958,104 @@ def select_pruned_log(envelope_ids: list[str]) -> sa.Select[Any]:
         pruned_envelopes.c.received_at,
         pruned_envelopes.c.prune_run_id,
     ).where(pruned_envelopes.c.envelope_id.in_(envelope_ids))
+
+
+# PostgreSQL: a whole range block in one statement. The server reads the next
+# rows in seal order, hashes each text, numbers the members, builds the block
+# digest from the header parts the caller renders (recorder.seal.header_parts)
+# and inserts the block and its members; only the block comes back. Ids that
+# JSON would escape (and years the two clocks spell differently) make
+# ``plain`` false: nothing is written then, and the caller seals that block
+# in Python.
+_PG_TIMESTAMP = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+#: Printable ASCII but the quote and the backslash: what json.dumps copies as is.
+_PG_JSON_PLAIN = r"""{0} !~ '[^ !#-\[\]-~]'"""
+
+
+def seal_range_block_postgresql(through: str | None) -> sa.TextClause:
+    """The statement for the next range block; ``through`` is None, "cutoff" or "key".
+
+    Parameters: ``cutoff``, ``lookahead`` (block size + 1), ``block_size``,
+    ``block_no``, ``sealed_at``, ``prev_digest``, the header parts ``head``,
+    ``mid_final``, ``mid_open``, ``mid_last``, ``tail``; ``through_cutoff``
+    or ``through_at`` and ``through_id`` as ``through`` says.
+    """
+    after = {
+        None: "",
+        "cutoff": "AND received_at > CAST(:through_cutoff AS timestamptz)",
+        # received_at >= bounds the index scan; the row comparison does the rest.
+        "key": "AND received_at >= CAST(:through_at AS timestamptz) "
+        'AND (received_at, envelope_id COLLATE "C") '
+        '> (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
+    }[through]
+    ts = _PG_TIMESTAMP.format("received_at")
+    plain = _PG_JSON_PLAIN.format("envelope_id")
+    return sa.text(
+        f"""
+WITH picked AS MATERIALIZED (
+    SELECT envelope_id, received_at,
+           encode(sha256(convert_to(envelope_text, 'UTF8')), 'hex') AS sha
+    FROM envelopes
+    WHERE received_at <= CAST(:cutoff AS timestamptz) {after}
+    ORDER BY received_at, envelope_id COLLATE "C"
+    LIMIT :lookahead
+),
+chosen AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT (row_number() OVER (ORDER BY received_at, envelope_id COLLATE "C") - 1)::int
+                   AS position,
+               envelope_id, received_at, sha, {ts} AS ts
+        FROM picked
+    ) numbered
+    WHERE position < :block_size
+),
+summary AS (
+    SELECT count(*) AS n,
+           coalesce(bool_and({plain}
+               AND received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
+               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
+           string_agg('["' || envelope_id || '","' || ts || '","' || sha || E'"]\\n', ''
+                      ORDER BY position) AS lines,
+           max(position) AS last_position
+    FROM chosen
+),
+ends AS (
+    SELECT f.envelope_id AS first_id, f.received_at AS first_at, f.ts AS first_ts,
+           l.envelope_id AS last_id, l.received_at AS last_at, l.ts AS last_ts
+    FROM summary s
+    JOIN chosen f ON f.position = 0
+    JOIN chosen l ON l.position = s.last_position
+),
+digested AS (
+    SELECT s.n, e.*, (SELECT count(*) FROM picked) <= :block_size AS final,
+           encode(sha256(convert_to(
+               CAST(:head AS text) || s.n
+               || CASE WHEN (SELECT count(*) FROM picked) <= :block_size
+                       THEN CAST(:mid_final AS text) ELSE CAST(:mid_open AS text) END
+               || '["' || e.first_ts || '","' || e.first_id || '"]'
+               || CAST(:mid_last AS text)
+               || '["' || e.last_ts || '","' || e.last_id || '"]'
+               || CAST(:tail AS text) || E'\\n' || s.lines, 'UTF8')), 'hex') AS digest
+    FROM summary s CROSS JOIN ends e
+    WHERE s.n > 0 AND s.plain
+),
+block AS (
+    INSERT INTO seal_blocks (block_no, kind, sealed_at, cutoff, first_received_at,
+                             first_envelope_id, last_received_at, last_envelope_id,
+                             envelope_count, prev_digest, digest)
+    SELECT :block_no, 'range', CAST(:sealed_at AS timestamptz),
+           CASE WHEN final THEN CAST(:cutoff AS timestamptz) END,
+           first_at, first_id, last_at, last_id, n, :prev_digest, digest
+    FROM digested
+    RETURNING *
+),
+added AS (
+    INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
+    SELECT :block_no, position, envelope_id, received_at, sha
+    FROM chosen
+    WHERE EXISTS (SELECT 1 FROM block)
+)
+SELECT s.n, s.plain, b.*
+FROM summary s LEFT JOIN block b ON true
+"""
+    )
