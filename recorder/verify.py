@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from recorder import statements
 from recorder.engine import READ_ONLY, is_sqlite, storage_errors
-from recorder.envelope import parse_envelope
+from recorder.envelope import stored_columns
 from recorder.erasure_check import ErasureLedger
 from recorder.errors import InvalidEnvelope
 from recorder.schema import envelopes
@@ -123,8 +123,15 @@ def verify(
     anchors: Iterable[str] = (),
     future_tolerance: dt.timedelta = DEFAULT_MARGIN,
     now: dt.datetime | None = None,
+    server_side: bool = True,
 ) -> VerifyReport:
     """Recompute the seal chain and check every envelope against it.
+
+    On PostgreSQL the per-row work (each text's SHA-256, the comparisons of
+    its digest column, reporting columns and queryable copy with the text,
+    the join with the sealed digests, the block digests) runs in the server
+    in one pass, and only what it cannot certify comes back to be checked
+    here (:mod:`recorder.verify_postgresql`); the findings are the same.
 
     Parameters
     ----------
@@ -139,6 +146,9 @@ def verify(
         like any other.
     now
         The current time (default: the clock).
+    server_side
+        False checks every row in Python, as on SQLite (slower; for
+        comparison and for databases where the server-side pass cannot run).
 
     Returns
     -------
@@ -153,12 +163,18 @@ def verify(
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
         ledger = ErasureLedger.load(conn)
-        _check_chain(conn, blocks, report, ledger)
-        _check_anchors(blocks, anchors, report)
         through = sealed_through(conn)
-        if through.started:
-            _check_unsealed_behind(conn, through, report, ledger)
-        _check_beyond(conn, through, report, latest_plausible, ledger)
+        if server_side and not is_sqlite(conn):
+            # Imported here: the server-side walk uses this module's per-row checks.
+            from recorder import verify_postgresql
+
+            verify_postgresql.check(conn, blocks, through, report, ledger, latest_plausible)
+        else:
+            _check_chain(conn, blocks, report, ledger)
+            if through.started:
+                _check_unsealed_behind(conn, through, report, ledger)
+            _check_beyond(conn, through, report, latest_plausible, ledger)
+        _check_anchors(blocks, anchors, report)
         check_erasure_log(conn, ledger, report)
     return report
 
@@ -407,11 +423,10 @@ def check_consistent(
     ):
         problems.append(f"envelope_sha256 {row.envelope_sha256} is not the text's digest {actual}")
     try:
-        parsed = parse_envelope(row.envelope_id, row.envelope_text, max_bytes=2**62)
+        columns, queryable_text = stored_columns(row.envelope_id, row.envelope_text)
     except InvalidEnvelope as exc:
         problems.append(f"envelope_text is no longer a valid envelope ({exc})")
     else:
-        columns = parsed.columns
         for name in REPORTING_COLUMNS:
             if getattr(row, name) != columns[name]:
                 problems.append(
@@ -420,7 +435,7 @@ def check_consistent(
                 )
         same = row.queryable_ok
         if same is None:
-            same = _same_json(row.queryable, parsed.queryable_text)
+            same = _same_json(row.queryable, queryable_text)
         if not same:
             problems.append("the queryable envelope column no longer matches envelope_text")
     report.findings.extend(
