@@ -147,8 +147,10 @@ def verify(
     now
         The current time (default: the clock).
     server_side
-        False checks every row in Python, as on SQLite (slower; for
-        comparison and for databases where the server-side pass cannot run).
+        False walks every row with the per-row checks alone (slower; the
+        plain reference the fast walks are tested against). On SQLite the
+        fast walk streams each table once and rechecks only what a quick
+        test cannot pass (:mod:`recorder.verify_sqlite`).
 
     Returns
     -------
@@ -164,11 +166,16 @@ def verify(
         report.latest_digest = blocks[-1].digest if blocks else None
         ledger = ErasureLedger.load(conn)
         through = sealed_through(conn)
+        # Imported here: the fast walks use this module's per-row checks.
         if server_side and not is_sqlite(conn):
-            # Imported here: the server-side walk uses this module's per-row checks.
             from recorder import verify_postgresql
 
             verify_postgresql.check(conn, blocks, through, report, ledger, latest_plausible)
+        elif server_side:
+            from recorder import verify_sqlite
+
+            _check_chain(conn, blocks, report, ledger, members_too=False)
+            verify_sqlite.check(conn, through, report, ledger, latest_plausible)
         else:
             _check_chain(conn, blocks, report, ledger)
             if through.started:
@@ -218,7 +225,12 @@ def _check_anchors(blocks: list[SealBlock], anchors: Iterable[str], report: Veri
 
 
 def _check_chain(
-    conn: Connection, blocks: list[SealBlock], report: VerifyReport, ledger: ErasureLedger
+    conn: Connection,
+    blocks: list[SealBlock],
+    report: VerifyReport,
+    ledger: ErasureLedger,
+    *,
+    members_too: bool = True,
 ) -> None:
     prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
@@ -232,7 +244,8 @@ def _check_chain(
         )
         prev = block.digest
         report.sealed += len(members)
-        _check_members(conn, block, members, report, ledger)
+        if members_too:
+            _check_members(conn, block, members, report, ledger)
 
 
 def block_problems(
