@@ -32,7 +32,6 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 
 from recorder import statements
@@ -55,8 +54,6 @@ from recorder.seal import (
 )
 
 _FETCH_CHUNK = 1_000
-# PostgreSQL regex for the JSON escapes jsonb refuses (see recorder.envelope).
-_JSONB_UNSAFE_PATTERN = r"\\u(0000|[dD][89abAB])"
 REPORTING_COLUMNS = (
     "envelope_type",
     "team_id",
@@ -297,19 +294,10 @@ def _chunks(items: Sequence[Any], size: int = _FETCH_CHUNK) -> Iterator[Sequence
 
 def row_columns(conn: Connection) -> list[sa.ColumnElement[Any]]:
     """What the per-row checks read of an envelope."""
-    if is_sqlite(conn):
-        # SQLite keeps the queryable copy as the very text the recorder wrote.
-        queryable_ok: sa.ColumnElement[Any] = sa.null()
-        queryable: sa.ColumnElement[Any] = sa.cast(envelopes.c.envelope, sa.Text)
-    else:
-        # jsonb equality, in the server: a jsonb-safe text must cast to the stored copy.
-        # Texts with escapes jsonb refuses (NUL, lone surrogates) are compared in Python.
-        unsafe = envelopes.c.envelope_text.regexp_match(_JSONB_UNSAFE_PATTERN)
-        queryable_ok = sa.case(
-            (unsafe, sa.null()),
-            else_=envelopes.c.envelope == sa.cast(envelopes.c.envelope_text, JSONB),
-        )
-        queryable = sa.case((unsafe, sa.cast(envelopes.c.envelope, sa.Text)), else_=sa.null())
+    # The copy as text, compared with the text's decoding in Python: a cast of
+    # the text in the server would fail on a text that is not JSON at all.
+    queryable_ok: sa.ColumnElement[Any] = sa.null()
+    queryable: sa.ColumnElement[Any] = sa.cast(envelopes.c.envelope, sa.Text)
     return [
         envelopes.c.envelope_id,
         envelopes.c.received_at,
