@@ -172,3 +172,14 @@ def _channel(text: str) -> str:
     import json
 
     return str(json.loads(text)["payload"]["event"]["channel"])
+
+
+def test_files_hold_at_most_file_rows_even_with_bigger_batches(
+    engine: Engine, tmp_path: Path
+) -> None:
+    fill(engine, 30, step=dt.timedelta(hours=1))
+    retention.set_policy(engine, "default", keep="30d")
+    directory = tmp_path / "archive"
+    retention.prune(engine, batch_size=100, archive=ArchiveOptions(directory, file_rows=8))
+    sizes = Counter(r["_file"] for r in archived_rows(directory))
+    assert sorted(sizes.values()) == [6, 8, 8, 8]

@@ -191,8 +191,11 @@ def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
 ) -> None:
     spool = Spool(tmp_path / "spool.db")
     spooled = generate(40, seed=99)
+    target = SQLEventBuffer(owner)
     for g in spooled:
-        spool.record("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+        spool.record(
+            target.parse("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+        )
     eraser = connect_as(roles["eraser"])
     report = erasure.erase(eraser, SUBJECT, reason="r", spool=tmp_path / "spool.db")
     expected = sum(1 for g in spooled if g.subject or g.mentions_subject)
@@ -200,9 +203,9 @@ def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
     rows = spool.drainable(0, [], 1000)
     assert all(f'"{SUBJECT}"' not in r.envelope_text for r in rows)
     assert verify(owner).ok  # spooled entries wait for the drain
-    from recorder.slack.spool import move_rows
+    from recorder.slack.draining import move
 
-    move_rows(rows, SQLEventBuffer(owner))
+    move(rows, target)
     result = verify(connect_as(roles["reader"]))
     assert result.ok, result.findings[:3]
     spool.close()
