@@ -99,6 +99,7 @@ def verify_command(settings: Settings, anchors: tuple[str, ...], latest: bool, f
                     "blocks": report.blocks,
                     "sealed": report.sealed,
                     "pruned": report.pruned,
+                    "erased": report.erased,
                     "unsealed": report.unsealed,
                     "latest_digest": report.latest_digest,
                     "findings": [
