@@ -201,11 +201,19 @@ def _subject_filter(user_id: str, team_id: str | None) -> list[sa.ColumnElement[
 
 def _mention_filter(user_id: str, team_id: str | None) -> list[sa.ColumnElement[bool]]:
     author = message_author(envelopes.c.envelope)
-    terms = [
-        sa.func.instr(envelopes.c.envelope_text, user_id) > 0,
-        envelopes.c.envelope_text.regexp_match(mention_pattern(user_id)),
-        envelopes.c.user_id.is_distinct_from(user_id),
-        author.is_distinct_from(user_id),
+    # CASE fixes the order: the cheap substring test first, the regex and JSON only after it.
+    terms: list[sa.ColumnElement[bool]] = [
+        sa.case(
+            (
+                sa.func.instr(envelopes.c.envelope_text, user_id) > 0,
+                sa.and_(
+                    envelopes.c.envelope_text.regexp_match(mention_pattern(user_id)),
+                    envelopes.c.user_id.is_distinct_from(user_id),
+                    author.is_distinct_from(user_id),
+                ),
+            ),
+            else_=sa.false(),
+        )
     ]
     if team_id is not None:
         terms.append(envelopes.c.team_id == team_id)

@@ -107,10 +107,12 @@ BEGIN
         SELECT 'mention'::text AS kind, x.channel_id, x.team_id, x.user_id, x.received_at
         FROM {s}.envelopes x
         WHERE p_mentions
-          AND strpos(x.envelope_text, p_user_id) > 0
-          AND x.envelope_text ~ ('<@' || p_user_id || '(\|[^>]*)?>|"' || p_user_id || '"')
-          AND x.user_id IS DISTINCT FROM p_user_id
-          AND {author} IS DISTINCT FROM p_user_id
+          -- CASE fixes the order: the planner would run the regex on every text first.
+          AND CASE WHEN strpos(x.envelope_text, p_user_id) > 0
+                   THEN x.envelope_text ~ ('<@' || p_user_id || '(\|[^>]*)?>|"' || p_user_id || '"')
+                        AND x.user_id IS DISTINCT FROM p_user_id
+                        AND {author} IS DISTINCT FROM p_user_id
+                   ELSE false END
           AND (p_team_id IS NULL OR x.team_id = p_team_id)
     )
     SELECT c.kind, c.channel_id, count(*),
@@ -240,10 +242,12 @@ BEGIN
         (SELECT x.envelope_id, 'mention'::text, er.mention_action
          FROM {s}.envelopes x
          WHERE er.mention_action <> 'skip'
-           AND strpos(x.envelope_text, er.user_id) > 0
-           AND x.envelope_text ~ ('<@' || er.user_id || '(\|[^>]*)?>|"' || er.user_id || '"')
-           AND x.user_id IS DISTINCT FROM er.user_id
-           AND {author} IS DISTINCT FROM er.user_id
+           -- CASE fixes the order: the planner would run the regex on every text first.
+           AND CASE WHEN strpos(x.envelope_text, er.user_id) > 0
+                    THEN x.envelope_text ~ ('<@' || er.user_id || '(\|[^>]*)?>|"' || er.user_id || '"')
+                         AND x.user_id IS DISTINCT FROM er.user_id
+                         AND {author} IS DISTINCT FROM er.user_id
+                    ELSE false END
            AND (er.team_id IS NULL OR x.team_id = er.team_id)
            AND NOT EXISTS (SELECT 1 FROM {s}.erased_envelopes d
                            WHERE d.erasure_id = p_erasure_id AND d.envelope_id = x.envelope_id)
