@@ -31,6 +31,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import expression as sa_expression
 from sqlalchemy.types import TypeDecorator
 
+from recorder import adapter
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -71,8 +73,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 #: ``jsonb`` on PostgreSQL, JSON text elsewhere.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
-PENDING = "pending"
-DONE = "done"
+# The processing states are part of the adapter contract; the column holds them.
+PENDING = adapter.PENDING
+DONE = adapter.DONE
 
 envelopes = Table(
     "envelopes",

@@ -6,24 +6,14 @@ import datetime as dt
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 
 from recorder import statements
-from recorder.adapter import EnvelopeInput, RecordResult
-from recorder.autocommit import AutocommitConnections, supports
-from recorder.engine import (
-    create_engine,
-    execute_single_write,
-    is_sqlite,
-    read_only,
-    storage_errors,
-    write_statement,
-)
+from recorder.adapter import ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
+from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
 from recorder.envelope import (
-    DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_REDACTION,
     ParsedEnvelope,
     Redaction,
@@ -32,42 +22,16 @@ from recorder.envelope import (
     resolve_redaction,
     validate_envelope_id,
 )
-from recorder.errors import ConfigurationError
-from recorder.schema import UTCDateTime
+from recorder.settings import max_envelope_bytes_from_env, record_timeout_setting
+from recorder.writer import Writer
+
+__all__ = ["ClaimedEnvelope", "SQLEventBuffer", "utc_now"]
 
 Clock = Callable[[], dt.datetime]
-_UTC = UTCDateTime()
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def max_envelope_bytes_from_env() -> int:
-    """``RECORDER_MAX_ENVELOPE_BYTES``, or the default limit."""
-    raw = os.environ.get("RECORDER_MAX_ENVELOPE_BYTES")
-    if raw is None or raw.strip() == "":
-        return DEFAULT_MAX_ENVELOPE_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigurationError(
-            f"RECORDER_MAX_ENVELOPE_BYTES must be a positive number of bytes, not {raw!r}"
-        )
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedEnvelope:
-    """An envelope :meth:`SQLEventBuffer.claim_stale` claimed for another dispatch."""
-
-    envelope_id: str
-    envelope: dict[str, Any]
-    """The stored envelope, decoded."""
-    attempts: int
-    """Dispatches so far, this one included."""
 
 
 class SQLEventBuffer:
@@ -88,9 +52,20 @@ class SQLEventBuffer:
         and the response URLs are masked, or what ``RECORDER_REDACT`` says;
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
+    record_timeout
+        Seconds ``record`` may wait for a lock, run, or wait for a free
+        connection before it raises :class:`~recorder.errors.StorageUnavailable`
+        (``lock_timeout`` and ``statement_timeout`` on PostgreSQL, the busy
+        timeout on SQLite). Defaults to ``RECORDER_RECORD_TIMEOUT`` or 1 s,
+        inside Slack's 3 s ack window; ``0`` for no limit. Other calls
+        (``pending``, ``complete``, ...) keep the engine's own limits.
     upgrade
-        Apply the schema migrations first (handy for the embedded SQLite
-        database; production deployments run ``recorder db upgrade``).
+        Apply the schema migrations first. By default (``None``) an SQLite
+        database is created and migrated on first use (and brought to the
+        newest revision), while PostgreSQL is never migrated implicitly:
+        production deployments run ``recorder db upgrade``, and a missing
+        schema is a :class:`~recorder.errors.SchemaMissing` error that says so.
+        ``False`` never migrates.
     """
 
     def __init__(
@@ -99,7 +74,8 @@ class SQLEventBuffer:
         *,
         max_envelope_bytes: int | None = None,
         redaction: Redaction | None = DEFAULT_REDACTION,
-        upgrade: bool = False,
+        record_timeout: float | None = None,
+        upgrade: bool | None = None,
         clock: Clock = utc_now,
     ) -> None:
         if isinstance(url_or_engine, Engine):
@@ -111,22 +87,22 @@ class SQLEventBuffer:
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
         self.redaction = resolve_redaction(redaction, os.environ)
         self._clock = clock
-        self._insert = statements.insert_envelope(self._engine.dialect)
-        # record() and record_many() run the insert, compiled once, on the
-        # pooled driver connection (see recorder.engine.execute_single_write).
-        compiled = self._insert.compile(dialect=self._engine.dialect)
-        self._insert_sql = str(compiled)
-        self._insert_positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-        # record() on PostgreSQL skips the pool: see recorder.autocommit.
-        self._record_connections = (
-            AutocommitConnections(self._engine) if supports(self._engine) else None
+        self.record_timeout = record_timeout_setting(record_timeout)
+        self._writes = Writer(self._engine, record_timeout=self.record_timeout)
+        self._insert = self._writes.prepare(statements.insert_envelope(self._engine.dialect))
+        self._imported = (
+            self._writes.prepare(statements.insert_imported(self._engine.dialect))
+            if is_sqlite(self._engine)
+            else None
         )
-        dialect = self._engine.dialect
-        self._bind_received_at = _UTC.dialect_impl(dialect).bind_processor(dialect)
-        if upgrade:
-            from recorder.db import upgrade as upgrade_schema
+        if upgrade is not False:
+            # Imported here: alembic is loaded only by buffers that migrate.
+            from recorder import db
 
-            upgrade_schema(self._engine)
+            if upgrade:
+                db.upgrade(self._engine)
+            else:
+                db.ensure_sqlite_schema(self._engine)
 
     @property
     def engine(self) -> Engine:
@@ -140,63 +116,75 @@ class SQLEventBuffer:
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
-        params = self._driver_params(parsed, self._bound_time(self._clock()))
-        with storage_errors(f"recording envelope {parsed.envelope_id}"):
-            inserted = None
-            if self._record_connections is not None:
-                inserted = self._record_connections.execute(self._insert_sql, params)
-            if inserted is None:
-                inserted = execute_single_write(self._engine, self._insert_sql, params)
+        values = statements.record_params(parsed, self._clock())
+        inserted = self._writes.execute(
+            self._insert, values, action=f"recording envelope {parsed.envelope_id}"
+        )
         return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
 
-    def _bound_time(self, received_at: dt.datetime) -> Any:
-        # received_at is the one typed bind with a processor (UTC, and SQLite's
-        # text format); every other value is plain text or an int.
-        if self._bind_received_at is None:
-            return received_at
-        return self._bind_received_at(received_at)
-
-    def _driver_params(self, parsed: ParsedEnvelope, received_at: Any) -> Any:
-        """Bind values of the compiled insert, as the driver takes them."""
-        params = statements.record_params(parsed, received_at)
-        if self._insert_positions is None:
-            return params
-        return tuple(params[name] for name in self._insert_positions)
-
-    def record_many(self, parsed: Sequence[ParsedEnvelope]) -> int:
+    def record_many(
+        self,
+        parsed: Sequence[ParsedEnvelope],
+        *,
+        received_at: Sequence[dt.datetime | None] | None = None,
+        handled: bool = False,
+    ) -> int:
         """Record a batch atomically (one transaction); return how many were new.
 
         Used by ``recorder import``. On PostgreSQL the batch goes through COPY
         into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
         NOTHING``; on SQLite through one executemany in ``BEGIN IMMEDIATE``.
+
+        Parameters
+        ----------
+        received_at
+            One time per envelope (an archive's own times); ``None``, or no
+            sequence at all, means now by this buffer's clock.
+        handled
+            Store the envelopes as already handled (``done``): recovery never
+            dispatches them. By default they are pending, as ``record`` leaves them.
         """
         if not parsed:
             return 0
-        received_at = self._clock()
+        now = self._clock()
+        given = [None] * len(parsed) if received_at is None else received_at
+        times = [now if at is None else at for at in given]
+        if len(times) != len(parsed):
+            raise ValueError("received_at needs one time per envelope")
+        state = statements.import_state(handled, now)
         with storage_errors(f"recording a batch of {len(parsed)} envelopes"):
             if is_sqlite(self._engine):
-                bound = self._bound_time(received_at)
-                rows = [self._driver_params(p, bound) for p in parsed]
-                with self._engine.begin() as conn:
+                imported = self._imported
+                assert imported is not None
+                rows = [
+                    imported.bind({**statements.record_params(p, at), **state})
+                    for p, at in zip(parsed, times, strict=True)
+                ]
+                with self._writes.transaction() as conn:
                     driver = conn.connection.driver_connection
                     assert isinstance(driver, sqlite3.Connection)
-                    return int(driver.executemany(self._insert_sql, rows).rowcount)
-            return self._copy_batch(parsed, received_at)
+                    return int(driver.executemany(imported.sql, rows).rowcount)
+            return self._copy_batch(parsed, times, state)
 
-    def _copy_batch(self, parsed: Iterable[ParsedEnvelope], received_at: dt.datetime) -> int:
-        with self._engine.begin() as conn:
+    def _copy_batch(
+        self,
+        parsed: Iterable[ParsedEnvelope],
+        received_at: Iterable[dt.datetime],
+        state: dict[str, Any],
+    ) -> int:
+        with self._writes.transaction() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             with raw.cursor() as cursor:
                 cursor.execute(statements.CREATE_IMPORT_STAGING)
                 with cursor.copy(statements.COPY_INTO_IMPORT_STAGING) as copy:
-                    for p in parsed:
+                    for p, at in zip(parsed, received_at, strict=True):
                         c = p.columns
                         copy.write_row(
                             (
                                 p.envelope_id,
                                 c["envelope_type"],
-                                received_at,
+                                at,
                                 c["team_id"],
                                 c["enterprise_id"],
                                 c["api_app_id"],
@@ -209,6 +197,8 @@ class SQLEventBuffer:
                                 None if p.queryable_text is p.text else p.queryable_text,
                                 p.text,
                                 p.sha256,
+                                state["status"],
+                                state["completed_at"],
                             )
                         )
                 cursor.execute(statements.INSERT_FROM_IMPORT_STAGING)
@@ -223,7 +213,7 @@ class SQLEventBuffer:
         envelope_id = validate_envelope_id(envelope_id)
         with (
             storage_errors(f"deleting envelope {envelope_id}"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.delete_envelope(envelope_id))
 
@@ -238,7 +228,7 @@ class SQLEventBuffer:
         envelope_id = validate_envelope_id(envelope_id)
         with (
             storage_errors(f"completing envelope {envelope_id}"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.complete_envelope(envelope_id, self._clock()))
 
@@ -249,7 +239,7 @@ class SQLEventBuffer:
             return
         with (
             storage_errors(f"completing {len(ids)} envelopes"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.complete_envelopes(ids, self._clock()))
 
@@ -295,7 +285,7 @@ class SQLEventBuffer:
             limit=limit,
             max_attempts=max_attempts,
         )
-        with storage_errors("claiming stale envelopes"), write_statement(self._engine) as conn:
+        with storage_errors("claiming stale envelopes"), self._writes.statement() as conn:
             rows = conn.execute(stmt).all()
         # RETURNING gives no order: restore the oldest-first order of the pick.
         rows = sorted(rows, key=lambda row: (row.received_at, row.envelope_id))
@@ -311,9 +301,36 @@ class SQLEventBuffer:
             return
         with (
             storage_errors(f"renewing {len(ids)} claims"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.renew_claims(ids, self._clock()))
+
+    def restore(self, envelopes: Sequence[StoredEnvelope]) -> int:
+        """Store envelopes with their processing state (the Slack spool's drain).
+
+        Each is parsed by this buffer's own parser (limits, redaction); the
+        batch is one transaction, so a refused envelope stores nothing of it.
+        """
+        if not envelopes:
+            return 0
+        params = []
+        for stored in envelopes:
+            values = statements.record_params(
+                self.parse(stored.envelope_id, stored.envelope_text), stored.received_at
+            )
+            values.update(
+                status=stored.status,
+                completed_at=stored.completed_at,
+                attempts=stored.attempts,
+                claimed_at=stored.claimed_at,
+            )
+            params.append(values)
+        stmt = statements.insert_drained(self._engine.dialect)
+        with (
+            storage_errors(f"restoring {len(params)} envelopes"),
+            self._writes.transaction() as conn,
+        ):
+            return int(conn.execute(stmt, params).rowcount)
 
     def count_pending(self) -> int:
         """How many envelopes are recorded and not completed."""
@@ -321,8 +338,7 @@ class SQLEventBuffer:
             return int(conn.execute(statements.count_pending()).scalar_one())
 
     def close(self) -> None:
-        if self._record_connections is not None:
-            self._record_connections.close()
+        self._writes.close()
         if self._owns_engine:
             self._engine.dispose()
 

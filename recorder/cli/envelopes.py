@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import itertools
 import os
@@ -15,7 +16,7 @@ import click
 from recorder import audit, importer
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.cli.errors import EXIT_ERROR
-from recorder.cli.options import time_option
+from recorder.cli.options import ROW_COUNT, time_option
 from recorder.cli.storage import open_engine, stderr_is_terminal
 from recorder.settings import Settings
 
@@ -29,42 +30,68 @@ from recorder.settings import Settings
     show_default=True,
     help="Envelopes per transaction.",
 )
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="Store the envelopes pending, so bots on this database dispatch them (a backfill of "
+    "work). By default an import is an archive: stored as already handled.",
+)
+@click.option(
+    "--received-at",
+    type=click.Choice(importer.RECEIVED_AT_CHOICES),
+    default="now",
+    show_default=True,
+    help="For plain envelopes: the import's time, or payload.event_time where present "
+    "(a backfill lands on its own days). Archive records keep their own time.",
+)
 @click.pass_obj
-def import_command(settings: Settings, file: BinaryIO, batch_size: int) -> None:
+def import_command(
+    settings: Settings, file: BinaryIO, batch_size: int, pending: bool, received_at: str
+) -> None:
     """Record the envelopes in FILE (JSON Lines; - reads stdin).
 
-    Each line's exact text is stored. Envelopes already recorded (same
-    envelope_id, or a retry with a known event_id) count as duplicates. A
-    malformed line is reported as `line N: reason` and skipped; the others
-    are still recorded. Exit status 1 if any line was rejected.
+    A line is an envelope, whose exact text is stored, or an archive record
+    from `recorder query --format archive`, stored with its own text,
+    received_at and digest (checked). Imported envelopes are stored as
+    already handled, so no bot's recovery runs handlers on them; --pending
+    opts in. Envelopes already recorded (same envelope_id, or a retry with a
+    known event_id) count as duplicates. A malformed line is reported as
+    `line N: reason` and skipped; the others are still recorded. Exit status
+    1 if any line was rejected.
 
     The embedded SQLite database is created and migrated on first use;
     PostgreSQL needs `recorder db upgrade` first.
+
+    \b
+    Example:
+      recorder query --format archive > archive.jsonl
+      recorder --database-url sqlite:///copy.db import archive.jsonl
     """
 
     def on_error(line_no: int, reason: str) -> None:
         click.echo(f"line {line_no}: {reason}", err=True)
 
+    run = functools.partial(
+        importer.import_envelopes,
+        batch_size=batch_size,
+        on_error=on_error,
+        pending=pending,
+        received_at=received_at,  # type: ignore[arg-type]  # one of the Choice's values
+    )
     with (
         open_engine(settings) as engine,
         SQLEventBuffer(engine, max_envelope_bytes=settings.max_envelope_bytes) as buffer,
     ):
         size = _file_size(file)
         if not stderr_is_terminal():
-            report = importer.import_envelopes(
-                buffer, file, batch_size=batch_size, on_error=on_error
-            )
+            report = run(buffer, file)
         elif size is not None:
             with click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
-                report = importer.import_envelopes(
-                    buffer, file, batch_size=batch_size, on_progress=bar.update, on_error=on_error
-                )
+                report = run(buffer, file, on_progress=bar.update)
         else:
             # A pipe has no size: count lines instead.
             with click.progressbar(file, label="importing", file=sys.stderr) as lines:
-                report = importer.import_envelopes(
-                    buffer, lines, batch_size=batch_size, on_error=on_error
-                )
+                report = run(buffer, lines)
     click.echo(report.summary())
     if report.rejected:
         sys.exit(EXIT_ERROR)
@@ -96,14 +123,15 @@ def _file_size(file: BinaryIO) -> int | None:
     metavar="TIME",
     help="Received before: 2026-05-02, ISO time, 24h.",
 )
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many envelopes.")
+@click.option("--limit", type=ROW_COUNT, help="At most this many envelopes.")
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(audit.FORMATS),
     default="table",
     show_default=True,
-    help="jsonl prints each envelope exactly as received.",
+    help="jsonl prints each envelope exactly as received; archive adds received_at and "
+    "the digest, for `recorder import`.",
 )
 @click.pass_obj
 def query_command(

@@ -30,18 +30,19 @@ def open_engine(
     then an error instead of a new, empty database.
     """
     if must_exist:
-        _require_sqlite_file(settings.database_url)
+        require_existing_database(settings)
     engine = create_engine(settings.database_url)
     try:
-        if migrate_sqlite and engine.dialect.name == "sqlite":
-            ensure_sqlite_schema(engine)
+        if migrate_sqlite:
+            db_api.ensure_sqlite_schema(engine)
         yield engine
     finally:
         engine.dispose()
 
 
-def _require_sqlite_file(url: str) -> None:
-    parsed = database_url(url)
+def require_existing_database(settings: Settings) -> None:
+    """Refuse a missing SQLite file, for commands that only read (no empty database appears)."""
+    parsed = database_url(settings.database_url)
     path = parsed.database
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return
@@ -50,12 +51,6 @@ def _require_sqlite_file(url: str) -> None:
             f"no database at {path}: record something first (recorder import, recorder demo), "
             "or check --database-url / RECORDER_DATABASE_URL"
         )
-
-
-def ensure_sqlite_schema(engine: Engine) -> None:
-    """Upgrade an SQLite database that is not at the newest revision."""
-    if db_api.current_revision(engine) != db_api.head_revision():
-        db_api.upgrade(engine)
 
 
 def stderr_is_terminal() -> bool:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recorder.adapters.memory import MemoryEventBuffer
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.slack.spool import Spool
@@ -56,7 +57,8 @@ def test_erase_end_to_end(database_url: str, tmp_path: Path) -> None:
 
     ok(database_url, "hold", "add", "random", "--reason", "case 1", "--channel", "C0RANDOM")
     spool = Spool(tmp_path / "spool.db")
-    spool.record("s-1", {"type": "events_api", "payload": {"event": {"user": SUBJECT}}})
+    envelope = {"type": "events_api", "payload": {"event": {"user": SUBJECT}}}
+    spool.record(MemoryEventBuffer().parse("s-1", envelope))
     spool.close()
     out = json.loads(
         ok(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,16 +11,7 @@ import sqlalchemy as sa
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.testing import SocketModeSimulator
-
-CONSOLE_SCRIPT = Path(sys.executable).with_name("recorder")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RECORDER_", "SLACK_APP_TOKEN"))
-    }
-    env.update(extra)
-    return env
+from tests.acceptance.conftest import CONSOLE_SCRIPT, clean_env
 
 
 def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> None:
@@ -55,6 +44,35 @@ def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> Non
                 ).all()
             )
     assert types == {"events_api": 35, "interactive": 4, "slash_commands": 4}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
+
+
+def test_demo_over_http_records_each_delivery_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "--database-url", url, "demo", "--http"],
+        capture_output=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+    assert "refused as forged         2" in out
+    assert "recorded (new)           34" in out
+    assert "dropped as duplicate     20" in out
+    assert "listener runs            34" in out
+    assert "answered 200             54" in out
+    with SQLEventBuffer(url) as buffer:
+        assert buffer.count_pending() == 0
+        with buffer.engine.connect() as conn:
+            types = dict(
+                conn.execute(
+                    sa.text("SELECT envelope_type, count(*) FROM envelopes GROUP BY envelope_type")
+                ).all()
+            )
+    assert types == {"events_api": 28, "interactive": 3, "slash_commands": 3}
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
 
 

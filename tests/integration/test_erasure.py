@@ -20,8 +20,9 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.erasure import ErasureError
 from recorder.schema import envelopes
-from recorder.seal import seal, text_sha256, verify
+from recorder.seal import seal, text_sha256
 from recorder.tombstone import TOMBSTONE_KEY, scrub, tombstone_text
+from recorder.verify import verify
 from tests.integration.erasure_envelopes import LOOKALIKE, SUBJECT, Generated, generate
 
 UTC = dt.timezone.utc
@@ -84,6 +85,7 @@ def archive(engine: Engine, clock: Clock) -> list[Generated]:
     generated = generate(COUNT)
     record(engine, clock, generated[: COUNT // 2])
     seal(engine, block_size=500, now=sealed_later(clock))
+    clock.now = sealed_later(clock)  # the rest arrive after that seal's cutoff
     record(engine, clock, generated[COUNT // 2 :])
     return generated
 
@@ -423,6 +425,7 @@ def test_erased_envelopes_can_be_pruned_and_verify_still_passes(
     generated = generate(96)
     record(engine, clock, generated[:48])
     seal(engine, block_size=16, now=sealed_later(clock))
+    clock.now = sealed_later(clock)  # the rest arrive after that seal's cutoff
     erasure.erase(engine, SUBJECT, reason="r")
     record(engine, clock, generated[48:])
     erasure.erase(engine, SUBJECT, reason="again, for the newer ones")

@@ -19,8 +19,9 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.errors import StorageUnavailable
 from recorder.roles import RoleNames, grant, grant_statements
-from recorder.seal import seal, verify
+from recorder.seal import seal
 from recorder.slack.spool import Spool
+from recorder.verify import verify
 from tests.integration.erasure_envelopes import SUBJECT, generate
 
 pytestmark = pytest.mark.postgres
@@ -81,10 +82,11 @@ def denied(engine: Engine, statement: str, **params: object) -> str:
 @pytest.fixture
 def recorded(owner: Engine) -> list[str]:
     generated = generate(96)
-    buffer = SQLEventBuffer(owner)
+    # recorded yesterday and sealed now: what the spool drains later is newer than the cutoff
+    buffer = SQLEventBuffer(owner, clock=lambda: dt.datetime.now(UTC) - dt.timedelta(days=1))
     for g in generated:
         buffer.record(g.envelope_id, g.envelope)
-    seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    seal(owner)
     return [g.envelope_id for g in generated if g.subject]
 
 
@@ -190,8 +192,11 @@ def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
 ) -> None:
     spool = Spool(tmp_path / "spool.db")
     spooled = generate(40, seed=99)
+    target = SQLEventBuffer(owner)
     for g in spooled:
-        spool.record("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+        spool.record(
+            target.parse("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+        )
     eraser = connect_as(roles["eraser"])
     report = erasure.erase(eraser, SUBJECT, reason="r", spool=tmp_path / "spool.db")
     expected = sum(1 for g in spooled if g.subject or g.mentions_subject)
@@ -199,9 +204,9 @@ def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
     rows = spool.drainable(0, [], 1000)
     assert all(f'"{SUBJECT}"' not in r.envelope_text for r in rows)
     assert verify(owner).ok  # spooled entries wait for the drain
-    from recorder.slack.spool import move_rows
+    from recorder.slack.draining import move
 
-    move_rows(rows, SQLEventBuffer(owner))
+    move(rows, target)
     result = verify(connect_as(roles["reader"]))
     assert result.ok, result.findings[:3]
     spool.close()
