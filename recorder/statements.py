@@ -24,6 +24,7 @@ from recorder.schema import (
     UTCDateTime,
     change_log,
     envelopes,
+    erased_envelopes,
     legal_holds,
     prune_runs,
     pruned_envelopes,
@@ -813,6 +814,17 @@ def select_daily_retries(
         .group_by(day, reason)
         .order_by(day, reason)
     )
+
+
+def count_erased(since: dt.datetime | None, until: dt.datetime | None) -> sa.Select[Any]:
+    """Envelopes received in the period that logged erasures erased or scrubbed."""
+    q = erased_envelopes.c
+    terms: list[sa.ColumnElement[bool]] = [q.state == "done"]
+    if since is not None:
+        terms.append(q.received_at >= sa.bindparam("erased_since", since, type_=UTCDateTime))
+    if until is not None:
+        terms.append(q.received_at < sa.bindparam("erased_until", until, type_=UTCDateTime))
+    return sa.select(sa.func.count(sa.distinct(q.envelope_id))).where(*terms)
 
 
 def select_totals(since: dt.datetime | None, until: dt.datetime | None) -> sa.Select[Any]:

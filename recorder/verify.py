@@ -93,7 +93,7 @@ class VerifyReport:
     pruned: int = 0
     unsealed: int = 0
     erased: int = 0
-    """Envelopes changed by logged erasures (their tombstones or scrubbed texts checked)."""
+    """Envelopes the erasure log names as changed (in the database, or in a spool to drain)."""
     latest_digest: str | None = None
 
     @property
