@@ -7,6 +7,7 @@ which connections run in autocommit.
 
 from __future__ import annotations
 
+import re
 import select
 import sqlite3
 import time
@@ -44,6 +45,12 @@ def database_url(url: str | URL) -> URL:
         parsed = _password_in_place(make_url(url))
     except sa_exc.ArgumentError as exc:
         raise ConfigurationError(f"not a database URL: {mask_url(str(url))!r}") from exc
+    except ValueError as exc:
+        # make_url's int() of the port: "host:port", or an IPv6 host without its "]".
+        raise ConfigurationError(
+            f"not a database URL: {mask_url(str(url))!r}: its host or port cannot be read "
+            "(a port is a number; an IPv6 host goes in brackets, [::1]:5432)"
+        ) from exc
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
@@ -55,12 +62,17 @@ def database_url(url: str | URL) -> URL:
     return parsed
 
 
+_UNPARSED_PASSWORD = re.compile(r"^(?P<head>[^:/?#]*://[^:/?#@]*:)[^\s]*@")
+
+
 def mask_url(url: str | URL) -> str:
     """The URL as text with its password hidden, for messages and logs."""
     try:
         return _password_in_place(make_url(url)).render_as_string(hide_password=True)
-    except sa_exc.ArgumentError:
-        return "<unparseable database URL>"
+    except (sa_exc.ArgumentError, ValueError):
+        # Unparseable: show it as given (so the user sees what was wrong),
+        # with everything between "user:" and the last "@" hidden.
+        return _UNPARSED_PASSWORD.sub(r"\g<head>***@", str(url))
 
 
 def _password_in_place(url: URL) -> URL:

@@ -39,15 +39,14 @@ so are other JSON callbacks without an event (``app_rate_limited``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -60,14 +59,10 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingDependency("slack_sdk", "http") from exc
 
+from recorder.slack.background import Maintenance
 from recorder.slack.metrics import Metrics
-from recorder.slack.recording import (
-    DEFAULT_SPOOL_PATH,
-    EnvelopeRecorder,
-    OnStorageError,
-    Outcome,
-    RecorderFront,
-)
+from recorder.slack.options import DEFAULT_SPOOL_PATH, OnStorageError, RecorderOptions
+from recorder.slack.recording import EnvelopeRecorder, Outcome, RecorderFront
 
 __all__ = [
     "Decision",
@@ -80,12 +75,13 @@ __all__ = [
 
 logger = logging.getLogger("recorder.http")
 
-#: How often the background thread drains the spool and retries completions.
-TICK_SECONDS = 0.5
 #: More form fields than this is not a Slack request.
 MAX_FORM_FIELDS = 200
 #: What a refused request is answered with; Slack need not retry what will fail again.
-NO_RETRY = {"X-Slack-No-Retry": "1"}
+NO_RETRY: Mapping[str, str] = MappingProxyType({"X-Slack-No-Retry": "1"})
+
+# One encoder, made once: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 Headers = Mapping[str, str] | Mapping[str, Sequence[str]] | Iterable[tuple[str, str]]
 
@@ -125,7 +121,7 @@ class Decision:
     status: int
     body: str = ""
     content_type: str = "text/plain"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     envelope_id: str | None = None
     """The recorded envelope's id; None for requests that are not recorded."""
     outcome: Outcome | None = None
@@ -192,7 +188,7 @@ def envelope_of(headers: Mapping[str, str], body: str) -> HttpEnvelope | Passthr
         return _envelope(headers, key, "interactive", payload_text, payload, retry_defaults=False)
     if "command" in fields:
         key = "slash_commands:" + _delivery_digest(headers, body)
-        payload_text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        payload_text = _ENCODER.encode(fields)
         return _envelope(
             headers, key, "slash_commands", payload_text, dict(fields), retry_defaults=False
         )
@@ -268,31 +264,29 @@ def _envelope(
     # The payload's text is spliced in as received (it was decoded strictly
     # above, so it is one JSON value), not re-serialised: with redaction off,
     # envelope_text holds Slack's bytes exactly.
-    head = json.dumps(
-        {"envelope_id": envelope_id, "type": envelope_type},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    parts = [head[:-1], ',"payload":', payload_text]
-    for key, value in tail.items():
-        parts.append(f",{json.dumps(key)}:{json.dumps(value, ensure_ascii=False)}")
-    parts.append("}")
+    parts = [
+        '{"envelope_id":',
+        _ENCODER.encode(envelope_id),
+        ',"type":',
+        _ENCODER.encode(envelope_type),
+        ',"payload":',
+        payload_text,
+    ]
+    if tail:
+        parts += [",", _ENCODER.encode(tail)[1:]]
+    else:
+        parts.append("}")
     return HttpEnvelope(envelope_id, envelope_type, "".join(parts), frame)
 
 
 def resolve_buffer(buffer: EventBufferAdapter | str | None) -> EventBufferAdapter:
-    """``buffer`` itself; a URL opens an SQLEventBuffer; ``None`` the configured database.
-
-    The embedded SQLite database gets its schema on the spot; PostgreSQL is
-    expected to be migrated already (``recorder db upgrade``).
-    """
+    """``buffer`` itself; a URL or ``None`` (the configured database): see
+    :func:`recorder.adapters.open_buffer`."""
     if buffer is not None and not isinstance(buffer, str):
         return buffer
-    from recorder.adapters.sql import SQLEventBuffer
-    from recorder.settings import Settings
+    from recorder.adapters import open_buffer
 
-    settings = Settings.load(database_url=buffer)
-    return SQLEventBuffer(settings.database_url, upgrade=settings.is_sqlite)
+    return open_buffer(buffer)
 
 
 class HttpRecorder(RecorderFront):
@@ -336,18 +330,18 @@ class HttpRecorder(RecorderFront):
                 self._verifier = SignatureVerifier(signing_secret)
             except ValueError as exc:
                 raise ConfigurationError(f"signing_secret: {exc}") from None
-        self.recorder = EnvelopeRecorder(
-            resolve_buffer(buffer),
-            on_storage_error=on_storage_error,
-            spool_path=spool_path,
-            metrics=metrics,
-        )
         # Recovery re-dispatches Socket Mode requests; over HTTP there is no
         # one to answer, so pending envelopes are not claimed from here.
-        self.recorder.recovery_supported = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self.recorder = EnvelopeRecorder(
+            resolve_buffer(buffer),
+            RecorderOptions(
+                on_storage_error=on_storage_error,
+                spool_path=spool_path,
+                metrics=metrics,
+                recover=False,
+            ),
+        )
+        self._maintenance = Maintenance(self.recorder, _no_claims)
 
     # -- the request path
 
@@ -423,33 +417,15 @@ class HttpRecorder(RecorderFront):
     # -- background work
 
     def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
-        with self._start_lock:
-            if self._thread is not None or self._stop.is_set():
-                return
-            self.recorder.open_existing_spool()
-            self._thread = threading.Thread(
-                target=self._background, name="recorder-http-maintenance", daemon=True
-            )
-            self._thread.start()
-
-    def _background(self) -> None:
-        while not self._stop.is_set():
-            self.recorder.tick()
-            self._stop.wait(TICK_SECONDS)
+        if not self._maintenance.started:
+            self._maintenance.start()
 
     def close(self) -> None:
         """Stop the background work, write queued completions, drain the spool once more.
 
         The buffer stays open: it is the caller's.
         """
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with contextlib.suppress(Exception):
-            self.recorder.flush()
+        self._maintenance.stop()
         self.recorder.close()
 
     def __enter__(self) -> HttpRecorder:
@@ -457,6 +433,10 @@ class HttpRecorder(RecorderFront):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _no_claims(claims: list[Any]) -> None:
+    """Recovery is off in HTTP mode: the background work never claims anything."""
 
 
 def _decision(envelope_id: str, outcome: Outcome) -> Decision:

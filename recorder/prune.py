@@ -41,6 +41,9 @@ from recorder.policies import (
     list_policies,
     resolve_now,
 )
+from recorder.policies import (
+    cutoff as policy_cutoff,
+)
 
 if TYPE_CHECKING:
     from recorder.archive.archiver import ArchiveOptions, ArchiveProgress
@@ -312,7 +315,7 @@ def _prune_locked(
     outranking: list[statements.Match] = []
     plans: list[tuple[RetentionPolicy, list[sa.ColumnElement[bool]]]] = []
     for policy in policies:
-        cutoff = report.started_at - policy.keep
+        cutoff = policy_cutoff(report.started_at, policy.keep)
         report.cutoffs[policy.name] = cutoff
         plans.append((policy, statements.expired_under(policy.match(), list(outranking), cutoff)))
         outranking.append(policy.match())

@@ -113,6 +113,12 @@ def one_line_errors(ctx: click.Context) -> Iterator[None]:
         raise kind([f"error: {redact(exc.format_message())}"]) from exc
     except (click.Abort, KeyboardInterrupt) as exc:
         raise Failed(["error: aborted"]) from exc
+    except BrokenPipeError:
+        raise  # `recorder query | head`: click quiets stdout and exits
+    except OSError as exc:
+        # The file system's answer (no such folder, permission denied, disk full).
+        where = f": {exc.filename}" if exc.filename else ""
+        raise Failed([f"error: {exc.strerror or exc}{where}"]) from exc
 
 
 class RecorderContext(click.Context):

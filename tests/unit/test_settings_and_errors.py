@@ -80,7 +80,7 @@ def test_the_cli_choices_are_the_library_types() -> None:
 
     from recorder.cli.slack import listen_command
     from recorder.settings import STORAGE_ERROR_POLICIES, OnStorageError
-    from recorder.slack.recording import POLICIES
+    from recorder.slack.options import POLICIES
 
     option = next(p for p in listen_command.params if p.name == "on_storage_error")
     assert isinstance(option.type, click.Choice)
