@@ -388,7 +388,7 @@ Index("ix_archive_files_state", archive_files.c.state)
 ERASURE_STATUSES = ("running", "completed", "deferred")
 ERASURE_ACTIONS = ("erase", "scrub", "skip")
 ERASED_KINDS = ("subject", "mention")
-ERASED_STATES = ("done", "deferred", "gone", "spooled")
+ERASED_STATES = ("done", "deferred", "gone", "spooled", "archived")
 
 erasures = Table(
     "erasures",
@@ -437,7 +437,8 @@ erased_envelopes = Table(
         "state",
         Text,
         nullable=False,
-        comment="done; deferred under held_by; gone: pruned first; spooled: done in a spool file",
+        comment="done; deferred under held_by; gone: pruned first; "
+        "spooled: done in a spool file; archived: done in an archive file",
     ),
     Column("held_by", JSONDocument, comment="names of the legal holds that deferred it"),
     Column("original_sha256", Text, nullable=False, comment="digest of the text it replaced"),
