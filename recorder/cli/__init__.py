@@ -41,6 +41,7 @@ from recorder.cli import (
     retention,
     sealing,
     slack,
+    spool,
 )
 from recorder.cli.app import main
 from recorder.cli.errors import error_lines, redact
@@ -60,5 +61,6 @@ main.add_command(slack.listen_command)
 main.add_command(slack.demo_command)
 main.add_command(archive.archive_group)
 main.add_command(replay.replay_command)
+main.add_command(spool.spool_group)
 
 __all__ = ["error_lines", "main", "redact"]

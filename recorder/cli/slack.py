@@ -11,7 +11,16 @@ import click
 
 from recorder.cli.errors import EXIT_ERROR
 from recorder.engine import DEFAULT_DATABASE_URL, database_url
-from recorder.settings import ENV_DATABASE_URL, Settings
+from recorder.settings import (
+    DEFAULT_ON_STORAGE_ERROR,
+    DEFAULT_SPOOL_PATH,
+    ENV_DATABASE_URL,
+    ENV_ON_STORAGE_ERROR,
+    ENV_SPOOL_PATH,
+    STORAGE_ERROR_POLICIES,
+    OnStorageError,
+    Settings,
+)
 
 
 @click.command("listen")
@@ -24,17 +33,15 @@ from recorder.settings import ENV_DATABASE_URL, Settings
 )
 @click.option(
     "--on-storage-error",
-    type=click.Choice(["spool", "nack", "raise"]),
-    default="spool",
-    show_default=True,
-    help="When the database does not answer: spool locally and ack, or leave unacked.",
+    type=click.Choice(STORAGE_ERROR_POLICIES),
+    help="When the database does not answer: spool locally and ack, leave unacked, or stop. "
+    f"[env var: {ENV_ON_STORAGE_ERROR}; default: {DEFAULT_ON_STORAGE_ERROR}]",
 )
 @click.option(
     "--spool-path",
-    default="recorder-spool.db",
-    show_default=True,
     type=click.Path(dir_okay=False),
-    help="Local SQLite spool for envelopes received while the database is away.",
+    help="Local SQLite spool for envelopes received while the database is away. "
+    f"[env var: {ENV_SPOOL_PATH}; default: {DEFAULT_SPOOL_PATH}]",
 )
 @click.option(
     "--metrics-port",
@@ -46,8 +53,8 @@ from recorder.settings import ENV_DATABASE_URL, Settings
 def listen_command(
     settings: Settings,
     app_token: str | None,
-    on_storage_error: str,
-    spool_path: str,
+    on_storage_error: OnStorageError | None,
+    spool_path: str | None,
     metrics_port: int | None,
     slack_api_url: str | None,
 ) -> None:
@@ -65,8 +72,9 @@ def listen_command(
     stats = listen(
         settings.database_url,
         app_token,
-        on_storage_error=on_storage_error,  # type: ignore[arg-type]
-        spool_path=spool_path,
+        # The option wins, else the group's Settings (RECORDER_* or the default).
+        on_storage_error=on_storage_error or settings.on_storage_error,
+        spool_path=spool_path or settings.spool_path,
         api_url=slack_api_url,
         metrics_port=metrics_port,
         on_ready=lambda: click.echo(
@@ -82,14 +90,29 @@ def listen_command(
 
 
 @click.command("demo")
+@click.option(
+    "--http",
+    "over_http",
+    is_flag=True,
+    help="Play signed HTTP requests (Events API, commands, actions, with Slack's retries) "
+    "into a slack_bolt app with RecorderMiddleware, instead of Socket Mode.",
+)
 @click.pass_obj
-def demo_command(settings: Settings) -> None:
+def demo_command(settings: Settings, over_http: bool) -> None:
     """Play a simulated Slack stream into the database and show what was recorded.
 
     \b
     Example:
       recorder demo && recorder query --type slash_commands
     """
+    if over_http:
+        from recorder.slack.http_demo import render_http, run_http_demo
+
+        click.echo("starting a slack_bolt app over local HTTP and a fake Slack that signs ...")
+        report = run_http_demo(settings.database_url)
+        for line in render_http(report, settings.masked_database_url):
+            click.echo(line)
+        return
     from recorder.slack.demo import render, run_demo
 
     click.echo("starting a local Socket Mode simulator and a recording bot ...")
