@@ -13,14 +13,13 @@ A request is stored as the Socket Mode envelope Slack would have sent for
 the same delivery, so ``query``, ``stats``, ``report``, retention, holds,
 ``seal`` and ``verify`` treat both modes alike:
 
-==========================  ==============  ======================================
-request body                ``type``        ``envelope_id``
-==========================  ==============  ======================================
-JSON ``event_callback``     ``events_api``  its ``event_id`` (retries share it)
-form with ``command``       ``slash_commands``  ``slash_commands:`` + SHA-256 of the
-                                            signed base string ``v0:{timestamp}:{body}``
-form with ``payload``       ``interactive``  ``interactive:`` + the same digest
-==========================  ==============  ======================================
+* a JSON ``event_callback`` is ``events_api``, keyed by its ``event_id``
+  (so every retry is a duplicate);
+* a form with ``command`` is ``slash_commands``, keyed
+  ``slash_commands:`` + the SHA-256 of the signed base string
+  ``v0:{timestamp}:{body}`` (the same for every copy of one delivery);
+* a form with ``payload`` is ``interactive``, keyed ``interactive:`` + the
+  same digest.
 
 ``payload`` is the body itself for events (its JSON text spliced in as Slack
 sent it), the form fields as a JSON object of strings for slash commands
@@ -280,18 +279,13 @@ def _envelope(
 
 
 def resolve_buffer(buffer: EventBufferAdapter | str | None) -> EventBufferAdapter:
-    """``buffer`` itself; a URL opens an SQLEventBuffer; ``None`` the configured database.
-
-    The embedded SQLite database gets its schema on the spot; PostgreSQL is
-    expected to be migrated already (``recorder db upgrade``).
-    """
+    """``buffer`` itself; a URL or ``None`` (the configured database): see
+    :func:`recorder.adapters.open_buffer`."""
     if buffer is not None and not isinstance(buffer, str):
         return buffer
-    from recorder.adapters.sql import SQLEventBuffer
-    from recorder.settings import Settings
+    from recorder.adapters import open_buffer
 
-    settings = Settings.load(database_url=buffer)
-    return SQLEventBuffer(settings.database_url, upgrade=settings.is_sqlite)
+    return open_buffer(buffer)
 
 
 class HttpRecorder(RecorderFront):
