@@ -130,6 +130,33 @@ def write_jsonl(rows: Iterable[AuditRow], out: IO[bytes]) -> int:
     return count
 
 
+def write_archive(rows: Iterable[AuditRow], out: IO[bytes]) -> int:
+    """One JSON object per envelope, for ``recorder import`` to restore exactly.
+
+    Each line holds ``received_at`` (ISO 8601, UTC, microseconds),
+    ``envelope_id``, ``envelope_sha256`` and ``envelope_text`` (the exact
+    stored text, as a JSON string), so an import keeps the time and the
+    digest checks the text.
+    """
+    count = 0
+    for row in rows:
+        record = {
+            "received_at": format_received_at(row.received_at),
+            "envelope_id": row.envelope_id,
+            "envelope_sha256": row.envelope_sha256,
+            "envelope_text": row.envelope_text,
+        }
+        out.write(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+        out.write(b"\n")
+        count += 1
+    return count
+
+
+def format_received_at(at: dt.datetime) -> str:
+    """``received_at`` as an archive holds it: ISO 8601, UTC, microseconds (``...Z``)."""
+    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def write_csv(rows: Iterable[AuditRow], out: IO[str]) -> int:
     """A header and one record per envelope: the reporting columns, then envelope_text."""
     writer = csv.writer(out, lineterminator="\r\n")
@@ -211,20 +238,25 @@ def _table_line(cells: Iterable[str]) -> str:
 
 TextWriter = Callable[[Iterable[AuditRow], IO[str]], int]
 
-#: Text formats by name; ``jsonl`` writes bytes (see :func:`write_jsonl`).
+BinaryWriter = Callable[[Iterable[AuditRow], IO[bytes]], int]
+
+#: Formats written as bytes: the exact stored text, alone or in an archive record.
+BINARY_FORMATS: dict[str, BinaryWriter] = {"jsonl": write_jsonl, "archive": write_archive}
+
+#: Text formats by name.
 TEXT_FORMATS: dict[str, TextWriter] = {
     "table": write_table,
     "json": write_json,
     "csv": write_csv,
 }
 
-FORMATS: tuple[str, ...] = ("table", "json", "jsonl", "csv")
+FORMATS: tuple[str, ...] = ("table", "json", "jsonl", "csv", "archive")
 
 
 def export(rows: Iterable[AuditRow], fmt: str, out: IO[bytes]) -> int:
     """Write ``rows`` to the binary stream ``out`` in format ``fmt``; return the row count."""
-    if fmt == "jsonl":
-        return write_jsonl(rows, out)
+    if fmt in BINARY_FORMATS:
+        return BINARY_FORMATS[fmt](rows, out)
     writer = TEXT_FORMATS.get(fmt)
     if writer is None:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

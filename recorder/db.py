@@ -7,6 +7,7 @@ installed package as well as from a checkout.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine
 
-from recorder.engine import create_engine, storage_errors
+from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
 from recorder.errors import ConfigurationError
 
 
@@ -65,11 +66,34 @@ def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
 
 
 def current_revision(url_or_engine: str | URL | Engine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
-    with _connection(url_or_engine, "reading the schema revision") as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    """The revision the database is at, or None for an empty database.
+
+    A read that never waits for writers (SQLite's deferred transaction), so
+    checking the schema does not queue behind a long write.
+    """
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else create_engine(url_or_engine)
+    try:
+        with storage_errors("reading the schema revision"), read_only(engine) as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        if engine is not url_or_engine:
+            engine.dispose()
 
 
+@functools.cache
 def head_revision() -> str | None:
     """The newest revision this version of the recorder ships."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def ensure_sqlite_schema(engine: Engine) -> bool:
+    """Bring an SQLite database to the newest revision; return True if it was migrated.
+
+    The embedded database is created and migrated on first use. PostgreSQL
+    is left alone (a shared production schema changes only through ``recorder
+    db upgrade``), and so is an SQLite database already at the newest revision.
+    """
+    if not is_sqlite(engine) or current_revision(engine) == head_revision():
+        return False
+    upgrade(engine)
+    return True

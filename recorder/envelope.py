@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.errors import ConfigurationError, InvalidEnvelope
+from recorder.tombstone import tombstone_columns, tombstone_of
 
 MAX_ENVELOPE_ID_LENGTH = 255
 DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
@@ -376,6 +377,21 @@ def _build(envelope_id: str, text: str, data: dict[str, Any]) -> ParsedEnvelope:
     )
 
 
+def decode_json_object(text: str) -> dict[str, Any]:
+    """Decode JSON text that must be an object, as strictly as ``record`` does.
+
+    For callers that must look inside a body before recording it (HTTP mode
+    reads the event id to build the envelope id), so that they accept and
+    refuse exactly what the adapters do.
+
+    Raises
+    ------
+    InvalidEnvelope
+        The text is not a JSON object, or not JSON at all.
+    """
+    return _decode(text)
+
+
 def decode_stored(text: str) -> dict[str, Any]:
     """Decode an ``envelope_text`` value read back from storage."""
     value: dict[str, Any] = json.loads(text)
@@ -386,8 +402,16 @@ def extract_columns(data: Mapping[str, Any]) -> dict[str, Any]:
     """The reporting columns of an envelope; absent or unusable values are None.
 
     Understands ``events_api``, ``slash_commands`` and ``interactive``
-    envelopes; any other type still yields what the common fields give.
+    envelopes; any other type still yields what the common fields give. An
+    erased envelope's tombstone (:mod:`recorder.tombstone`) gives the columns
+    it kept.
     """
+    if tombstone_of(data) is not None:
+        # The same limits as extracted values: a tombstone is stored text too.
+        return {
+            name: _int32(value) if name == "retry_attempt" else _text(value)
+            for name, value in tombstone_columns(data).items()
+        }
     envelope_type = _text(data.get("type"))
     payload = data.get("payload")
     if not isinstance(payload, Mapping):

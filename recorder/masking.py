@@ -21,6 +21,7 @@ import re
 RECORDER_LOGGERS = (
     "recorder",
     "recorder.slack",
+    "recorder.http",
     "recorder.prune",
     "recorder.seal",
     "recorder.testing.simulator",

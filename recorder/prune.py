@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
@@ -41,6 +41,9 @@ from recorder.policies import (
     list_policies,
     resolve_now,
 )
+
+if TYPE_CHECKING:
+    from recorder.archive.archiver import ArchiveOptions, ArchiveProgress
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class PruneReport:
     skipped: int = 0
     """Expired, unheld rows left for a later run (time budget, rows locked by writers)."""
     error: str | None = None
+    archive: ArchiveProgress | None = None
+    """What an archiving run (``prune(archive=...)``) wrote and finished."""
 
     @property
     def deleted_total(self) -> int:
@@ -93,6 +98,12 @@ class PruneReport:
             return "another prune run is in progress; nothing done"
         verb = "would delete" if self.dry_run else "deleted"
         text = f"{verb} {self.deleted_total} envelopes; held {self.held}; skipped {self.skipped}"
+        if self.archive is not None:
+            text += (
+                f"; archived {self.archive.archived} envelopes in {len(self.archive.files)} files"
+            )
+            if self.archive.recovered:
+                text += f" (finished {len(self.archive.recovered)} left by an interrupted run)"
         if self.status == "stopped":
             text += " (time budget reached: run again to continue)"
         return text
@@ -163,6 +174,8 @@ class _Run:
         self.report = report
         self.actor = actor
         self.host = host
+        self.conditions: dict[str, list[sa.ColumnElement[bool]]] = {}
+        """Policy name -> the run's rules as SQL conditions (what the archiver lists by)."""
 
     def begin(self, as_of: dt.datetime | None) -> list[str]:
         """Record the run, fix its cutoffs; the policy names in the order to apply them."""
@@ -185,7 +198,7 @@ class _Run:
 
 
 class _PostgresRun(_Run):
-    """Through the database-side functions (migration 0004): the database applies the rules.
+    """Through the database-side functions (migration 0006): the database applies the rules.
 
     The role running this needs EXECUTE on them and nothing more: the
     functions, owned by the schema owner, re-check every policy cutoff and
@@ -216,9 +229,16 @@ class _PostgresRun(_Run):
         row = self._call(stmt).one()
         self.report.run_id = int(row.run_id)
         self.report.started_at = row.started_at
-        self.report.cutoffs = {
-            name: dt.datetime.fromisoformat(at) for name, at in sorted(row.cutoffs.items())
-        }
+        snapshot = self._call(statements.select_prune_run_policies(self.report.run_id)).scalar()
+        outranking: list[statements.Match] = []
+        for policy in snapshot or []:
+            cutoff = dt.datetime.fromisoformat(policy["cutoff"])
+            match = {name: policy.get(name) for name in statements.POLICY_MATCH_COLUMNS}
+            self.report.cutoffs[policy["name"]] = cutoff
+            self.conditions[policy["name"]] = statements.expired_under(
+                match, list(outranking), cutoff
+            )
+            outranking.append(match)
         return list(self.report.cutoffs)
 
     def locked_out(self, error: str) -> int:
@@ -260,10 +280,6 @@ class _PostgresRun(_Run):
 
 class _SQLiteRun(_Run):
     """The rules as SQL built in Python (statements.expired_under, held): SQLite has no roles."""
-
-    def __init__(self, engine: Engine, report: PruneReport, actor: str, host: str) -> None:
-        super().__init__(engine, report, actor, host)
-        self.conditions: dict[str, list[sa.ColumnElement[bool]]] = {}
 
     def begin(self, as_of: dt.datetime | None) -> list[str]:
         report = self.report
@@ -374,6 +390,7 @@ def prune(
     actor: str | None = None,
     on_progress: Callable[[PruneProgress], None] | None = None,
     now: dt.datetime | None = None,
+    archive: ArchiveOptions | None = None,
 ) -> PruneReport:
     """Delete expired, unheld records in batches; record the run in ``prune_runs``.
 
@@ -399,6 +416,11 @@ def prune(
     now
         The time cutoffs are measured from (default: the current time). On
         PostgreSQL it cannot be later than the database's clock.
+    archive
+        Write every envelope to a Parquet file in this archive, fsynced and
+        recorded in the manifest, before deleting it (see
+        :mod:`recorder.archive.archiver`); first finish any file an
+        interrupted archiving run left.
 
     Returns
     -------
@@ -427,7 +449,7 @@ def prune(
             with _prune_lock(engine):
                 policies = run.begin(as_of)
                 try:
-                    _prune_locked(run, policies, batch_size, max_seconds, on_progress)
+                    _prune_locked(run, policies, batch_size, max_seconds, on_progress, archive)
                 except BaseException as exc:
                     report.status = "failed"
                     report.error = _error_text(exc)
@@ -467,6 +489,7 @@ def _prune_locked(
     batch_size: int,
     max_seconds: float | None,
     on_progress: Callable[[PruneProgress], None] | None,
+    archive: ArchiveOptions | None = None,
 ) -> None:
     report = run.report
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -479,9 +502,38 @@ def _prune_locked(
     total_expected = sum(expected.values())
     deleted_so_far = 0
     stopped = False
+    report.deleted = dict.fromkeys(policies, 0)
+
+    def on_deleted(policy_name: str, removed: int) -> None:
+        nonlocal deleted_so_far
+        report.deleted[policy_name] = report.deleted.get(policy_name, 0) + removed
+        deleted_so_far += removed
+        if on_progress is not None:
+            on_progress(PruneProgress(policy_name, deleted_so_far, total_expected))
+
+    archiver = None
+    if archive is not None:
+        # The integration point of the cold tier: between listing what has
+        # expired and deleting it, the archiver writes and records the files
+        # (on PostgreSQL it deletes through recorder_prune_delete, which
+        # re-checks every row).
+        from recorder.archive.archiver import Archiver
+
+        assert report.run_id is not None
+        archiver = Archiver(run.engine, archive, run_id=report.run_id)
+        report.archive = archiver.progress
+        archiver.recover(run.conditions, batch_size, on_deleted)
     for name in policies:
-        report.deleted[name] = 0
         if stopped or expected[name] == 0:
+            continue
+        if archiver is not None:
+            stopped = archiver.prune_policy(
+                name,
+                run.conditions[name],
+                batch_size=batch_size,
+                deadline=deadline,
+                on_deleted=on_deleted,
+            )
             continue
         after: statements.Keyset | None = None
         while True:
@@ -492,10 +544,7 @@ def _prune_locked(
             if last is None:
                 break
             after = last
-            report.deleted[name] += removed
-            deleted_so_far += removed
-            if on_progress is not None:
-                on_progress(PruneProgress(name, deleted_so_far, total_expected))
+            on_deleted(name, removed)
     report.held = sum(run.count(name, held=True) for name in policies)
     report.skipped = sum(run.count(name, held=False) for name in policies)
     report.status = "stopped" if stopped else "completed"

@@ -18,17 +18,27 @@ reader (auditors, reports, ``recorder verify``)
     ``SELECT`` on every recorder table, nothing else.
 pruner (``recorder prune``)
     ``EXECUTE`` on the database-side prune functions (``recorder_prune_*``,
-    installed by migration 0004, owned by the schema owner, ``SECURITY
+    installed by migration 0006, owned by the schema owner, ``SECURITY
     DEFINER``) and ``SELECT`` on policies, holds and the prune log; no
-    ``DELETE`` on ``envelopes``, no write on any log, no read of envelope
-    contents. The functions apply the retention policies and legal holds in
-    the database and log each removal, so a stolen pruner credential can
+    ``DELETE`` on ``envelopes``, no write on any log (``SELECT`` on
+    ``envelopes`` and writes on the archive manifest serve ``prune
+    --archive``). The functions apply the retention policies and legal holds
+    in the database and log each removal, so a stolen pruner credential can
     remove only what the policies already allow.
 sealer (``recorder seal``), optional
     Reads envelopes and the prune log, inserts into ``seal_blocks``,
     ``sealed_envelopes`` and ``sealed_log_entries``.
+eraser (``recorder erase``)
+    No privilege on ``envelopes`` at all: it may only ``EXECUTE`` the erasure
+    functions (:data:`ERASER_FUNCTIONS`, ``SECURITY DEFINER``, created by
+    migration ``0005``), which find the user's envelopes, skip held ones,
+    write tombstones and scrubs and log each change themselves. It reads the
+    erasure log and the legal holds (a spool's envelopes are checked against
+    them). So it can erase only what an ``erasures`` row it started names,
+    always logged, and nothing else; writers, readers and pruners cannot
+    call the functions (``EXECUTE`` is revoked from ``PUBLIC``).
 
-A deferred constraint trigger (also from migration 0004, every name
+A deferred constraint trigger (also from migration 0006, every name
 schema-qualified and ``search_path`` pinned) still refuses, at commit, any
 deletion by a role other than the owner that has no ``pruned_envelopes`` row:
 defence in depth should a DBA ever grant ``DELETE`` by hand.
@@ -45,8 +55,11 @@ from sqlalchemy.engine import Engine
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import ConfigurationError
 from recorder.schema import (
+    archive_files,
     change_log,
     envelopes,
+    erased_envelopes,
+    erasures,
     legal_holds,
     prune_runs,
     pruned_envelopes,
@@ -78,6 +91,17 @@ RECORDER_TABLES = (
     seal_blocks.name,
     sealed_envelopes.name,
     sealed_log_entries.name,
+    erasures.name,
+    erased_envelopes.name,
+    archive_files.name,
+)
+#: The erasure functions the eraser may call (signatures as PostgreSQL names them).
+ERASER_FUNCTIONS = (
+    "recorder_erasure_start(text, text, text, text, text, text)",
+    "recorder_erasure_plan(text, text, boolean, boolean)",
+    "recorder_erasure_step(integer, integer)",
+    "recorder_erasure_resume(integer, integer, text)",
+    "recorder_erasure_log_spooled(integer, text, timestamptz, text, text, text, jsonb, text, text)",
 )
 
 
@@ -89,6 +113,7 @@ class RoleNames:
     reader: str | None = None
     pruner: str | None = None
     sealer: str | None = None
+    eraser: str | None = None
 
     def assigned(self) -> dict[str, str]:
         parts = {
@@ -96,6 +121,7 @@ class RoleNames:
             "reader": self.reader,
             "pruner": self.pruner,
             "sealer": self.sealer,
+            "eraser": self.eraser,
         }
         return {part: name for part, name in parts.items() if name}
 
@@ -117,12 +143,15 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     """
     assigned = roles.assigned()
     if not assigned:
-        raise ConfigurationError("name at least one role: --writer, --reader, --pruner, --sealer")
+        raise ConfigurationError(
+            "name at least one role: --writer, --reader, --pruner, --sealer, --eraser"
+        )
     q = {part: quote_identifier(name) for part, name in assigned.items()}
     sch = quote_identifier(schema)
     every = ", ".join([*RECORDER_TABLES, ALEMBIC_VERSION_TABLE])
     sql: list[str] = []
-    functions = ", ".join(f"{sch}.{f}" for f in PRUNER_FUNCTIONS)
+    prune_functions = ", ".join(f"{sch}.{f}" for f in PRUNER_FUNCTIONS)
+    functions = ", ".join(f"{sch}.{f}" for f in (*PRUNER_FUNCTIONS, *ERASER_FUNCTIONS))
     for part, role in q.items():
         sql.append(f"-- {part}: {assigned[part]}")
         sql.append(f"REVOKE ALL ON TABLE {every} FROM {role}")
@@ -144,10 +173,14 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
         p = q["pruner"]
         sql += [
             "-- pruner: only through the prune functions, which apply policies and holds",
-            f"GRANT EXECUTE ON FUNCTION {functions} TO {p}",
-            "-- reads the rules and the prune log; never an envelope's contents",
+            f"GRANT EXECUTE ON FUNCTION {prune_functions} TO {p}",
+            "-- reads the rules and the prune log (never writes them)",
             f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name}, "
             f"{prune_runs.name}, {pruned_envelopes.name} TO {p}",
+            "-- (prune --archive: reads the rows it writes to files, before the functions",
+            "-- delete them, and keeps the manifest of those files)",
+            f"GRANT SELECT ON TABLE {envelopes.name} TO {p}",
+            f"GRANT SELECT, INSERT, UPDATE ON TABLE {archive_files.name} TO {p}",
         ]
     if "sealer" in q:
         s = q["sealer"]
@@ -157,6 +190,14 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             f"{pruned_envelopes.name} TO {s}",
             f"GRANT SELECT, INSERT ON TABLE {seal_blocks.name}, {sealed_envelopes.name}, "
             f"{sealed_log_entries.name} TO {s}",
+        ]
+    if "eraser" in q:
+        e = q["eraser"]
+        sql += [
+            "-- eraser: the erasure functions only (they log every change); reads the log",
+            *(f"GRANT EXECUTE ON FUNCTION {sch}.{f} TO {e}" for f in ERASER_FUNCTIONS),
+            f"GRANT SELECT ON TABLE {erasures.name}, {erased_envelopes.name} TO {e}",
+            f"GRANT SELECT ON TABLE {legal_holds.name} TO {e}",
         ]
     return sql
 

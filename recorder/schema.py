@@ -27,6 +27,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import expression as sa_expression
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -134,6 +136,50 @@ envelopes = Table(
 # type read this index alone, never the wide rows (the other reporting
 # columns have theirs in the table definition above).
 Index("ix_envelopes_envelope_type_received_at", envelopes.c.envelope_type, envelopes.c.received_at)
+
+
+class message_author(sa_expression.FunctionElement[str]):
+    """The author of a message an envelope carries when that is not its actor.
+
+    A message shortcut's message (``payload.message.user``), or a shared
+    message (``payload.event.attachments[0].author_id``). Erasure finds a
+    user's envelopes by ``user_id`` and by this, each through its index
+    (``ix_envelopes_message_author``), never by reading payloads. The SQL
+    differs per engine (``#>>`` on jsonb, ``json_extract`` on SQLite) and must
+    be written identically in the index and in queries for the index to
+    serve them, hence one construct.
+    """
+
+    type = Text()
+    inherit_cache = True
+    name = "message_author"
+
+
+@compiles(message_author, "postgresql")
+def _message_author_postgresql(element: message_author, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return (
+        f"COALESCE({column} #>> '{{payload,message,user}}', "
+        f"{column} #>> '{{payload,event,attachments,0,author_id}}')"
+    )
+
+
+@compiles(message_author, "sqlite")
+def _message_author_sqlite(element: message_author, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return (
+        f"COALESCE(json_extract({column}, '$.payload.message.user'), "
+        f"json_extract({column}, '$.payload.event.attachments[0].author_id'))"
+    )
+
+
+# Partial: only envelopes that carry such a message have an entry.
+Index(
+    "ix_envelopes_message_author",
+    message_author(envelopes.c.envelope),
+    postgresql_where=message_author(envelopes.c.envelope).is_not(None),
+    sqlite_where=message_author(envelopes.c.envelope).is_not(None),
+)
 
 # -- retention: policies, legal holds, the prune log, the change log
 
@@ -315,3 +361,119 @@ sealed_log_entries = Table(
     "sealed with a block; the block digest covers them",
 )
 Index("ix_sealed_log_entries_block_no", sealed_log_entries.c.block_no)
+
+# -- the cold archive: Parquet files written before a prune deletes (recorder.archive)
+
+ARCHIVE_FILE_STATES = ("writing", "written", "complete", "abandoned")
+
+archive_files = Table(
+    "archive_files",
+    metadata,
+    Column("archive_id", Text, primary_key=True, comment="the archive directory's id"),
+    Column("file_name", Text, primary_key=True, comment="path inside the archive directory"),
+    Column(
+        "state",
+        Text,
+        nullable=False,
+        comment="writing: named, not yet complete on disk; written: complete and fsynced, "
+        "its envelopes not yet all deleted; complete: deleted and logged; "
+        "abandoned: never completed, no file",
+    ),
+    Column("policy_name", Text, nullable=False, comment="the retention policy that expired them"),
+    Column("prune_run_id", Integer, nullable=False, comment="the prune run that wrote it"),
+    Column("deleted_by_run_id", Integer, comment="the prune run that deleted its envelopes"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("written_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Column("row_count", BigInteger),
+    Column("deleted_count", BigInteger, comment="envelopes the live database removed"),
+    Column("first_received_at", UTCDateTime),
+    Column("last_received_at", UTCDateTime),
+    Column("file_bytes", BigInteger),
+    Column("file_sha256", Text, comment="hex SHA-256 of the file's bytes"),
+    Column(
+        "members_sha256",
+        Text,
+        comment="hex SHA-256 over (envelope_id, received_at, envelope_sha256) of each row, "
+        "in file order",
+    ),
+    CheckConstraint(
+        "state IN (" + ", ".join(f"'{s}'" for s in ARCHIVE_FILE_STATES) + ")", name="state"
+    ),
+    comment="the archive manifest: every Parquet file `recorder prune --archive` wrote",
+)
+Index("ix_archive_files_state", archive_files.c.state)
+
+
+# -- erasure: `recorder erase` runs, and every envelope each erased, scrubbed or deferred
+
+ERASURE_STATUSES = ("running", "completed", "deferred")
+ERASURE_ACTIONS = ("erase", "scrub", "skip")
+ERASED_KINDS = ("subject", "mention")
+ERASED_STATES = ("done", "deferred", "gone", "spooled")
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column(
+        "finished_at", UTCDateTime, comment="when the last envelope was done (NULL while deferred)"
+    ),
+    Column(
+        "status",
+        Text,
+        nullable=False,
+        comment="running; deferred: some envelopes wait for legal holds; completed",
+    ),
+    Column("user_id", Text, nullable=False, comment="the Slack user whose data was erased"),
+    Column("team_id", Text, comment="only envelopes of this team; NULL: every team"),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False, comment="who asked for it, as given (--actor)"),
+    Column("db_user", Text, nullable=False, comment="the database role that ran it"),
+    Column("subject_action", Text, nullable=False, comment="what was done to the user's envelopes"),
+    Column(
+        "mention_action", Text, nullable=False, comment="what was done to envelopes mentioning them"
+    ),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in ERASURE_STATUSES) + ")", name="status"
+    ),
+    CheckConstraint("subject_action IN ('erase', 'skip')", name="subject_action"),
+    CheckConstraint(
+        "mention_action IN (" + ", ".join(f"'{a}'" for a in ERASURE_ACTIONS) + ")",
+        name="mention_action",
+    ),
+    comment="one row per `recorder erase`: who asked, why, whose data",
+)
+Index("ix_erasures_user_id", erasures.c.user_id)
+
+erased_envelopes = Table(
+    "erased_envelopes",
+    metadata,
+    Column("erasure_id", Integer, primary_key=True, autoincrement=False, comment="erasures.id"),
+    Column("envelope_id", Text, primary_key=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("kind", Text, nullable=False, comment="subject: the user's own; mention: mentions them"),
+    Column("action", Text, nullable=False, comment="erase: tombstone; scrub: mentions replaced"),
+    Column(
+        "state",
+        Text,
+        nullable=False,
+        comment="done; deferred under held_by; gone: pruned first; spooled: done in a spool file",
+    ),
+    Column("held_by", JSONDocument, comment="names of the legal holds that deferred it"),
+    Column("original_sha256", Text, nullable=False, comment="digest of the text it replaced"),
+    Column("replacement_sha256", Text, comment="digest of the text it wrote (NULL until done)"),
+    Column("erased_at", UTCDateTime, comment="NULL until done"),
+    CheckConstraint("kind IN ('subject', 'mention')", name="kind"),
+    CheckConstraint("action IN ('erase', 'scrub')", name="action"),
+    CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in ERASED_STATES) + ")", name="state"),
+    comment="every envelope an erasure changed or deferred, with the digests `verify` checks",
+)
+Index("ix_erased_envelopes_envelope_id", erased_envelopes.c.envelope_id)
+Index(
+    "ix_erased_envelopes_deferred",
+    erased_envelopes.c.erasure_id,
+    postgresql_where=text("state = 'deferred'"),
+    sqlite_where=text("state = 'deferred'"),
+)

@@ -15,6 +15,10 @@ names each envelope that was
 * **modified**: its text no longer has its sealed digest, its received_at
   moved, or (sealed or not) its stored digest, reporting columns or queryable
   ``envelope`` copy no longer match its text;
+* **erased** is not a finding: an envelope whose text an erasure replaced is
+  accepted exactly when the erasure log leads from its sealed digest to its
+  current one (:mod:`recorder.erasure_check`), and a log entry the envelopes
+  do not bear out is an ``erasure`` finding;
 * **deleted**: sealed, gone, and not in the prune log (``pruned_envelopes``
   with the sealed digest) -- so pruning keeps verification passing;
 * **inserted**: present inside the sealed range but not sealed -- a forged
@@ -43,6 +47,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from recorder.engine import READ_ONLY, is_sqlite, storage_errors
 from recorder.envelope import parse_envelope
+from recorder.erasure_check import ErasureLedger
 from recorder.errors import InvalidEnvelope, RecorderError
 from recorder.schema import UTCDateTime, envelopes, pruned_envelopes, seal_blocks, sealed_envelopes
 
@@ -128,7 +133,7 @@ class Finding:
     """One problem :func:`verify` found."""
 
     kind: str
-    """``modified``, ``deleted``, ``inserted``, ``chain`` or ``anchor``."""
+    """``modified``, ``deleted``, ``inserted``, ``chain``, ``anchor`` or ``erasure``."""
     envelope_id: str | None
     detail: str
     block_no: int | None = None
@@ -147,6 +152,8 @@ class VerifyReport:
     sealed: int = 0
     pruned: int = 0
     unsealed: int = 0
+    erased: int = 0
+    """Envelopes changed by logged erasures (their tombstones or scrubbed texts checked)."""
     latest_digest: str | None = None
 
     @property
@@ -161,7 +168,8 @@ class VerifyReport:
         verdict = "OK" if self.ok else f"FAILED: {len(self.findings)} problems"
         return (
             f"{verdict}; {self.blocks} blocks, {self.sealed} sealed envelopes "
-            f"({self.pruned} since pruned by logged prunes), {self.unsealed} not yet sealed; "
+            f"({self.pruned} since pruned by logged prunes), {self.unsealed} not yet sealed, "
+            f"{self.erased} erased by logged erasures; "
             f"latest digest {self.latest_digest or 'none'}"
         )
 
@@ -484,7 +492,8 @@ def verify(
         ]
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
-        _check_chain(conn, blocks, report)
+        ledger = ErasureLedger.load(conn)
+        _check_chain(conn, blocks, report, ledger)
         digests = {b.digest for b in blocks}
         for anchor in anchors:
             if anchor.strip().lower() not in digests:
@@ -499,9 +508,18 @@ def verify(
         ranges = [b for b in blocks if b.kind == "range"]
         high = (ranges[-1].last_received_at, ranges[-1].last_envelope_id) if ranges else None
         if high is not None:
-            _check_unsealed_in_range(conn, high, report)
-        _check_beyond(conn, high, report, latest_plausible)
+            _check_unsealed_in_range(conn, high, report, ledger)
+        _check_beyond(conn, high, report, latest_plausible, ledger)
+        check_erasure_log(conn, ledger, report)
     return report
+
+
+def check_erasure_log(conn: Connection, ledger: ErasureLedger, report: VerifyReport) -> None:
+    """Every finished erasure log entry must be borne out by its envelope (or a logged prune)."""
+    report.erased = len(ledger)
+    report.findings.extend(
+        Finding("erasure", envelope_id, problem) for envelope_id, problem in ledger.findings(conn)
+    )
 
 
 @contextmanager
@@ -517,7 +535,9 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _check_chain(conn: Connection, blocks: list[SealBlock], report: VerifyReport) -> None:
+def _check_chain(
+    conn: Connection, blocks: list[SealBlock], report: VerifyReport, ledger: ErasureLedger
+) -> None:
     prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
         members = [
@@ -534,7 +554,7 @@ def _check_chain(conn: Connection, blocks: list[SealBlock], report: VerifyReport
         )
         prev = block.digest
         report.sealed += len(members)
-        _check_members(conn, block, members, report)
+        _check_members(conn, block, members, report, ledger)
 
 
 def _block_problems(
@@ -624,7 +644,11 @@ def _pruned(conn: Connection, ids: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _check_members(
-    conn: Connection, block: SealBlock, members: list[Member], report: VerifyReport
+    conn: Connection,
+    block: SealBlock,
+    members: list[Member],
+    report: VerifyReport,
+    ledger: ErasureLedger,
 ) -> None:
     for chunk in _chunks(members):
         current = _current_rows(conn, [m.envelope_id for m in chunk])
@@ -637,10 +661,10 @@ def _check_members(
         for m in chunk:
             row = current.get(m.envelope_id)
             if row is not None and row.received_at == m.received_at:
-                _check_sealed_row(block, m, row, report)
+                _check_sealed_row(block, m, row, report, ledger)
                 continue
             logged = [p for p in pruned.get(m.envelope_id, []) if p.received_at == m.received_at]
-            if any(p.envelope_sha256 == m.sha256 for p in logged):
+            if any(_same_or_erased(ledger, m, p.envelope_sha256) for p in logged):
                 report.pruned += 1
             elif logged:
                 report.findings.append(
@@ -675,9 +699,21 @@ def _check_members(
                 )
 
 
-def _check_sealed_row(block: SealBlock, m: Member, row: Any, report: VerifyReport) -> None:
+def _same_or_erased(ledger: ErasureLedger, m: Member, logged_sha256: str) -> bool:
+    # A prune logs the envelope_sha256 column (the original's digest), while a
+    # block sealed after an erasure holds the tombstone's: the log links them.
+    return (
+        logged_sha256 == m.sha256
+        or ledger.accounts_for(m.envelope_id, logged_sha256, m.sha256)
+        or ledger.accounts_for(m.envelope_id, m.sha256, logged_sha256)
+    )
+
+
+def _check_sealed_row(
+    block: SealBlock, m: Member, row: Any, report: VerifyReport, ledger: ErasureLedger
+) -> None:
     actual = text_sha256(row.envelope_text)
-    if actual != m.sha256:
+    if actual != m.sha256 and not ledger.accounts_for(m.envelope_id, m.sha256, actual):
         report.findings.append(
             Finding(
                 "modified",
@@ -688,14 +724,21 @@ def _check_sealed_row(block: SealBlock, m: Member, row: Any, report: VerifyRepor
             )
         )
         return
-    _check_consistent(row, report, block.block_no)
+    _check_consistent(row, report, ledger, block.block_no)
 
 
-def _check_consistent(row: Any, report: VerifyReport, block_no: int | None = None) -> None:
-    """The row's digest column, reporting columns and queryable copy agree with its text."""
+def _check_consistent(
+    row: Any, report: VerifyReport, ledger: ErasureLedger, block_no: int | None = None
+) -> None:
+    """The row's digest column, reporting columns and queryable copy agree with its text.
+
+    After a logged erasure the digest column keeps the original's digest.
+    """
     problems = []
     actual = text_sha256(row.envelope_text)
-    if row.envelope_sha256 != actual:
+    if row.envelope_sha256 != actual and not ledger.accounts_for(
+        row.envelope_id, row.envelope_sha256, actual
+    ):
         problems.append(f"envelope_sha256 {row.envelope_sha256} is not the text's digest {actual}")
     try:
         parsed = parse_envelope(row.envelope_id, row.envelope_text, max_bytes=2**62)
@@ -736,7 +779,7 @@ def _decimal_json(text: str) -> Any:
 
 
 def _check_unsealed_in_range(
-    conn: Connection, high: tuple[dt.datetime, str], report: VerifyReport
+    conn: Connection, high: tuple[dt.datetime, str], report: VerifyReport, ledger: ErasureLedger
 ) -> None:
     stmt = _unsealed_in_range(conn, high).with_only_columns(*_full_columns(conn))
     for row in conn.execute(stmt):
@@ -751,7 +794,7 @@ def _check_unsealed_in_range(
                 "(if genuine, `recorder seal --adopt-late` seals it)",
             )
         )
-        _check_consistent(row, report)
+        _check_consistent(row, report, ledger)
 
 
 def _check_beyond(
@@ -759,6 +802,7 @@ def _check_beyond(
     high: tuple[dt.datetime, str] | None,
     report: VerifyReport,
     latest_plausible: dt.datetime,
+    ledger: ErasureLedger,
 ) -> None:
     after = high
     while True:
@@ -779,7 +823,7 @@ def _check_beyond(
                         "genuine once its time came)",
                     )
                 )
-            _check_consistent(row, report)
+            _check_consistent(row, report, ledger)
         if len(rows) < _FETCH_CHUNK:
             return
         after = (rows[-1].received_at, rows[-1].envelope_id)

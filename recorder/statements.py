@@ -85,6 +85,31 @@ def insert_envelope(dialect: Dialect) -> Insert:
     return stmt.execution_options(preserve_rowcount=True)
 
 
+#: Processing-state columns an import writes beside RECORD_COLUMNS.
+IMPORT_STATE_COLUMNS: tuple[str, ...] = ("status", "completed_at")
+
+
+def insert_imported(dialect: Dialect) -> Insert:
+    """:func:`insert_envelope` that also sets ``status`` and ``completed_at``.
+
+    ``recorder import`` stores an archive as already handled (``done``), so
+    that recovery never dispatches it; ``--pending`` stores ``pending``.
+    """
+    stmt = insert_envelope(dialect)
+    return stmt.values(
+        {name: sa.bindparam(name, type_=envelopes.c[name].type) for name in IMPORT_STATE_COLUMNS}
+    )
+
+
+def import_state(handled: bool, now: dt.datetime) -> dict[str, Any]:
+    """Values of :data:`IMPORT_STATE_COLUMNS` for an imported envelope."""
+    return (
+        {"status": DONE, "completed_at": now}
+        if handled
+        else {"status": PENDING, "completed_at": None}
+    )
+
+
 def select_seen(envelope_id: str) -> sa.Select[int]:
     return sa.select(sa.literal(1)).where(envelopes.c.envelope_id == envelope_id)
 
@@ -247,21 +272,25 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {IMPORT_STAGING_TABLE} (
     envelope_id text, envelope_type text, received_at timestamptz, team_id text,
     enterprise_id text, api_app_id text, event_id text, event_type text,
     channel_id text, user_id text, retry_attempt integer, retry_reason text,
-    envelope text, envelope_text text, envelope_sha256 text
+    envelope text, envelope_text text, envelope_sha256 text,
+    status text, completed_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
+#: Columns of a COPY row into the staging table, in order.
+IMPORT_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + IMPORT_STATE_COLUMNS
+
+COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(IMPORT_COLUMNS)}) FROM STDIN"
 
 # No conflict target, as in insert_envelope: both unique keys dedupe, and rows
 # repeated inside one batch are skipped like any other duplicate. The staged
 # ``envelope`` is NULL when the queryable copy equals the exact text (nearly
 # always), so each envelope crosses the wire once.
 _STAGED_VALUES = ", ".join(
-    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in RECORD_COLUMNS
+    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in IMPORT_COLUMNS
 )
 INSERT_FROM_IMPORT_STAGING = f"""
-INSERT INTO envelopes ({", ".join(RECORD_COLUMNS)})
+INSERT INTO envelopes ({", ".join(IMPORT_COLUMNS)})
 SELECT {_STAGED_VALUES}
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
@@ -437,6 +466,11 @@ def insert_prune_run(values: dict[str, Any]) -> Insert:
 
 def finish_prune_run(run_id: int, values: dict[str, Any]) -> Update:
     return sa.update(prune_runs).where(prune_runs.c.id == run_id).values(values)
+
+
+def select_prune_run_policies(run_id: int) -> sa.Select[Any]:
+    """The policies a run applies, in precedence order, each with its cutoff."""
+    return sa.select(prune_runs.c.policies).where(prune_runs.c.id == run_id)
 
 
 def select_prune_runs(limit: int | None) -> sa.Select[Any]:
@@ -633,7 +667,7 @@ def delete_pruned_sqlite() -> Delete:
     return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(_ids_param()))
 
 
-# -- prune on PostgreSQL: calls of the database-side functions (migration 0004)
+# -- prune on PostgreSQL: calls of the database-side functions (migration 0006)
 #
 # They run as the schema owner (SECURITY DEFINER) and apply the run's policies
 # and the legal holds themselves, so a pruner role needs EXECUTE on them and
@@ -745,6 +779,61 @@ def prune_finish(
             type_=UTCDateTime,
         )
     )
+
+
+# -- archive before delete (recorder.archive): list whole rows, then delete the listed ids
+
+
+def select_archive_batch(
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    batch_size: int,
+    after: tuple[dt.datetime, str] | None,
+    before: dt.datetime | None,
+) -> sa.Select[Any]:
+    """The next expired, unheld rows with every audit column, oldest first.
+
+    ``before`` (exclusive) keeps one archive file inside one time partition.
+    """
+    bound = (
+        []
+        if before is None
+        else [envelopes.c.received_at < sa.bindparam("before", before, type_=UTCDateTime)]
+    )
+    return (
+        sa.select(*(envelopes.c[name] for name in AUDIT_COLUMNS))
+        .where(*conditions, sa.not_(held()), *keyset_after(after), *bound)
+        .order_by(envelopes.c.received_at, envelopes.c.envelope_id)
+        .limit(batch_size)
+    )
+
+
+def _listed_ids() -> sa.ColumnElement[bool]:
+    return envelopes.c.envelope_id.in_(_ids_param())
+
+
+def log_archived_sqlite(
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    prune_run_id: int,
+    policy_name: str,
+    pruned_at: dt.datetime,
+) -> Insert:
+    """Log the archived ids in ``:ids`` (a JSON array) that are still expired and unheld.
+
+    Runs in one ``BEGIN IMMEDIATE`` transaction with :func:`delete_archived_sqlite`.
+    On PostgreSQL the archiver calls :func:`prune_delete` instead.
+    """
+    columns, rows = _pruned_row(
+        envelopes, prune_run_id, policy_name, sa.literal(pruned_at, UTCDateTime)
+    )
+    return sa.insert(pruned_envelopes).from_select(
+        columns, rows.where(_listed_ids(), *conditions, sa.not_(held()))
+    )
+
+
+def delete_archived_sqlite(conditions: list[sa.ColumnElement[bool]]) -> Delete:
+    return sa.delete(envelopes).where(_listed_ids(), *conditions, sa.not_(held()))
 
 
 def naive_prune_delete(conditions: list[sa.ColumnElement[bool]]) -> Delete:

@@ -89,8 +89,12 @@ class SQLEventBuffer:
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
     upgrade
-        Apply the schema migrations first (handy for the embedded SQLite
-        database; production deployments run ``recorder db upgrade``).
+        Apply the schema migrations first. By default (``None``) an SQLite
+        database is created and migrated on first use (and brought to the
+        newest revision), while PostgreSQL is never migrated implicitly:
+        production deployments run ``recorder db upgrade``, and a missing
+        schema is a :class:`~recorder.errors.SchemaMissing` error that says so.
+        ``False`` never migrates.
     """
 
     def __init__(
@@ -99,7 +103,7 @@ class SQLEventBuffer:
         *,
         max_envelope_bytes: int | None = None,
         redaction: Redaction | None = DEFAULT_REDACTION,
-        upgrade: bool = False,
+        upgrade: bool | None = None,
         clock: Clock = utc_now,
     ) -> None:
         if isinstance(url_or_engine, Engine):
@@ -121,12 +125,17 @@ class SQLEventBuffer:
         self._record_connections = (
             AutocommitConnections(self._engine) if supports(self._engine) else None
         )
+        self._imported_sql: tuple[str, tuple[str, ...]] | None = None
         dialect = self._engine.dialect
         self._bind_received_at = _UTC.dialect_impl(dialect).bind_processor(dialect)
-        if upgrade:
-            from recorder.db import upgrade as upgrade_schema
+        if upgrade is not False:
+            # Imported here: alembic is loaded only by buffers that migrate.
+            from recorder import db
 
-            upgrade_schema(self._engine)
+            if upgrade:
+                db.upgrade(self._engine)
+            else:
+                db.ensure_sqlite_schema(self._engine)
 
     @property
     def engine(self) -> Engine:
@@ -163,40 +172,79 @@ class SQLEventBuffer:
             return params
         return tuple(params[name] for name in self._insert_positions)
 
-    def record_many(self, parsed: Sequence[ParsedEnvelope]) -> int:
+    def record_many(
+        self,
+        parsed: Sequence[ParsedEnvelope],
+        *,
+        received_at: Sequence[dt.datetime | None] | None = None,
+        handled: bool = False,
+    ) -> int:
         """Record a batch atomically (one transaction); return how many were new.
 
         Used by ``recorder import``. On PostgreSQL the batch goes through COPY
         into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
         NOTHING``; on SQLite through one executemany in ``BEGIN IMMEDIATE``.
+
+        Parameters
+        ----------
+        received_at
+            One time per envelope (an archive's own times); ``None``, or no
+            sequence at all, means now by this buffer's clock.
+        handled
+            Store the envelopes as already handled (``done``): recovery never
+            dispatches them. By default they are pending, as ``record`` leaves them.
         """
         if not parsed:
             return 0
-        received_at = self._clock()
+        now = self._clock()
+        given = [None] * len(parsed) if received_at is None else received_at
+        times = [now if at is None else at for at in given]
+        if len(times) != len(parsed):
+            raise ValueError("received_at needs one time per envelope")
+        state = statements.import_state(handled, now)
         with storage_errors(f"recording a batch of {len(parsed)} envelopes"):
             if is_sqlite(self._engine):
-                bound = self._bound_time(received_at)
-                rows = [self._driver_params(p, bound) for p in parsed]
+                sql, positions = self._imported_insert()
+                rows = []
+                for p, at in zip(parsed, times, strict=True):
+                    params = {**statements.record_params(p, self._bound_time(at)), **state}
+                    if state["completed_at"] is not None:
+                        params["completed_at"] = self._bound_time(state["completed_at"])
+                    rows.append(tuple(params[name] for name in positions))
                 with self._engine.begin() as conn:
                     driver = conn.connection.driver_connection
                     assert isinstance(driver, sqlite3.Connection)
-                    return int(driver.executemany(self._insert_sql, rows).rowcount)
-            return self._copy_batch(parsed, received_at)
+                    return int(driver.executemany(sql, rows).rowcount)
+            return self._copy_batch(parsed, times, state)
 
-    def _copy_batch(self, parsed: Iterable[ParsedEnvelope], received_at: dt.datetime) -> int:
+    def _imported_insert(self) -> tuple[str, tuple[str, ...]]:
+        """SQLite: the compiled :func:`~recorder.statements.insert_imported` and its bind order."""
+        if self._imported_sql is None:
+            compiled = statements.insert_imported(self._engine.dialect).compile(
+                dialect=self._engine.dialect
+            )
+            self._imported_sql = (str(compiled), tuple(compiled.positiontup or ()))
+        return self._imported_sql
+
+    def _copy_batch(
+        self,
+        parsed: Iterable[ParsedEnvelope],
+        received_at: Iterable[dt.datetime],
+        state: dict[str, Any],
+    ) -> int:
         with self._engine.begin() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             with raw.cursor() as cursor:
                 cursor.execute(statements.CREATE_IMPORT_STAGING)
                 with cursor.copy(statements.COPY_INTO_IMPORT_STAGING) as copy:
-                    for p in parsed:
+                    for p, at in zip(parsed, received_at, strict=True):
                         c = p.columns
                         copy.write_row(
                             (
                                 p.envelope_id,
                                 c["envelope_type"],
-                                received_at,
+                                at,
                                 c["team_id"],
                                 c["enterprise_id"],
                                 c["api_app_id"],
@@ -209,6 +257,8 @@ class SQLEventBuffer:
                                 None if p.queryable_text is p.text else p.queryable_text,
                                 p.text,
                                 p.sha256,
+                                state["status"],
+                                state["completed_at"],
                             )
                         )
                 cursor.execute(statements.INSERT_FROM_IMPORT_STAGING)

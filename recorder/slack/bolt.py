@@ -66,6 +66,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from recorder.adapter import EventBufferAdapter
 from recorder.adapters.sql import ClaimedEnvelope, SQLEventBuffer
+from recorder.slack.bolt_http import AsyncRecorderMiddleware, RecorderMiddleware  # HTTP mode
 from recorder.slack.frames import capture_frame, capture_frame_async, frame_of
 from recorder.slack.metrics import Metrics
 from recorder.slack.recording import (
@@ -79,7 +80,12 @@ from recorder.slack.recording import (
     RecorderFront,
 )
 
-__all__ = ["AsyncSocketModeHandler", "SocketModeHandler"]
+__all__ = [
+    "AsyncRecorderMiddleware",
+    "AsyncSocketModeHandler",
+    "RecorderMiddleware",
+    "SocketModeHandler",
+]
 
 logger = logging.getLogger("recorder.slack")
 

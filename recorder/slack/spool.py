@@ -48,7 +48,7 @@ class Spool:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.buffer = SQLEventBuffer(f"sqlite:///{self.path}")
+        self.buffer = SQLEventBuffer(f"sqlite:///{self.path}", upgrade=False)
         # A private file: only the envelopes table is needed, and creating it
         # directly is far quicker than running the migrations while the
         # database is down and an ack is waiting.

@@ -1,5 +1,5 @@
-"""Test support for bots and adapters: the Socket Mode simulator, the adapter
-conformance suite, and fault injection for backends.
+"""Test support for bots and adapters: the Socket Mode simulator, a fake Slack
+for HTTP-mode apps, the adapter conformance suite, and fault injection for backends.
 
 Names load lazily, so the conformance suite needs no Slack dependencies and
 the simulator needs no pytest.
@@ -16,6 +16,7 @@ _EXPORTS = {
     "TTLConformance": "recorder.testing.conformance",
     "CrossProcessConformance": "recorder.testing.conformance",
     "TcpProxy": "recorder.testing.faults",
+    "SlackHttpSender": "recorder.testing.slack_http",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,9 +6,6 @@ import csv
 import datetime as dt
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +14,11 @@ from sqlalchemy.engine import make_url
 
 from recorder import db
 from recorder.adapters.sql import SQLEventBuffer
+from tests.acceptance.conftest import assert_one_line_error
+from tests.acceptance.conftest import run_recorder as run
 from tests.conftest import closed_port
 
 UTC = dt.timezone.utc
-CONSOLE_SCRIPT = Path(sys.executable).with_name("recorder")
-
-
-def run(
-    url: str | None,
-    *args: str,
-    stdin: bytes | None = None,
-    script: bool = False,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``recorder`` with RECORDER_DATABASE_URL set, as ``python -m recorder`` or the script."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    if url is not None:
-        env["RECORDER_DATABASE_URL"] = url
-    command = [str(CONSOLE_SCRIPT)] if script else [sys.executable, "-m", "recorder"]
-    return subprocess.run(
-        [*command, *args], input=stdin, capture_output=True, env=env, cwd=cwd, timeout=120
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[bytes], status: int) -> str:
-    stderr = result.stderr.decode()
-    assert result.returncode == status, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
 
 
 def envelope(n: int, **event: Any) -> dict[str, Any]:
@@ -108,7 +79,7 @@ def test_import_then_query_jsonl_gives_back_the_exact_lines(
     path.write_bytes(("\n".join(lines) + "\n").encode())
 
     result = run(database_url, "import", str(path))
-    assert result.stdout.decode().strip() == "imported: 5 new, 2 duplicate, 1 rejected"
+    assert result.stdout.decode().splitlines()[0] == "imported: 5 new, 2 duplicate, 1 rejected"
     assert result.returncode == 1, "a rejected line makes the exit status 1"
     assert result.stderr.decode().startswith("line 3: envelope is not valid JSON")
 
@@ -247,10 +218,7 @@ def test_bad_settings_name_the_variable(tmp_path: Path) -> None:
     assert "pw12345" not in line
     result = run("oracle://nope", "query")
     assert "RECORDER_DATABASE_URL" in assert_one_line_error(result, 1)
-    env = dict(os.environ, RECORDER_MAX_ENVELOPE_BYTES="lots", RECORDER_DATABASE_URL=env_url)
-    bad = subprocess.run(
-        [sys.executable, "-m", "recorder", "query"], capture_output=True, env=env, timeout=60
-    )
+    bad = run(env_url, "query", env={"RECORDER_MAX_ENVELOPE_BYTES": "lots"})
     assert "RECORDER_MAX_ENVELOPE_BYTES" in assert_one_line_error(bad, 1)
 
 
@@ -258,15 +226,9 @@ def test_max_envelope_bytes_from_the_environment(sqlite_url: str, tmp_path: Path
     path = tmp_path / "in.jsonl"
     small, large = envelope(1), {**envelope(2), "pad": "x" * 3000}
     path.write_text(json.dumps(small) + "\n" + json.dumps(large) + "\n")
-    env = dict(os.environ, RECORDER_MAX_ENVELOPE_BYTES="2048", RECORDER_DATABASE_URL=sqlite_url)
-    result = subprocess.run(
-        [sys.executable, "-m", "recorder", "import", str(path)],
-        capture_output=True,
-        env=env,
-        timeout=60,
-    )
+    result = run(sqlite_url, "import", str(path), env={"RECORDER_MAX_ENVELOPE_BYTES": "2048"})
     assert result.returncode == 1
-    assert result.stdout.decode().strip() == "imported: 1 new, 0 duplicate, 1 rejected"
+    assert result.stdout.decode().splitlines()[0] == "imported: 1 new, 0 duplicate, 1 rejected"
     assert "line 2: " in result.stderr.decode()
     assert "2,048" in result.stderr.decode()
 
@@ -278,3 +240,16 @@ def test_help_lists_the_subcommands() -> None:
     for name in ("db", "import", "query"):
         assert f"  {name}" in text
     assert make_url("sqlite:///recorder.db").database == "recorder.db"
+
+
+def test_bare_recorder_prints_the_help_and_exits_0() -> None:
+    result = run(None, script=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("Usage: recorder")
+    assert "postgresql://user:pass@host/db" in result.stdout.decode()
+    assert result.stderr == b""
+
+
+def test_a_mistake_in_the_global_options_is_one_line_with_status_2() -> None:
+    line = assert_one_line_error(run(None, "--bogus", "query"), 2)
+    assert "No such option '--bogus'" in line

@@ -11,11 +11,9 @@ import datetime as dt
 import fcntl
 import io
 import json
-import os
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,29 +28,12 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.report import PALETTE, RETRY_COLOUR
 from recorder.schema import envelopes
+from tests.acceptance.conftest import ok
+from tests.acceptance.conftest import run_text as run
 
 UTC = dt.timezone.utc
 DAY = dt.timedelta(days=1)
 TODAY = dt.datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
-
-
-def run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env["RECORDER_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "recorder", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
-def ok(url: str, *args: str) -> str:
-    result = run(url, *args)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
 
 
 def events_api(
@@ -161,7 +142,7 @@ def test_export_imported_into_another_database_gives_the_same_rows(
     assert len(exported.stdout.splitlines()) == stored
 
     assert (
-        ok(sqlite_url, "import", str(path)).strip()
+        ok(sqlite_url, "import", str(path)).splitlines()[0]
         == f"imported: {stored} new, 0 duplicate, 0 rejected"
     )
     original, copied = table_rows(pg_url), table_rows(sqlite_url)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import psycopg
@@ -16,21 +13,10 @@ from sqlalchemy.engine import make_url
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
+from tests.acceptance.conftest import run_text as run
 
 UTC = dt.timezone.utc
 HOUR_AGO = dt.datetime.now(UTC) - dt.timedelta(hours=1)
-
-
-def run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env["RECORDER_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "recorder", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def record(url: str, count: int) -> None:

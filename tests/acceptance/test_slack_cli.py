@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,16 +11,7 @@ import sqlalchemy as sa
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.testing import SocketModeSimulator
-
-CONSOLE_SCRIPT = Path(sys.executable).with_name("recorder")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RECORDER_", "SLACK_APP_TOKEN"))
-    }
-    env.update(extra)
-    return env
+from tests.acceptance.conftest import CONSOLE_SCRIPT, clean_env
 
 
 def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine, make_url
 from recorder.engine import create_engine
 from recorder.roles import RoleNames, grant
 
-PARTS = ("writer", "reader", "pruner", "sealer")
+PARTS = ("writer", "reader", "pruner", "sealer", "eraser")
 
 ConnectAs = Callable[[str], Engine]
 
@@ -24,7 +24,7 @@ def _libpq(url: str) -> str:
 
 @pytest.fixture
 def roles(pg_url: str) -> Iterator[dict[str, str]]:
-    """Four LOGIN roles with unique names, granted their parts, dropped afterwards."""
+    """LOGIN roles, one per part, with unique names, granted their parts, dropped afterwards."""
     suffix = uuid.uuid4().hex[:8]
     names = {part: f"rec_{part}_{suffix}" for part in PARTS}
     with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:

@@ -318,7 +318,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_missing_schema_says_to_run_recorder_db_upgrade(empty_database_url: str) -> None:
-    with SQLEventBuffer(empty_database_url) as buffer:
+    # upgrade=False: an SQLite file would otherwise be created and migrated on first use.
+    with SQLEventBuffer(empty_database_url, upgrade=False) as buffer:
         for call in (
             lambda: buffer.record("e1", envelope("e1")),
             lambda: buffer.seen("e1"),

@@ -76,7 +76,8 @@ def test_import_counts_new_duplicate_and_rejected_lines(database_url: str) -> No
         )
         stored = [r.envelope_text for r in query_envelopes(buffer.engine, QuerySpec())]
     assert (report.new, report.duplicate, report.rejected) == (7, 2, 1)
-    assert report.summary() == "imported: 7 new, 2 duplicate, 1 rejected"
+    assert report.counts() == "imported: 7 new, 2 duplicate, 1 rejected"
+    assert "stored as handled" in report.summary()
     assert errors == report.errors
     assert [n for n, _ in errors] == [4]
     assert "not valid JSON" in errors[0][1]

@@ -42,7 +42,7 @@ def test_failed_statements_never_show_envelope_contents(
 ) -> None:
     envelope = {"type": "events_api", "payload": {"event": {"text": SECRET_TEXT}}}
     for url in (pg_empty_url, f"sqlite:///{tmp_path}/empty.db"):
-        buffer = SQLEventBuffer(url, redaction=None)
+        buffer = SQLEventBuffer(url, redaction=None, upgrade=False)
         with pytest.raises(SchemaMissing) as info:
             buffer.record("e1", envelope)
         text = full_text(info.value)

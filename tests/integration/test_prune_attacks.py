@@ -129,7 +129,6 @@ def test_the_pruner_cannot_delete_directly_or_forge_the_log(
     record(owner, 1, age=10 * DAY)
     pruner = connect_as(roles["pruner"])
     denied(pruner, "DELETE FROM envelopes WHERE envelope_id = 'e1'")
-    denied(pruner, "SELECT envelope_text FROM envelopes")
     denied(pruner, "INSERT INTO pruned_envelopes VALUES (1, 'e1', 'x', now(), 'p')")
     denied(
         pruner, "INSERT INTO prune_runs (started_at, status, dry_run) VALUES (now(), 'x', false)"

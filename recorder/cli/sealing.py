@@ -1,9 +1,4 @@
-"""The security subcommands: ``recorder db grant``, ``recorder seal``, ``recorder verify``.
-
-Registered on the ``recorder`` group by importing this module from
-:mod:`recorder.cli`; each command is thin over :mod:`recorder.roles` and
-:mod:`recorder.seal`.
-"""
+"""``recorder seal`` and ``recorder verify``: tamper evidence over the stored envelopes."""
 
 from __future__ import annotations
 
@@ -13,47 +8,13 @@ import sys
 
 import click
 
-from recorder import roles, seal
-from recorder.cli import EXIT_ERROR, db, main, open_engine
+from recorder import seal
+from recorder.cli.errors import EXIT_ERROR
+from recorder.cli.storage import open_engine
 from recorder.settings import Settings
 
 
-@db.command("grant")
-@click.option("--writer", metavar="ROLE", help="The bots' role: insert and processing state only.")
-@click.option("--reader", metavar="ROLE", help="Auditors' role: select only.")
-@click.option("--pruner", metavar="ROLE", help="`recorder prune`'s role: logged deletions only.")
-@click.option("--sealer", metavar="ROLE", help="`recorder seal`'s role: append to the chain.")
-@click.option("--schema", default="public", show_default=True, help="Schema of the tables.")
-@click.option("--print-sql", is_flag=True, help="Print the SQL instead of running it.")
-@click.pass_obj
-def db_grant(
-    settings: Settings,
-    writer: str | None,
-    reader: str | None,
-    pruner: str | None,
-    sealer: str | None,
-    schema: str,
-    print_sql: bool,
-) -> None:
-    """Give existing PostgreSQL roles least privilege on the recorder's tables.
-
-    Run as the tables' owner, after `recorder db upgrade`. Each named role
-    first loses every privilege on the recorder's tables, then gets its own,
-    so running it again is harmless. Create the roles (with their passwords)
-    yourself first.
-    """
-    names = roles.RoleNames(writer=writer, reader=reader, pruner=pruner, sealer=sealer)
-    if print_sql:
-        click.echo(roles.render_sql(roles.grant_statements(names, schema=schema)), nl=False)
-        return
-    with open_engine(settings, migrate_sqlite=False) as engine:
-        ran = roles.grant(engine, names, schema=schema)
-    granted = ", ".join(f"{part} {name}" for part, name in names.assigned().items())
-    statements = sum(1 for s in ran if not s.startswith("--"))
-    click.echo(f"granted {granted} ({statements} statements)")
-
-
-@main.command("seal")
+@click.command("seal")
 @click.option(
     "--margin",
     "margin_seconds",
@@ -107,7 +68,7 @@ def seal_command(
         click.echo(report.summary())
 
 
-@main.command("verify")
+@click.command("verify")
 @click.option(
     "--anchor",
     "anchors",

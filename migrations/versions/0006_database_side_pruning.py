@@ -24,8 +24,8 @@ holds against a deletion), and ``sealed_log_entries``.
 The SQL below is frozen here, like every migration: a later change writes a
 new migration rather than editing this one.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-30
 """
 
@@ -37,8 +37,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -223,7 +223,8 @@ LANGUAGE plpgsql SECURITY DEFINER {PINNED} AS $$
 -- Remove those of p_ids that the run's policy p_policy has expired and no
 -- hold covers, checked here whatever the caller believes; log each in
 -- pruned_envelopes and count it in the run, in this one transaction. Ids
--- that do not qualify (or that a writer holds locked) are left alone.
+-- that do not qualify are left alone; a row a writer holds locked is waited
+-- for (briefly), so a listed row is not left behind by a passing update.
 DECLARE
     v_ids text[];
     v_ats timestamptz[];
@@ -233,7 +234,7 @@ BEGIN
     EXECUTE format(
         'WITH batch AS ('
         '  SELECT e.envelope_id FROM @S@.envelopes e'
-        '  WHERE e.envelope_id = ANY($1) AND %s AND NOT %s FOR UPDATE SKIP LOCKED'
+        '  WHERE e.envelope_id = ANY($1) AND %s AND NOT %s FOR UPDATE'
         '), d AS ('
         '  DELETE FROM @S@.envelopes e USING batch b WHERE e.envelope_id = b.envelope_id'
         '  RETURNING e.envelope_id, e.envelope_sha256, e.received_at,'
@@ -416,7 +417,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        # Back to 0003's state, where `recorder db grant` installs the guard.
+        # Back to 0005's state, where `recorder db grant` installs the guard.
         _run_sql(
             [
                 "DROP TRIGGER IF EXISTS envelopes_deletion_is_logged ON @S@.envelopes",

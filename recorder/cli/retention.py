@@ -1,0 +1,328 @@
+"""``recorder retention ...``, ``recorder hold ...`` and ``recorder prune``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+import click
+
+from recorder import retention
+from recorder.cli.options import actor_option, time_option, with_type_match, without_type_match
+from recorder.cli.storage import open_engine, stderr_is_terminal
+from recorder.settings import Settings
+
+
+def _format_keep(keep: dt.timedelta) -> str:
+    seconds = int(keep.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _describe_match(fields: dict[str, str | None]) -> str:
+    shown = [f"{k}={v}" for k, v in fields.items() if v is not None]
+    return ", ".join(shown) if shown else "everything"
+
+
+@click.group("retention")
+def retention_group() -> None:
+    """Retention policies: how long matching envelopes are kept."""
+
+
+@retention_group.command("set")
+@click.argument("name")
+@click.option(
+    "--keep", required=True, metavar="PERIOD", help="90d, 12h, 30m; a plain number is days."
+)
+@with_type_match
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Among matching policies the highest priority decides (ties: first name).",
+)
+@actor_option
+@click.pass_obj
+def retention_set(
+    settings: Settings,
+    name: str,
+    keep: str,
+    team: str | None,
+    channel: str | None,
+    user: str | None,
+    envelope_type: str | None,
+    event_type: str | None,
+    priority: int,
+    actor: str | None,
+) -> None:
+    """Create or replace the retention policy NAME."""
+    period = retention.parse_keep(keep)
+    with open_engine(settings) as engine:
+        existed = any(p.name == name for p in retention.list_policies(engine))
+        policy = retention.set_policy(
+            engine,
+            name,
+            keep=period,
+            team_id=team,
+            channel_id=channel,
+            user_id=user,
+            envelope_type=envelope_type,
+            event_type=event_type,
+            priority=priority,
+            actor=actor,
+        )
+    click.echo(
+        f"{'updated' if existed else 'created'} policy {policy.name}: keep "
+        f"{_format_keep(policy.keep)} of {_describe_match(policy.match())}, "
+        f"priority {policy.priority}"
+    )
+
+
+@retention_group.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_obj
+def retention_list(settings: Settings, fmt: str) -> None:
+    """List policies, the one that decides first."""
+    with open_engine(settings, must_exist=True) as engine:
+        policies = retention.list_policies(engine)
+    if fmt == "json":
+        click.echo(json.dumps([p.describe() for p in policies], indent=1))
+        return
+    if not policies:
+        click.echo("no retention policies: every envelope is kept")
+        return
+    for p in policies:
+        click.echo(
+            f"{p.name}\tkeep {_format_keep(p.keep)}\tpriority {p.priority}\t"
+            f"{_describe_match(p.match())}"
+        )
+
+
+@retention_group.command("remove")
+@click.argument("name")
+@actor_option
+@click.pass_obj
+def retention_remove(settings: Settings, name: str, actor: str | None) -> None:
+    """Remove the retention policy NAME."""
+    with open_engine(settings) as engine:
+        retention.remove_policy(engine, name, actor=actor)
+    click.echo(f"removed policy {name}")
+
+
+@retention_group.command("log")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.pass_obj
+def retention_log(settings: Settings, limit: int) -> None:
+    """Show the latest changes to policies and holds, and the latest prune runs."""
+    with open_engine(settings, must_exist=True) as engine:
+        changes = retention.read_change_log(engine, limit=limit)
+        runs = retention.read_prune_log(engine, limit=limit)
+    click.echo("changes:")
+    for c in changes:
+        click.echo(
+            f"  {c.at.isoformat()}  {c.actor}  {c.action} {c.object_kind} {c.object_name}  "
+            f"{json.dumps(c.details, sort_keys=True)}"
+        )
+    click.echo("prune runs:")
+    for r in runs:
+        click.echo(
+            f"  #{r.id} {r.started_at.isoformat()}  {r.status}{' (dry run)' if r.dry_run else ''}"
+            f"  deleted {r.deleted_total}  held {r.held_count}  skipped {r.skipped_count}"
+            f"  by {r.actor}@{r.host}{'  error: ' + r.error if r.error else ''}"
+        )
+
+
+@click.group("hold")
+def hold_group() -> None:
+    """Legal holds: envelopes a hold covers are never pruned."""
+
+
+@hold_group.command("add")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (a case or ticket reference).")
+@without_type_match
+@click.option(
+    "--since", callback=time_option, metavar="TIME", help="Hold envelopes received at or after."
+)
+@click.option(
+    "--until", callback=time_option, metavar="TIME", help="Hold envelopes received before."
+)
+@actor_option
+@click.pass_obj
+def hold_add(
+    settings: Settings,
+    name: str,
+    reason: str,
+    team: str | None,
+    channel: str | None,
+    user: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    actor: str | None,
+) -> None:
+    """Place the legal hold NAME."""
+    with open_engine(settings) as engine:
+        hold = retention.add_hold(
+            engine,
+            name,
+            reason=reason,
+            team_id=team,
+            channel_id=channel,
+            user_id=user,
+            since=since,
+            until=until,
+            actor=actor,
+        )
+    click.echo(f"hold {hold.name} placed by {hold.created_by}: {_describe_hold(hold)}")
+
+
+def _describe_hold(hold: retention.LegalHold) -> str:
+    text = _describe_match(
+        {"team_id": hold.team_id, "channel_id": hold.channel_id, "user_id": hold.user_id}
+    )
+    if hold.since:
+        text += f" from {hold.since.isoformat()}"
+    if hold.until:
+        text += f" before {hold.until.isoformat()}"
+    return text
+
+
+@hold_group.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_obj
+def hold_list(settings: Settings, fmt: str) -> None:
+    """List legal holds, released ones included (with their release time)."""
+    with open_engine(settings, must_exist=True) as engine:
+        holds = retention.list_holds(engine)
+    if fmt == "json":
+        click.echo(json.dumps([h.describe() for h in holds], indent=1))
+        return
+    if not holds:
+        click.echo("no legal holds")
+    for h in holds:
+        state = (
+            "in force"
+            if h.in_force
+            else f"released {h.released_at.isoformat() if h.released_at else ''} by {h.released_by}"
+        )
+        click.echo(f"{h.name}\t{state}\t{_describe_hold(h)}\t{h.reason}")
+
+
+@hold_group.command("release")
+@click.argument("name")
+@actor_option
+@click.pass_obj
+def hold_release(settings: Settings, name: str, actor: str | None) -> None:
+    """Release the legal hold NAME (its row stays, with the release time)."""
+    with open_engine(settings) as engine:
+        hold = retention.release_hold(engine, name, actor=actor)
+    click.echo(
+        f"released hold {hold.name} at {hold.released_at.isoformat() if hold.released_at else ''}"
+    )
+
+
+@click.command("prune")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, retention.MAX_BATCH_SIZE),
+    default=retention.DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Envelopes per transaction.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Start no new batch after this long; the next run carries on.",
+)
+@click.option(
+    "--archive",
+    "archive_dir",
+    metavar="DIR",
+    envvar="RECORDER_ARCHIVE_DIR",
+    show_envvar=True,
+    help="Write each envelope to a Parquet file in DIR (fsynced, in the manifest) before "
+    "deleting it. Needs the archive extra.",
+)
+@click.option(
+    "--archive-file-rows",
+    type=click.IntRange(1, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="At most this many envelopes per archive file.",
+)
+@click.option(
+    "--archive-partition",
+    type=click.Choice(["month", "day"]),
+    default="month",
+    show_default=True,
+    help="Archive files never span two UTC months (days) of received_at.",
+)
+@actor_option
+@click.pass_obj
+def prune_command(
+    settings: Settings,
+    dry_run: bool,
+    batch_size: int,
+    max_seconds: float | None,
+    archive_dir: str | None,
+    archive_file_rows: int,
+    archive_partition: str,
+    actor: str | None,
+) -> None:
+    """Delete expired envelopes no legal hold covers, in batches.
+
+    One run at a time: when another is in progress this one says so and
+    exits with status 0, doing nothing. Every run is logged (see
+    `recorder retention log`).
+
+    With --archive DIR (or RECORDER_ARCHIVE_DIR), nothing is deleted before
+    it is in a complete, fsynced Parquet file recorded in the archive
+    manifest; a run that was interrupted is finished by the next one.
+
+    Example: recorder prune --max-seconds 3000 --archive /srv/recorder-archive
+    """
+    archive = None
+    if archive_dir:
+        from recorder.archive import ArchiveOptions
+
+        archive = ArchiveOptions(
+            archive_dir, file_rows=archive_file_rows, partition=archive_partition
+        )
+    with open_engine(settings, must_exist=True) as engine, ExitStack() as stack:
+        bar: Any = None
+        shown = 0
+
+        def on_progress(progress: retention.PruneProgress) -> None:
+            nonlocal bar, shown
+            if bar is None:
+                bar = stack.enter_context(
+                    click.progressbar(
+                        length=max(progress.expected, 1), label="pruning", file=sys.stderr
+                    )
+                )
+            bar.update(progress.deleted - shown)
+            shown = progress.deleted
+
+        result = retention.prune(
+            engine,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            max_seconds=max_seconds,
+            actor=actor,
+            on_progress=on_progress if stderr_is_terminal() else None,
+            archive=archive,
+        )
+    if result.locked_out:
+        click.echo(f"prune run #{result.run_id}: {result.summary()}", err=True)
+        return
+    for name, count in result.deleted.items():
+        cutoff = result.cutoffs[name].isoformat()
+        click.echo(f"  {name}: {count} (received before {cutoff})")
+    click.echo(f"prune run #{result.run_id}: {result.summary()}")

@@ -1,0 +1,82 @@
+"""``recorder listen`` and ``recorder demo`` (the slack extra, imported when run)."""
+
+from __future__ import annotations
+
+import click
+
+from recorder.settings import Settings
+
+
+@click.command("listen")
+@click.option(
+    "--app-token",
+    envvar="SLACK_APP_TOKEN",
+    show_envvar=True,
+    metavar="XAPP",
+    help="The app-level token (xapp-...) of the archiving app.",
+)
+@click.option(
+    "--on-storage-error",
+    type=click.Choice(["spool", "nack", "raise"]),
+    default="spool",
+    show_default=True,
+    help="When the database does not answer: spool locally and ack, or leave unacked.",
+)
+@click.option(
+    "--spool-path",
+    default="recorder-spool.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Local SQLite spool for envelopes received while the database is away.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (the metrics extra).",
+)
+@click.option("--slack-api-url", hidden=True, help="Web API base URL (tests, simulators).")
+@click.pass_obj
+def listen_command(
+    settings: Settings,
+    app_token: str | None,
+    on_storage_error: str,
+    spool_path: str,
+    metrics_port: int | None,
+    slack_api_url: str | None,
+) -> None:
+    """Record every envelope a Slack app receives, until Ctrl-C or SIGTERM.
+
+    For an app dedicated to archiving: each envelope is stored before it is
+    acked, and nothing else is done with it.
+    """
+    from recorder.slack.archive import listen
+
+    stats = listen(
+        settings.database_url,
+        app_token,
+        on_storage_error=on_storage_error,  # type: ignore[arg-type]
+        spool_path=spool_path,
+        api_url=slack_api_url,
+        metrics_port=metrics_port,
+        on_ready=lambda: click.echo(
+            f"connected; recording into {settings.masked_database_url}; stop with Ctrl-C",
+            err=True,
+        ),
+    )
+    click.echo(
+        f"stopped: {stats.received} frames, {stats.outcomes['new']} recorded, "
+        f"{stats.outcomes['spooled']} spooled, {stats.outcomes['duplicate']} duplicates",
+        err=True,
+    )
+
+
+@click.command("demo")
+@click.pass_obj
+def demo_command(settings: Settings) -> None:
+    """Play a simulated Slack stream into the database and show what was recorded."""
+    from recorder.slack.demo import render, run_demo
+
+    click.echo("starting a local Socket Mode simulator and a recording bot ...")
+    result = run_demo(settings.database_url)
+    for line in render(result, settings.masked_database_url):
+        click.echo(line)

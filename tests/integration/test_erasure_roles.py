@@ -1,0 +1,214 @@
+"""The eraser role on PostgreSQL: it erases through the erasure functions and can do nothing else;
+no other role can erase."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from recorder import erasure, retention
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.engine import create_engine
+from recorder.errors import StorageUnavailable
+from recorder.roles import RoleNames, grant, grant_statements
+from recorder.seal import seal, verify
+from recorder.slack.spool import Spool
+from tests.integration.erasure_envelopes import SUBJECT, generate
+
+pytestmark = pytest.mark.postgres
+
+UTC = dt.timezone.utc
+PARTS = ("writer", "reader", "pruner", "sealer", "eraser")
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def roles(pg_url: str) -> Iterator[dict[str, str]]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {part: f"rec_{part}_{suffix}" for part in PARTS}
+    with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(f'CREATE ROLE "{name}" LOGIN')  # type: ignore[arg-type]
+    try:
+        yield names
+    finally:
+        with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f'DROP OWNED BY "{name}"')  # type: ignore[arg-type]
+                conn.execute(f'DROP ROLE "{name}"')  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def owner(pg_url: str, roles: dict[str, str]) -> Iterator[Engine]:
+    engine = create_engine(pg_url)
+    grant(engine, RoleNames(**roles))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connect_as(pg_url: str) -> Iterator[Callable[[str], Engine]]:
+    engines: list[Engine] = []
+
+    def make(role: str) -> Engine:
+        engine = create_engine(make_url(pg_url).set(username=role))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+def denied(engine: Engine, statement: str, **params: object) -> str:
+    with pytest.raises(sa.exc.ProgrammingError) as info, engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+    assert isinstance(info.value.orig, psycopg.errors.InsufficientPrivilege)
+    return str(info.value.orig)
+
+
+@pytest.fixture
+def recorded(owner: Engine) -> list[str]:
+    generated = generate(96)
+    buffer = SQLEventBuffer(owner)
+    for g in generated:
+        buffer.record(g.envelope_id, g.envelope)
+    seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    return [g.envelope_id for g in generated if g.subject]
+
+
+def test_eraser_erases_plans_and_resumes_through_the_functions(
+    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+) -> None:
+    eraser = connect_as(roles["eraser"])
+    retention.add_hold(owner, "case", reason="r", channel_id="C0PROJECT")
+    found = erasure.plan(eraser, SUBJECT)
+    assert found.total("subject") == len(recorded)
+    report = erasure.erase(eraser, SUBJECT, reason="ticket 1", actor="dpo")
+    assert report.erased + report.deferred >= len(recorded)
+    assert report.status == "deferred"
+    log = erasure.read_erasures(eraser)
+    assert (log[-1].actor, log[-1].db_user) == ("dpo", roles["eraser"])
+    retention.release_hold(owner, "case")
+    assert erasure.resume(eraser).status == "completed"
+    reader = connect_as(roles["reader"])
+    assert verify(reader).ok
+
+
+def test_eraser_cannot_touch_envelopes_or_the_log_directly(
+    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+) -> None:
+    eraser = connect_as(roles["eraser"])
+    victim = recorded[0]
+    denied(eraser, "SELECT envelope_text FROM envelopes")
+    denied(eraser, "UPDATE envelopes SET envelope_text = '{}' WHERE envelope_id = :id", id=victim)
+    denied(eraser, "DELETE FROM envelopes WHERE envelope_id = :id", id=victim)
+    denied(eraser, "INSERT INTO envelopes (envelope_id) VALUES ('x')")
+    denied(eraser, "UPDATE erased_envelopes SET replacement_sha256 = 'x'")
+    denied(eraser, "DELETE FROM erasures")
+    denied(
+        eraser,
+        "INSERT INTO erasures (requested_at, status, user_id, reason, actor, db_user, "
+        "subject_action, mention_action) VALUES (now(), 'running', 'U1', 'r', 'a', 'b', "
+        "'erase', 'scrub')",
+    )
+    denied(eraser, "UPDATE legal_holds SET released_at = now()")
+    denied(eraser, "DELETE FROM seal_blocks")
+    denied(eraser, "DELETE FROM pruned_envelopes")
+    # the internal functions, which change an envelope without the checks around them
+    denied(eraser, "SELECT recorder_erasure_apply(1, :id, 'erase', 'U0SUBJECT')", id=victim)
+    denied(
+        eraser, "SELECT recorder_erasure_record(1, :id, 'subject', 'erase', 'U0SUBJECT')", id=victim
+    )
+
+
+def test_eraser_functions_refuse_what_the_erasure_does_not_name(
+    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+) -> None:
+    eraser = connect_as(roles["eraser"])
+    with owner.connect() as conn:
+        before = dict(
+            conn.execute(sa.text("SELECT envelope_id, envelope_text FROM envelopes")).all()
+        )
+    report = erasure.erase(eraser, "U0NOBODY", reason="no such user")
+    assert (report.erased, report.scrubbed) == (0, 0)
+    erasure_id = report.erasure_ids[0]
+    # a finished erasure cannot be stepped again; a spool entry cannot name a stored envelope
+    with pytest.raises(sa.exc.DBAPIError, match="not running"), eraser.begin() as conn:
+        conn.execute(sa.text("SELECT * FROM recorder_erasure_step(:id, 10)"), {"id": erasure_id})
+    started = erasure._start(eraser, "U0NOBODY", None, "r", "a", "erase", "scrub")
+    with eraser.begin() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT recorder_erasure_log_spooled(:id, :env, now(), 'subject', 'erase', "
+                "'spooled', NULL, 'a', 'b')"
+            ),
+            {"id": started, "env": recorded[0]},
+        )
+    with owner.connect() as conn:
+        after = dict(
+            conn.execute(sa.text("SELECT envelope_id, envelope_text FROM envelopes")).all()
+        )
+        logged = conn.execute(
+            sa.text("SELECT count(*) FROM erased_envelopes WHERE envelope_id = :id"),
+            {"id": recorded[0]},
+        ).scalar_one()
+    assert after == before
+    assert logged == 0
+    assert verify(owner).ok
+
+
+def test_other_roles_cannot_erase(
+    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+) -> None:
+    for part in ("writer", "reader", "pruner", "sealer"):
+        engine = connect_as(roles[part])
+        with pytest.raises(StorageUnavailable, match="permission denied"):
+            erasure.erase(engine, SUBJECT, reason="not mine to do")
+        denied(engine, "SELECT * FROM recorder_erasure_step(1, 10)")
+        denied(engine, "SELECT * FROM recorder_erasure_resume(10, NULL, NULL)")
+    assert erasure.read_erasures(owner) == []
+
+
+def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
+    owner: Engine,
+    roles: dict[str, str],
+    connect_as: Callable[[str], Engine],
+    recorded: list[str],
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spooled = generate(40, seed=99)
+    for g in spooled:
+        spool.record("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+    eraser = connect_as(roles["eraser"])
+    report = erasure.erase(eraser, SUBJECT, reason="r", spool=tmp_path / "spool.db")
+    expected = sum(1 for g in spooled if g.subject or g.mentions_subject)
+    assert report.spooled == expected
+    rows = spool.drainable(0, [], 1000)
+    assert all(f'"{SUBJECT}"' not in r.envelope_text for r in rows)
+    assert verify(owner).ok  # spooled entries wait for the drain
+    from recorder.slack.spool import move_rows
+
+    move_rows(rows, SQLEventBuffer(owner))
+    result = verify(connect_as(roles["reader"]))
+    assert result.ok, result.findings[:3]
+    spool.close()
+
+
+def test_grant_names_the_eraser_functions_only_for_the_eraser() -> None:
+    sql = grant_statements(RoleNames(eraser="er", writer="w"))
+    grants = [s for s in sql if s.startswith("GRANT EXECUTE")]
+    assert grants
+    assert all(s.endswith('TO "er"') for s in grants)
+    assert not any("recorder_erasure_apply" in s or "recorder_erasure_record" in s for s in sql)
