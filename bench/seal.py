@@ -36,7 +36,8 @@ from recorder import db
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.envelope import parse_envelope
-from recorder.seal import seal, verify
+from recorder.seal import seal
+from recorder.verify import verify
 
 UTC = dt.timezone.utc
 

@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import URL, Connection, Engine
 
 from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
@@ -54,15 +55,35 @@ def _connection(url_or_engine: str | URL | Engine, action: str) -> Iterator[Conn
 
 
 def upgrade(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``. Idempotent; safe to run from several processes."""
-    with _connection(url_or_engine, "upgrading the schema") as conn:
+    """Apply migrations up to ``revision``. Idempotent; safe to run from several processes.
+
+    Raises
+    ------
+    ConfigurationError
+        ``revision`` is not one this version ships.
+    """
+    with _connection(url_or_engine, "upgrading the schema") as conn, _revision_errors():
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
     """Revert migrations down to ``revision`` (``"base"`` removes every recorder table)."""
-    with _connection(url_or_engine, "downgrading the schema") as conn:
+    with _connection(url_or_engine, "downgrading the schema") as conn, _revision_errors():
         command.downgrade(alembic_config(conn), revision)
+
+
+@contextmanager
+def _revision_errors() -> Iterator[None]:
+    try:
+        yield
+    except CommandError as exc:
+        raise ConfigurationError(f"{exc}; this version knows {', '.join(revisions())}") from exc
+
+
+def revisions() -> list[str]:
+    """Every revision this version ships, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
 def current_revision(url_or_engine: str | URL | Engine) -> str | None:

@@ -7,11 +7,12 @@ which connections run in autocommit.
 
 from __future__ import annotations
 
+import re
 import select
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +45,12 @@ def database_url(url: str | URL) -> URL:
         parsed = _password_in_place(make_url(url))
     except sa_exc.ArgumentError as exc:
         raise ConfigurationError(f"not a database URL: {mask_url(str(url))!r}") from exc
+    except ValueError as exc:
+        # make_url's int() of the port: "host:port", or an IPv6 host without its "]".
+        raise ConfigurationError(
+            f"not a database URL: {mask_url(str(url))!r}: its host or port cannot be read "
+            "(a port is a number; an IPv6 host goes in brackets, [::1]:5432)"
+        ) from exc
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
@@ -55,20 +62,37 @@ def database_url(url: str | URL) -> URL:
     return parsed
 
 
+_UNPARSED_PASSWORD = re.compile(r"^(?P<head>[^:/?#]*://[^:/?#@]*:)[^\s]*@")
+
+
 def mask_url(url: str | URL) -> str:
     """The URL as text with its password hidden, for messages and logs."""
     try:
         return _password_in_place(make_url(url)).render_as_string(hide_password=True)
-    except sa_exc.ArgumentError:
-        return "<unparseable database URL>"
+    except (sa_exc.ArgumentError, ValueError):
+        # Unparseable: show it as given (so the user sees what was wrong),
+        # with everything between "user:" and the last "@" hidden.
+        return _UNPARSED_PASSWORD.sub(r"\g<head>***@", str(url))
 
 
 def _password_in_place(url: URL) -> URL:
-    """Move a ``?password=`` query parameter (libpq accepts one) into the password field.
+    """Put the whole password in the URL's password field, where it is masked.
 
-    SQLAlchemy masks the password field wherever it prints a URL (``repr``
-    of engines included) but not the query string.
+    SQLAlchemy masks the password field wherever it prints a URL (``repr`` of
+    engines included), but not the query string, where libpq also accepts
+    ``?password=``; and its parser ends the password at the *first* ``@``, so
+    ``bot:Sup3r@S3cretPW@db`` would leave ``S3cretPW@db`` as the host, printed
+    and sent to DNS. The credentials end at the last ``@`` of the authority.
     """
+    if url.host is not None and "@" in url.host:
+        spill, _, host = url.host.rpartition("@")
+        if url.password is not None:
+            url = url.set(password=f"{url.password}@{spill}", host=host)
+        else:
+            # No ":" before the first "@": the user ends at the first ":" after it.
+            userinfo = f"{url.username or ''}@{spill}"
+            user, colon, secret = userinfo.partition(":")
+            url = url.set(username=user, password=secret if colon else None, host=host)
     if "password" not in url.query:
         return url
     password = url.query["password"]
@@ -111,14 +135,8 @@ def _ping_only_when_in_doubt(engine: Engine) -> None:
     """Keep pre-ping's guarantee without a round trip on every checkout.
 
     Pre-ping exists to replace a pooled connection the server has dropped
-    (restart, failover, idle kill) before a statement fails on it. A server
-    that drops a connection closes the socket, usually after a FATAL message,
-    so the idle socket turns readable; a connection in steady use whose socket
-    has nothing to read is alive as far as a ping could tell. So the full
-    ``SELECT 1`` runs only when the socket has something to read or the
-    connection sat idle longer than :data:`PING_AFTER_IDLE_SECONDS` (a silent
-    network drop); otherwise checkout costs one ``poll``. This roughly halves
-    the round trips of ``record`` (see BENCHMARKS.md, "Record and import").
+    (restart, failover, idle kill) before a statement fails on it; the full
+    ``SELECT 1`` runs only when :func:`connection_alive` is in doubt.
     """
     dialect = engine.dialect
     full_ping = dialect.do_ping
@@ -131,15 +149,34 @@ def _ping_only_when_in_doubt(engine: Engine) -> None:
 
     def do_ping(dbapi_connection: Any) -> bool:
         since = idle_since.get(dbapi_connection)
-        if (
-            since is None
-            or time.monotonic() - since > PING_AFTER_IDLE_SECONDS
-            or _socket_has_input(dbapi_connection)
-        ):
-            return bool(full_ping(dbapi_connection))
-        return True
+        idle = None if since is None else time.monotonic() - since
+        return connection_alive(dbapi_connection, idle, lambda: bool(full_ping(dbapi_connection)))
 
     dialect.do_ping = do_ping  # type: ignore[method-assign]
+
+
+def connection_alive(
+    dbapi_connection: Any, idle_seconds: float | None, ping: Callable[[], bool]
+) -> bool:
+    """Whether a PostgreSQL connection about to be reused is alive, at the least cost.
+
+    The one liveness rule of the recorder (the engine's pre-ping and
+    ``record``'s own connections both use it). A server that drops a
+    connection closes the socket, usually after a FATAL message, so the idle
+    socket turns readable; a connection in steady use whose socket has nothing
+    to read is alive as far as a ping could tell. So ``ping`` (a round trip)
+    runs only when the socket has something to read, the connection's idle
+    time is unknown, or it sat idle longer than :data:`PING_AFTER_IDLE_SECONDS`
+    (a silent network drop); otherwise the check costs one ``poll``.
+    """
+    if (
+        idle_seconds is None
+        or idle_seconds > PING_AFTER_IDLE_SECONDS
+        or getattr(dbapi_connection, "closed", False)
+        or _socket_has_input(dbapi_connection)
+    ):
+        return ping()
+    return True
 
 
 def _socket_has_input(dbapi_connection: Any) -> bool:
@@ -201,68 +238,6 @@ def write_statement(engine: Engine) -> Iterator[Connection]:
     else:
         with engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
-
-
-#: Drivers :func:`execute_single_write` drives directly.
-DIRECT_WRITE_DRIVERS = frozenset({"psycopg", "pysqlite"})
-
-
-def execute_single_write(engine: Engine, sql: str, params: Any) -> int:
-    """Run one atomic write statement; return its row count.
-
-    The same pool, pre-ping and transaction handling as :func:`write_statement`
-    (autocommit on PostgreSQL, ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite),
-    but on the pooled driver connection directly: SQLAlchemy's per-call
-    ``Connection`` and its isolation-level switching cost as much CPU as the
-    driver itself on ``record``'s hot path. ``sql`` is a statement compiled
-    once for this dialect and ``params`` its driver-ready values (see
-    :meth:`recorder.adapters.sql.SQLEventBuffer.record`). Wrap the call in
-    :func:`storage_errors`: driver errors come out untranslated, and a
-    connection they broke is dropped from the pool.
-    """
-    if engine.dialect.driver not in DIRECT_WRITE_DRIVERS:
-        # An engine on another driver, made by the caller: the same SQL
-        # through SQLAlchemy's Connection.
-        with write_statement(engine) as conn:
-            result = conn.execution_options(preserve_rowcount=True).exec_driver_sql(sql, params)
-            return int(result.rowcount)
-    if is_sqlite(engine):
-        return _sqlite_single_write(engine, sql, params)
-    pooled = engine.raw_connection()
-    try:
-        driver = pooled.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        try:
-            driver.autocommit = True
-            try:
-                return int(driver.execute(sql, params).rowcount)
-            finally:
-                if not driver.closed:
-                    driver.autocommit = False
-        except psycopg.Error as exc:
-            if driver.closed or engine.dialect.is_disconnect(exc, pooled.dbapi_connection, None):  # type: ignore[arg-type]
-                pooled.invalidate(exc)
-            raise
-    finally:
-        pooled.close()
-
-
-def _sqlite_single_write(engine: Engine, sql: str, params: Any) -> int:
-    pooled = engine.raw_connection()
-    try:
-        driver = pooled.driver_connection
-        assert isinstance(driver, sqlite3.Connection)
-        driver.execute("BEGIN IMMEDIATE")
-        try:
-            count = int(driver.execute(sql, params).rowcount)
-            driver.execute("COMMIT")
-        except BaseException:
-            if driver.in_transaction:
-                driver.execute("ROLLBACK")
-            raise
-        return count
-    finally:
-        pooled.close()
 
 
 @contextmanager

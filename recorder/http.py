@@ -48,6 +48,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -85,7 +86,10 @@ TICK_SECONDS = 0.5
 #: More form fields than this is not a Slack request.
 MAX_FORM_FIELDS = 200
 #: What a refused request is answered with; Slack need not retry what will fail again.
-NO_RETRY = {"X-Slack-No-Retry": "1"}
+NO_RETRY: Mapping[str, str] = MappingProxyType({"X-Slack-No-Retry": "1"})
+
+# One encoder, made once: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 Headers = Mapping[str, str] | Mapping[str, Sequence[str]] | Iterable[tuple[str, str]]
 
@@ -125,7 +129,7 @@ class Decision:
     status: int
     body: str = ""
     content_type: str = "text/plain"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     envelope_id: str | None = None
     """The recorded envelope's id; None for requests that are not recorded."""
     outcome: Outcome | None = None
@@ -192,7 +196,7 @@ def envelope_of(headers: Mapping[str, str], body: str) -> HttpEnvelope | Passthr
         return _envelope(headers, key, "interactive", payload_text, payload, retry_defaults=False)
     if "command" in fields:
         key = "slash_commands:" + _delivery_digest(headers, body)
-        payload_text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        payload_text = _ENCODER.encode(fields)
         return _envelope(
             headers, key, "slash_commands", payload_text, dict(fields), retry_defaults=False
         )
@@ -268,15 +272,18 @@ def _envelope(
     # The payload's text is spliced in as received (it was decoded strictly
     # above, so it is one JSON value), not re-serialised: with redaction off,
     # envelope_text holds Slack's bytes exactly.
-    head = json.dumps(
-        {"envelope_id": envelope_id, "type": envelope_type},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    parts = [head[:-1], ',"payload":', payload_text]
-    for key, value in tail.items():
-        parts.append(f",{json.dumps(key)}:{json.dumps(value, ensure_ascii=False)}")
-    parts.append("}")
+    parts = [
+        '{"envelope_id":',
+        _ENCODER.encode(envelope_id),
+        ',"type":',
+        _ENCODER.encode(envelope_type),
+        ',"payload":',
+        payload_text,
+    ]
+    if tail:
+        parts += [",", _ENCODER.encode(tail)[1:]]
+    else:
+        parts.append("}")
     return HttpEnvelope(envelope_id, envelope_type, "".join(parts), frame)
 
 

@@ -34,9 +34,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(xox[a-z](?:\.xox[a-z])?-|xapp-)[A-Za-z0-9-]+"), rf"\g<1>{MASK}"),
     # Incoming webhooks and response URLs are bearer credentials.
     (re.compile(r"(https://hooks\.slack\.com/)[^\s\"'<>]+"), rf"\g<1>{MASK}"),
-    # scheme://user:password@host
+    # scheme://user:password@host. The password runs to the last "@" of the
+    # authority (an unencoded "@" in it is common): to the first "@" after
+    # which only a host and port follow, up to "/", "?", "#" or the text's end.
     (
-        re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@\s]*:)[^@\s/]*@"),
+        re.compile(
+            r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#\s\"'<>]*:)[^\s\"'<>]*?@"
+            r"(?=[^@/?#\s\"'<>]*(?:[/?#\s\"'<>]|$))"
+        ),
         rf"\g<1>{MASK}@",
     ),
     # password=... in a query string or a libpq conninfo string

@@ -33,10 +33,14 @@ from recorder import statements
 from recorder.changelog import log_change
 from recorder.engine import read_only, storage_errors
 from recorder.errors import ConfigurationError, RecorderError
-from recorder.timespec import parse_duration
+from recorder.timespec import DurationTooLong, parse_duration
 
 UTC = dt.timezone.utc
 MAX_NAME_LENGTH = 200
+#: The longest retention period a policy may have. Longer is "forever" in
+#: practice, and keeping forever is what no policy at all means.
+MAX_KEEP = dt.timedelta(days=100 * 365)
+_KEEP_UNITS = "ywdhm"
 
 POLICY = "retention_policy"
 
@@ -46,22 +50,56 @@ class RetentionError(RecorderError, ValueError):
 
 
 def parse_keep(text: str) -> dt.timedelta:
-    """A retention period: ``90d``, ``12h``, ``30m``; a plain number means days.
+    """A retention period: ``7y``, ``12w``, ``90d``, ``12h``, ``30m``; a plain number means days.
+
+    A year is 365 days. At most :data:`MAX_KEEP` (100 years).
 
     Raises
     ------
     RetentionError
-        Not a whole, positive number of days, hours or minutes.
+        Not a whole, positive number of years, weeks, days, hours or minutes,
+        or longer than 100 years.
     """
     stripped = text.strip().lower()
-    if stripped and stripped[-1] not in "dhm" and not stripped.isdigit():
-        raise RetentionError(f"{text!r} is not a retention period; use e.g. 90d, 12h, 30m or 90")
+    if stripped and stripped[-1] not in _KEEP_UNITS and not stripped.isdigit():
+        raise RetentionError(
+            f"{text!r} is not a retention period; use e.g. 7y, 12w, 90d, 12h, 30m or 90"
+        )
     try:
-        return parse_duration(stripped, default_unit="d")
+        keep = parse_duration(stripped, default_unit="d")
+    except DurationTooLong:
+        keep = dt.timedelta.max
     except ConfigurationError as exc:
         raise RetentionError(
-            f"{text!r} is not a retention period; use e.g. 90d, 12h, 30m or 90"
+            f"{text!r} is not a retention period; use e.g. 7y, 12w, 90d, 12h, 30m or 90"
         ) from exc
+    check_keep(keep, shown=repr(text))
+    return keep
+
+
+def check_keep(keep: dt.timedelta, *, shown: str | None = None) -> None:
+    """Refuse a period that is not positive or is longer than :data:`MAX_KEEP`."""
+    shown = shown or f"{keep.total_seconds():.0f} seconds"
+    if keep <= dt.timedelta(0):
+        raise RetentionError(f"retention period {shown} must be more than zero")
+    if keep > MAX_KEEP:
+        raise RetentionError(
+            f"retention period {shown} is longer than the maximum of 100y "
+            f"({MAX_KEEP.days}d); to keep matching envelopes forever, have no policy match "
+            "them (unmatched envelopes are kept)"
+        )
+
+
+def cutoff(started_at: dt.datetime, keep: dt.timedelta) -> dt.datetime:
+    """``started_at - keep``, for any stored period: one beyond the calendar means nothing expires.
+
+    A policy written before periods were bounded, or straight into the table,
+    must not stop pruning for every other policy.
+    """
+    try:
+        return started_at - keep
+    except OverflowError:
+        return dt.datetime.min.replace(tzinfo=UTC)
 
 
 def default_actor() -> str:
@@ -149,7 +187,7 @@ def deciding_policy(
 def _policy_from_row(row: Any) -> RetentionPolicy:
     return RetentionPolicy(
         name=row.name,
-        keep=dt.timedelta(seconds=row.keep_seconds),
+        keep=_stored_keep(row.keep_seconds),
         team_id=row.team_id,
         channel_id=row.channel_id,
         user_id=row.user_id,
@@ -188,6 +226,7 @@ def set_policy(
     period = parse_keep(keep) if isinstance(keep, str) else keep
     if period.total_seconds() < 1:
         raise RetentionError("a retention period must be at least one second")
+    check_keep(period)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise RetentionError("priority must be a whole number")
     if not -(2**31) < priority < 2**31:
@@ -269,3 +308,11 @@ def remove_policy(
             details={"before": policy.describe()},
         )
     return policy
+
+
+def _stored_keep(seconds: int) -> dt.timedelta:
+    # A period beyond what a timedelta holds still reads (as the longest one).
+    try:
+        return dt.timedelta(seconds=seconds)
+    except OverflowError:
+        return dt.timedelta.max

@@ -41,6 +41,9 @@ from recorder.policies import (
     list_policies,
     resolve_now,
 )
+from recorder.policies import (
+    cutoff as policy_cutoff,
+)
 
 if TYPE_CHECKING:
     from recorder.archive.archiver import ArchiveOptions, ArchiveProgress
@@ -287,7 +290,7 @@ class _SQLiteRun(_Run):
         outranking: list[statements.Match] = []
         snapshot: list[dict[str, Any]] = []
         for policy in list_policies(self.engine):
-            cutoff = report.started_at - policy.keep
+            cutoff = policy_cutoff(report.started_at, policy.keep)
             report.cutoffs[policy.name] = cutoff
             self.conditions[policy.name] = statements.expired_under(
                 policy.match(), list(outranking), cutoff

@@ -28,6 +28,8 @@ from recorder.schema import (
     prune_runs,
     pruned_envelopes,
     retention_policies,
+    seal_blocks,
+    sealed_envelopes,
 )
 
 #: Columns written on record, in the order the COPY import path sends them.
@@ -935,3 +937,135 @@ def select_totals(since: dt.datetime | None, until: dt.datetime | None) -> sa.Se
         sa.func.count(sa.distinct(e.user_id)).label("users"),
     ).where(*_received_between(since, until))
     return cast("sa.Select[Any]", stmt)
+
+
+# -- tamper evidence: the seal chain (recorder.seal) and its verification (recorder.verify)
+
+
+def seal_id_key(dialect: Dialect) -> sa.ColumnElement[str]:
+    """``envelope_id`` in byte order on every engine, as the chain orders it.
+
+    Byte order, not the database's locale: a restore onto a server with
+    another collation must order (and so seal and verify) the same way.
+    """
+    if dialect.name == "sqlite":
+        return envelopes.c.envelope_id
+    return envelopes.c.envelope_id.collate("C")
+
+
+def _seal_key(dialect: Dialect) -> Any:
+    return sa.tuple_(envelopes.c.received_at, seal_id_key(dialect))
+
+
+def key_after(dialect: Dialect, at: dt.datetime, envelope_id: str) -> sa.ColumnElement[bool]:
+    """Rows after the key ``(at, envelope_id)`` in seal order."""
+    # The plain received_at bound lets the planner use ix_envelopes_received_at.
+    return sa.and_(
+        envelopes.c.received_at >= at,
+        _seal_key(dialect) > sa.tuple_(sa.literal(at, UTCDateTime), envelope_id),
+    )
+
+
+def sealed_through(
+    dialect: Dialect, cutoff: dt.datetime | None, last: tuple[dt.datetime, str] | None
+) -> sa.ColumnElement[bool]:
+    """Rows at or before the point the range blocks have sealed everything up to.
+
+    That point is a cutoff (every row received up to it was sealed) or, when
+    a seal run stopped between blocks, the last sealed key.
+    """
+    if cutoff is not None:
+        return envelopes.c.received_at <= sa.literal(cutoff, UTCDateTime)
+    if last is None:
+        return sa.false()
+    at, envelope_id = last
+    return sa.and_(
+        envelopes.c.received_at <= at,
+        _seal_key(dialect) <= sa.tuple_(sa.literal(at, UTCDateTime), envelope_id),
+    )
+
+
+def _seal_row_columns() -> list[sa.ColumnElement[Any]]:
+    return [envelopes.c.envelope_id, envelopes.c.received_at, envelopes.c.envelope_text]
+
+
+def select_next_range(
+    dialect: Dialect, after: sa.ColumnElement[bool] | None, cutoff: dt.datetime, limit: int
+) -> sa.Select[Any]:
+    """The next ``limit`` rows to seal in order: received by ``cutoff``, after ``after``."""
+    stmt = sa.select(*_seal_row_columns()).where(
+        envelopes.c.received_at <= sa.literal(cutoff, UTCDateTime)
+    )
+    if after is not None:
+        stmt = stmt.where(after)
+    return stmt.order_by(envelopes.c.received_at, seal_id_key(dialect)).limit(limit)
+
+
+def is_sealed() -> sa.Exists:
+    """The row is a member of some block (same id and received_at)."""
+    return sa.exists().where(
+        sealed_envelopes.c.envelope_id == envelopes.c.envelope_id,
+        sealed_envelopes.c.received_at == envelopes.c.received_at,
+    )
+
+
+def select_unsealed_behind(
+    dialect: Dialect,
+    through: sa.ColumnElement[bool],
+    columns: list[sa.ColumnElement[Any]] | None = None,
+    envelope_ids: list[str] | None = None,
+) -> sa.Select[Any]:
+    """Rows the range blocks passed over (at or before ``through``) that no block holds."""
+    stmt = sa.select(*(columns or _seal_row_columns())).where(through, ~is_sealed())
+    if envelope_ids is not None:
+        stmt = stmt.where(envelopes.c.envelope_id.in_(envelope_ids))
+    return stmt.order_by(envelopes.c.received_at, seal_id_key(dialect))
+
+
+def select_last_block(kind: str | None = None) -> sa.Select[Any]:
+    """The newest block (of ``kind``, if given)."""
+    stmt = sa.select(seal_blocks)
+    if kind is not None:
+        stmt = stmt.where(seal_blocks.c.kind == kind)
+    return stmt.order_by(seal_blocks.c.block_no.desc()).limit(1)
+
+
+def select_blocks() -> sa.Select[Any]:
+    return sa.select(seal_blocks).order_by(seal_blocks.c.block_no)
+
+
+def select_block_members(block_no: int) -> sa.Select[Any]:
+    return (
+        sa.select(sealed_envelopes)
+        .where(sealed_envelopes.c.block_no == block_no)
+        .order_by(sealed_envelopes.c.position)
+    )
+
+
+def insert_block() -> Insert:
+    return sa.insert(seal_blocks)
+
+
+#: One statement over arrays on PostgreSQL: a block of 10,000 members in one round trip.
+INSERT_MEMBERS_POSTGRESQL = sa.text(
+    """
+    INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
+    SELECT :block_no, m.ord - 1, m.envelope_id, m.received_at, m.envelope_sha256
+    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[]), CAST(:shas AS text[]))
+        WITH ORDINALITY AS m(envelope_id, received_at, envelope_sha256, ord)
+    """
+)
+
+
+def insert_members() -> Insert:
+    """Member rows, one parameter set each (SQLite)."""
+    return sa.insert(sealed_envelopes)
+
+
+def select_pruned_log(envelope_ids: list[str]) -> sa.Select[Any]:
+    return sa.select(
+        pruned_envelopes.c.envelope_id,
+        pruned_envelopes.c.envelope_sha256,
+        pruned_envelopes.c.received_at,
+        pruned_envelopes.c.prune_run_id,
+    ).where(pruned_envelopes.c.envelope_id.in_(envelope_ids))

@@ -15,6 +15,7 @@ UTC = dt.timezone.utc
 
 _DURATION = re.compile(r"^\s*(?P<amount>\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
 _UNITS: dict[str, dt.timedelta] = {
+    "y": dt.timedelta(days=365),
     "w": dt.timedelta(weeks=1),
     "d": dt.timedelta(days=1),
     "h": dt.timedelta(hours=1),
@@ -27,24 +28,32 @@ class InvalidTimeSpec(ConfigurationError, ValueError):
     """A time or duration could not be understood; the message shows what is accepted."""
 
 
+class DurationTooLong(InvalidTimeSpec):
+    """A well-formed duration longer than any time span the recorder handles."""
+
+
 def parse_duration(text: str, *, default_unit: str = "d") -> dt.timedelta:
-    """``90d``, ``24h``, ``30m``, ``45s``, ``2w``; a plain number is in ``default_unit``.
+    """``90d``, ``24h``, ``30m``, ``45s``, ``2w``, ``1y`` (365 days); a plain number is in ``default_unit``.
 
     Raises
     ------
     InvalidTimeSpec
-        Not a whole, positive amount with a known unit.
+        Not a whole, positive amount with a known unit, or longer than a
+        timedelta can hold.
     """
     match = _DURATION.match(text)
     unit = (match.group("unit") or default_unit).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise InvalidTimeSpec(
-            f"{text!r} is not a duration; use a whole number with d, h, m, s or w (e.g. 7d, 24h)"
+            f"{text!r} is not a duration; use a whole number with y, w, d, h, m or s (e.g. 7d, 24h)"
         )
     amount = int(match.group("amount"))
     if amount <= 0:
         raise InvalidTimeSpec(f"{text!r} is not a duration; it must be more than zero")
-    return amount * _UNITS[unit]
+    try:
+        return amount * _UNITS[unit]
+    except OverflowError:
+        raise DurationTooLong(f"{text!r} is too long a duration") from None
 
 
 def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
@@ -57,7 +66,8 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     Raises
     ------
     InvalidTimeSpec
-        The text is none of these.
+        The text is none of these, or the time is outside the years 1-9999
+        (in UTC), which is as far as the recorder's times go.
     """
     stripped = text.strip()
     if _DURATION.match(stripped) and not stripped.isdigit():
@@ -66,7 +76,12 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
         except InvalidTimeSpec:
             pass
         else:
-            return (now or dt.datetime.now(UTC)).astimezone(UTC) - ago
+            try:
+                return (now or dt.datetime.now(UTC)).astimezone(UTC) - ago
+            except OverflowError:
+                raise InvalidTimeSpec(
+                    f"{text!r} ago is before the year 1; use a shorter duration or a date"
+                ) from None
     iso = stripped[:-1] + "+00:00" if stripped.endswith(("Z", "z")) else stripped
     try:
         if len(iso) == 10:
@@ -80,4 +95,9 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidTimeSpec(
+            f"{text!r} is outside the years 1-9999 in UTC, which is as far as times go here"
+        ) from None

@@ -159,16 +159,24 @@ BEGIN
         RAISE EXCEPTION 'a prune run cannot be dated after the database clock (% > %)',
             v_as_of, now() USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- A period longer than the calendar reaches (a bound, not an error) expires nothing.
     SELECT
         coalesce(jsonb_agg(jsonb_build_object(
             'name', p.name, 'keep_seconds', p.keep_seconds, 'priority', p.priority,
             'team_id', p.team_id, 'channel_id', p.channel_id, 'user_id', p.user_id,
             'envelope_type', p.envelope_type, 'event_type', p.event_type,
-            'cutoff', v_as_of - make_interval(secs => p.keep_seconds)
+            'cutoff', p.cutoff
         ) ORDER BY p.priority DESC, p.name COLLATE "C"), '[]'),
-        coalesce(jsonb_object_agg(p.name, v_as_of - make_interval(secs => p.keep_seconds)), '{{}}')
+        coalesce(jsonb_object_agg(p.name, p.cutoff), '{{}}')
     INTO v_policies, v_cutoffs
-    FROM @S@.retention_policies p;
+    FROM (
+        SELECT r.*, CASE
+            WHEN r.keep_seconds >= extract(epoch FROM v_as_of - '0001-01-01 00:00:00+00'::timestamptz)
+            THEN '0001-01-01 00:00:00+00'::timestamptz
+            ELSE v_as_of - make_interval(secs => r.keep_seconds)
+        END AS cutoff
+        FROM @S@.retention_policies r
+    ) p;
     INSERT INTO @S@.prune_runs AS r
         (started_at, status, dry_run, cutoffs, policies, deleted_per_policy, deleted_total,
          actor, host)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.adapter import EnvelopeInput, RecordResult
-from recorder.adapters.sql import max_envelope_bytes_from_env
 from recorder.envelope import (
     DEFAULT_REDACTION,
     ParsedEnvelope,
@@ -28,6 +27,7 @@ from recorder.envelope import (
     validate_envelope_id,
 )
 from recorder.errors import ConfigurationError, StorageUnavailable
+from recorder.settings import max_envelope_bytes_from_env
 
 __all__ = ["MemoryEventBuffer"]
 

@@ -36,7 +36,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from recorder.adapter import EnvelopeInput, RecordResult
-from recorder.adapters.sql import max_envelope_bytes_from_env
 from recorder.envelope import (
     DEFAULT_REDACTION,
     ParsedEnvelope,
@@ -47,6 +46,7 @@ from recorder.envelope import (
     validate_envelope_id,
 )
 from recorder.errors import ConfigurationError, MissingDependency, StorageUnavailable
+from recorder.settings import max_envelope_bytes_from_env
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -13,17 +13,8 @@ from sqlalchemy.engine import URL, Engine
 
 from recorder import statements
 from recorder.adapter import EnvelopeInput, RecordResult
-from recorder.autocommit import AutocommitConnections, supports
-from recorder.engine import (
-    create_engine,
-    execute_single_write,
-    is_sqlite,
-    read_only,
-    storage_errors,
-    write_statement,
-)
+from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
 from recorder.envelope import (
-    DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_REDACTION,
     ParsedEnvelope,
     Redaction,
@@ -32,31 +23,14 @@ from recorder.envelope import (
     resolve_redaction,
     validate_envelope_id,
 )
-from recorder.errors import ConfigurationError
-from recorder.schema import UTCDateTime
+from recorder.settings import max_envelope_bytes_from_env, record_timeout_setting
+from recorder.writer import Writer
 
 Clock = Callable[[], dt.datetime]
-_UTC = UTCDateTime()
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def max_envelope_bytes_from_env() -> int:
-    """``RECORDER_MAX_ENVELOPE_BYTES``, or the default limit."""
-    raw = os.environ.get("RECORDER_MAX_ENVELOPE_BYTES")
-    if raw is None or raw.strip() == "":
-        return DEFAULT_MAX_ENVELOPE_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigurationError(
-            f"RECORDER_MAX_ENVELOPE_BYTES must be a positive number of bytes, not {raw!r}"
-        )
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +62,13 @@ class SQLEventBuffer:
         and the response URLs are masked, or what ``RECORDER_REDACT`` says;
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
+    record_timeout
+        Seconds ``record`` may wait for a lock, run, or wait for a free
+        connection before it raises :class:`~recorder.errors.StorageUnavailable`
+        (``lock_timeout`` and ``statement_timeout`` on PostgreSQL, the busy
+        timeout on SQLite). Defaults to ``RECORDER_RECORD_TIMEOUT`` or 1 s,
+        inside Slack's 3 s ack window; ``0`` for no limit. Other calls
+        (``pending``, ``complete``, ...) keep the engine's own limits.
     upgrade
         Apply the schema migrations first. By default (``None``) an SQLite
         database is created and migrated on first use (and brought to the
@@ -103,6 +84,7 @@ class SQLEventBuffer:
         *,
         max_envelope_bytes: int | None = None,
         redaction: Redaction | None = DEFAULT_REDACTION,
+        record_timeout: float | None = None,
         upgrade: bool | None = None,
         clock: Clock = utc_now,
     ) -> None:
@@ -115,19 +97,14 @@ class SQLEventBuffer:
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
         self.redaction = resolve_redaction(redaction, os.environ)
         self._clock = clock
-        self._insert = statements.insert_envelope(self._engine.dialect)
-        # record() and record_many() run the insert, compiled once, on the
-        # pooled driver connection (see recorder.engine.execute_single_write).
-        compiled = self._insert.compile(dialect=self._engine.dialect)
-        self._insert_sql = str(compiled)
-        self._insert_positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-        # record() on PostgreSQL skips the pool: see recorder.autocommit.
-        self._record_connections = (
-            AutocommitConnections(self._engine) if supports(self._engine) else None
+        self.record_timeout = record_timeout_setting(record_timeout)
+        self._writes = Writer(self._engine, record_timeout=self.record_timeout)
+        self._insert = self._writes.prepare(statements.insert_envelope(self._engine.dialect))
+        self._imported = (
+            self._writes.prepare(statements.insert_imported(self._engine.dialect))
+            if is_sqlite(self._engine)
+            else None
         )
-        self._imported_sql: tuple[str, tuple[str, ...]] | None = None
-        dialect = self._engine.dialect
-        self._bind_received_at = _UTC.dialect_impl(dialect).bind_processor(dialect)
         if upgrade is not False:
             # Imported here: alembic is loaded only by buffers that migrate.
             from recorder import db
@@ -149,28 +126,11 @@ class SQLEventBuffer:
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
-        params = self._driver_params(parsed, self._bound_time(self._clock()))
-        with storage_errors(f"recording envelope {parsed.envelope_id}"):
-            inserted = None
-            if self._record_connections is not None:
-                inserted = self._record_connections.execute(self._insert_sql, params)
-            if inserted is None:
-                inserted = execute_single_write(self._engine, self._insert_sql, params)
+        values = statements.record_params(parsed, self._clock())
+        inserted = self._writes.execute(
+            self._insert, values, action=f"recording envelope {parsed.envelope_id}"
+        )
         return RecordResult.NEW if inserted == 1 else RecordResult.DUPLICATE
-
-    def _bound_time(self, received_at: dt.datetime) -> Any:
-        # received_at is the one typed bind with a processor (UTC, and SQLite's
-        # text format); every other value is plain text or an int.
-        if self._bind_received_at is None:
-            return received_at
-        return self._bind_received_at(received_at)
-
-    def _driver_params(self, parsed: ParsedEnvelope, received_at: Any) -> Any:
-        """Bind values of the compiled insert, as the driver takes them."""
-        params = statements.record_params(parsed, received_at)
-        if self._insert_positions is None:
-            return params
-        return tuple(params[name] for name in self._insert_positions)
 
     def record_many(
         self,
@@ -204,27 +164,17 @@ class SQLEventBuffer:
         state = statements.import_state(handled, now)
         with storage_errors(f"recording a batch of {len(parsed)} envelopes"):
             if is_sqlite(self._engine):
-                sql, positions = self._imported_insert()
-                rows = []
-                for p, at in zip(parsed, times, strict=True):
-                    params = {**statements.record_params(p, self._bound_time(at)), **state}
-                    if state["completed_at"] is not None:
-                        params["completed_at"] = self._bound_time(state["completed_at"])
-                    rows.append(tuple(params[name] for name in positions))
-                with self._engine.begin() as conn:
+                imported = self._imported
+                assert imported is not None
+                rows = [
+                    imported.bind({**statements.record_params(p, at), **state})
+                    for p, at in zip(parsed, times, strict=True)
+                ]
+                with self._writes.transaction() as conn:
                     driver = conn.connection.driver_connection
                     assert isinstance(driver, sqlite3.Connection)
-                    return int(driver.executemany(sql, rows).rowcount)
+                    return int(driver.executemany(imported.sql, rows).rowcount)
             return self._copy_batch(parsed, times, state)
-
-    def _imported_insert(self) -> tuple[str, tuple[str, ...]]:
-        """SQLite: the compiled :func:`~recorder.statements.insert_imported` and its bind order."""
-        if self._imported_sql is None:
-            compiled = statements.insert_imported(self._engine.dialect).compile(
-                dialect=self._engine.dialect
-            )
-            self._imported_sql = (str(compiled), tuple(compiled.positiontup or ()))
-        return self._imported_sql
 
     def _copy_batch(
         self,
@@ -232,7 +182,7 @@ class SQLEventBuffer:
         received_at: Iterable[dt.datetime],
         state: dict[str, Any],
     ) -> int:
-        with self._engine.begin() as conn:
+        with self._writes.transaction() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             with raw.cursor() as cursor:
@@ -273,7 +223,7 @@ class SQLEventBuffer:
         envelope_id = validate_envelope_id(envelope_id)
         with (
             storage_errors(f"deleting envelope {envelope_id}"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.delete_envelope(envelope_id))
 
@@ -288,7 +238,7 @@ class SQLEventBuffer:
         envelope_id = validate_envelope_id(envelope_id)
         with (
             storage_errors(f"completing envelope {envelope_id}"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.complete_envelope(envelope_id, self._clock()))
 
@@ -299,7 +249,7 @@ class SQLEventBuffer:
             return
         with (
             storage_errors(f"completing {len(ids)} envelopes"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.complete_envelopes(ids, self._clock()))
 
@@ -345,7 +295,7 @@ class SQLEventBuffer:
             limit=limit,
             max_attempts=max_attempts,
         )
-        with storage_errors("claiming stale envelopes"), write_statement(self._engine) as conn:
+        with storage_errors("claiming stale envelopes"), self._writes.statement() as conn:
             rows = conn.execute(stmt).all()
         # RETURNING gives no order: restore the oldest-first order of the pick.
         rows = sorted(rows, key=lambda row: (row.received_at, row.envelope_id))
@@ -361,7 +311,7 @@ class SQLEventBuffer:
             return
         with (
             storage_errors(f"renewing {len(ids)} claims"),
-            write_statement(self._engine) as conn,
+            self._writes.statement() as conn,
         ):
             conn.execute(statements.renew_claims(ids, self._clock()))
 
@@ -371,8 +321,7 @@ class SQLEventBuffer:
             return int(conn.execute(statements.count_pending()).scalar_one())
 
     def close(self) -> None:
-        if self._record_connections is not None:
-            self._record_connections.close()
+        self._writes.close()
         if self._owns_engine:
             self._engine.dispose()
 

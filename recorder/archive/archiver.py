@@ -186,7 +186,7 @@ class Archiver:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 return True
-            rows = self._list(conditions, batch_size, after, None)
+            rows = self._list(conditions, min(batch_size, self.options.file_rows), after, None)
             if not rows:
                 return False
             partition_dir, end = partition_of(rows[0].received_at, self.options.partition)

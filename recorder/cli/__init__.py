@@ -12,7 +12,7 @@ Layout (no module here imports another command module, so there is no cycle):
 * one module per command family: :mod:`~recorder.cli.db`,
   :mod:`~recorder.cli.envelopes`, :mod:`~recorder.cli.retention`,
   :mod:`~recorder.cli.sealing`, :mod:`~recorder.cli.erase`, :mod:`~recorder.cli.reports`,
-  :mod:`~recorder.cli.slack`.
+  :mod:`~recorder.cli.slack`, :mod:`~recorder.cli.archive`.
 
 How to add a subcommand (keep the edit small and additive):
 
@@ -31,7 +31,7 @@ Every option also reads a ``RECORDER_<COMMAND>_<OPTION>`` environment variable
 
 from __future__ import annotations
 
-from recorder.cli import db, envelopes, erase, reports, retention, sealing, slack
+from recorder.cli import archive, db, envelopes, erase, reports, retention, sealing, slack
 from recorder.cli.app import main
 from recorder.cli.errors import error_lines, redact
 
@@ -48,5 +48,6 @@ main.add_command(reports.stats_command)
 main.add_command(reports.report_command)
 main.add_command(slack.listen_command)
 main.add_command(slack.demo_command)
+main.add_command(archive.archive_group)
 
 __all__ = ["error_lines", "main", "redact"]

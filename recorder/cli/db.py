@@ -6,7 +6,7 @@ import click
 
 from recorder import db as db_api
 from recorder import roles
-from recorder.cli.storage import open_engine
+from recorder.cli.storage import open_engine, require_existing_database
 from recorder.engine import mask_url
 from recorder.settings import Settings
 
@@ -16,11 +16,31 @@ def db_group() -> None:
     """Schema migrations."""
 
 
+def _known_revision(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    known = db_api.revisions()
+    if value != "head" and value not in known:
+        raise click.BadParameter(
+            f"{value!r} is not a revision; use head or one of {', '.join(known)}", ctx, param
+        )
+    return value
+
+
 @db_group.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    callback=_known_revision,
+    help="Target revision.",
+)
 @click.pass_obj
 def db_upgrade(settings: Settings, revision: str) -> None:
-    """Create or upgrade the schema (idempotent); print the revision."""
+    """Create or upgrade the schema (idempotent); print the revision.
+
+    \b
+    Example:
+      recorder --database-url postgresql://owner@db.internal/recorder db upgrade
+    """
     db_api.upgrade(settings.database_url, revision)
     current = db_api.current_revision(settings.database_url)
     click.echo(f"{mask_url(settings.database_url)}: at revision {current}")
@@ -29,7 +49,13 @@ def db_upgrade(settings: Settings, revision: str) -> None:
 @db_group.command("current")
 @click.pass_obj
 def db_current(settings: Settings) -> None:
-    """Print the schema revision of the database (``none`` when empty) and the newest known."""
+    """Print the schema revision of the database (``none`` when empty) and the newest known.
+
+    \b
+    Example:
+      recorder db current
+    """
+    require_existing_database(settings)
     current = db_api.current_revision(settings.database_url)
     head = db_api.head_revision()
     state = "up to date" if current == head else f"newest is {head}"

@@ -16,7 +16,7 @@ import click
 from recorder import audit, importer
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.cli.errors import EXIT_ERROR
-from recorder.cli.options import time_option
+from recorder.cli.options import ROW_COUNT, time_option
 from recorder.cli.storage import open_engine, stderr_is_terminal
 from recorder.settings import Settings
 
@@ -123,7 +123,7 @@ def _file_size(file: BinaryIO) -> int | None:
     metavar="TIME",
     help="Received before: 2026-05-02, ISO time, 24h.",
 )
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many envelopes.")
+@click.option("--limit", type=ROW_COUNT, help="At most this many envelopes.")
 @click.option(
     "--format",
     "fmt",

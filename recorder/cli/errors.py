@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import click
-from sqlalchemy.engine import make_url
 
+from recorder.engine import database_url
 from recorder.errors import RecorderError, StorageUnavailable
 from recorder.masking import mask_secrets
 from recorder.settings import Settings
@@ -71,7 +71,8 @@ def _cause_of(exc: BaseException) -> BaseException | None:
 
 def _mask(text: str, settings: Settings | None) -> str:
     text = mask_secrets(redact(text))
-    password = make_url(settings.database_url).password if settings is not None else None
+    # The engine's parse: the password runs to the last "@" of the authority.
+    password = database_url(settings.database_url).password if settings is not None else None
     if password and len(str(password)) >= 4:
         text = text.replace(str(password), "***")
     return text
@@ -112,6 +113,12 @@ def one_line_errors(ctx: click.Context) -> Iterator[None]:
         raise kind([f"error: {redact(exc.format_message())}"]) from exc
     except (click.Abort, KeyboardInterrupt) as exc:
         raise Failed(["error: aborted"]) from exc
+    except BrokenPipeError:
+        raise  # `recorder query | head`: click quiets stdout and exits
+    except OSError as exc:
+        # The file system's answer (no such folder, permission denied, disk full).
+        where = f": {exc.filename}" if exc.filename else ""
+        raise Failed([f"error: {exc.strerror or exc}{where}"]) from exc
 
 
 class RecorderContext(click.Context):

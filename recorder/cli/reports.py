@@ -8,7 +8,7 @@ import sys
 import click
 
 from recorder import report, stats
-from recorder.cli.options import time_option
+from recorder.cli.options import new_file_option, time_option
 from recorder.cli.storage import open_engine
 from recorder.settings import Settings
 
@@ -53,6 +53,7 @@ def stats_command(
     "html_path",
     required=True,
     type=click.Path(dir_okay=False, writable=True),
+    callback=new_file_option,
     metavar="FILE",
     help="Write the page here.",
 )

@@ -11,7 +11,16 @@ from typing import Any
 import click
 
 from recorder import retention
-from recorder.cli.options import actor_option, time_option, with_type_match, without_type_match
+from recorder.cli.options import (
+    INT32,
+    YEAR_SECONDS,
+    Seconds,
+    actor_option,
+    keep_option,
+    time_option,
+    with_type_match,
+    without_type_match,
+)
 from recorder.cli.storage import open_engine, stderr_is_terminal
 from recorder.settings import Settings
 
@@ -37,12 +46,16 @@ def retention_group() -> None:
 @retention_group.command("set")
 @click.argument("name")
 @click.option(
-    "--keep", required=True, metavar="PERIOD", help="90d, 12h, 30m; a plain number is days."
+    "--keep",
+    required=True,
+    metavar="PERIOD",
+    callback=keep_option,
+    help="7y, 12w, 90d, 12h, 30m; a plain number is days; a year is 365 days; at most 100y.",
 )
 @with_type_match
 @click.option(
     "--priority",
-    type=int,
+    type=INT32,
     default=0,
     show_default=True,
     help="Among matching policies the highest priority decides (ties: first name).",
@@ -52,7 +65,7 @@ def retention_group() -> None:
 def retention_set(
     settings: Settings,
     name: str,
-    keep: str,
+    keep: dt.timedelta,
     team: str | None,
     channel: str | None,
     user: str | None,
@@ -61,8 +74,13 @@ def retention_set(
     priority: int,
     actor: str | None,
 ) -> None:
-    """Create or replace the retention policy NAME."""
-    period = retention.parse_keep(keep)
+    """Create or replace the retention policy NAME.
+
+    \b
+    Example:
+      recorder retention set dms --keep 30d --channel D0123ABCD --priority 10
+    """
+    period = keep
     with open_engine(settings) as engine:
         existed = any(p.name == name for p in retention.list_policies(engine))
         policy = retention.set_policy(
@@ -116,7 +134,7 @@ def retention_remove(settings: Settings, name: str, actor: str | None) -> None:
 
 
 @retention_group.command("log")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.pass_obj
 def retention_log(settings: Settings, limit: int) -> None:
     """Show the latest changes to policies and holds, and the latest prune runs."""
@@ -238,7 +256,7 @@ def hold_release(settings: Settings, name: str, actor: str | None) -> None:
 )
 @click.option(
     "--max-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(YEAR_SECONDS, zero=False),
     help="Start no new batch after this long; the next run carries on.",
 )
 @click.option(

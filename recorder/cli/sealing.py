@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from typing import Any, TextIO
 
 import click
+from sqlalchemy.engine import Engine
 
-from recorder import seal
+from recorder import seal, verify
+from recorder.archive.verify import ArchiveVerifyReport, verify_archive
 from recorder.cli.errors import EXIT_ERROR
+from recorder.cli.options import YEAR_SECONDS, Seconds, anchor_digest
 from recorder.cli.storage import open_engine
 from recorder.settings import Settings
 
@@ -18,7 +22,7 @@ from recorder.settings import Settings
 @click.option(
     "--margin",
     "margin_seconds",
-    type=click.FloatRange(min=0),
+    type=Seconds(YEAR_SECONDS),
     default=seal.DEFAULT_MARGIN.total_seconds(),
     show_default=True,
     metavar="SECONDS",
@@ -33,26 +37,45 @@ from recorder.settings import Settings
 )
 @click.option(
     "--adopt-late",
-    is_flag=True,
-    help="Also seal rows `recorder verify` reports as inserted, once you know they are genuine.",
+    "adopt_ids",
+    multiple=True,
+    metavar="ENVELOPE_ID",
+    help="Also seal this row `recorder verify` reports as INSERTED behind the sealed range, "
+    "once you know it is genuine (repeatable).",
+)
+@click.option(
+    "--adopt-late-from",
+    "adopt_file",
+    type=click.File("r"),
+    metavar="FILE",
+    help="Adopt the envelope ids listed in FILE, one per line (`-` for stdin).",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 def seal_command(
-    settings: Settings, margin_seconds: float, block_size: int, adopt_late: bool, fmt: str
+    settings: Settings,
+    margin_seconds: float,
+    block_size: int,
+    adopt_ids: tuple[str, ...],
+    adopt_file: TextIO | None,
+    fmt: str,
 ) -> None:
     """Append sealed blocks to the hash chain over the stored envelopes.
 
     Incremental and safe while bots write; schedule it (every few minutes)
     and publish the printed digest somewhere the database's administrators
-    cannot rewrite, for `recorder verify --anchor`.
+    cannot rewrite, for `recorder verify --anchor`. A row dated inside the
+    range already sealed is never sealed unless named with --adopt-late.
     """
-    with open_engine(settings) as engine:
+    adopt = list(adopt_ids)
+    if adopt_file is not None:
+        adopt.extend(line.strip() for line in adopt_file if line.strip())
+    with open_engine(settings, must_exist=True) as engine:
         report = seal.seal(
             engine,
             margin=dt.timedelta(seconds=margin_seconds),
             block_size=block_size,
-            adopt_late=adopt_late,
+            adopt_late=adopt,
         )
     if fmt == "json":
         click.echo(
@@ -73,6 +96,7 @@ def seal_command(
     "--anchor",
     "anchors",
     multiple=True,
+    callback=anchor_digest,
     metavar="DIGEST",
     help="A digest published earlier; it must still be in the chain (repeatable).",
 )
@@ -82,15 +106,33 @@ def seal_command(
     help="Print only the latest block digest (after a passing verification), for anchoring.",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--archive",
+    "archive_dir",
+    metavar="DIR",
+    help="Also check the archive in DIR: every file as the manifest recorded it, every "
+    "envelope an archiving prune removed present with its sealed digest.",
+)
 @click.pass_obj
-def verify_command(settings: Settings, anchors: tuple[str, ...], latest: bool, fmt: str) -> None:
+def verify_command(
+    settings: Settings, anchors: tuple[str, ...], latest: bool, fmt: str, archive_dir: str | None
+) -> None:
     """Recompute the seal chain and check every envelope against it.
 
     Names every envelope modified, deleted other than by a logged prune, or
-    inserted into a sealed range; exit status 1 if anything was found.
+    inserted into a sealed range; with --archive DIR, every archive file
+    missing, altered or unknown to the manifest, and every archived envelope
+    whose text does not match its digest or that is missing. Exit status 1
+    if anything was found.
+
+    Example: recorder verify --archive /srv/recorder-archive
     """
+    archived = None
     with open_engine(settings, must_exist=True) as engine:
-        report = seal.verify(engine, anchors=anchors)
+        report = verify.verify(engine, anchors=anchors)
+        if archive_dir is not None:
+            archived = _verify_archive(engine, archive_dir)
+    failed = not report.ok or (archived is not None and not archived.ok)
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -110,15 +152,39 @@ def verify_command(settings: Settings, anchors: tuple[str, ...], latest: bool, f
                         }
                         for f in report.findings
                     ],
+                    **({} if archived is None else {"archive": _archive_json(archived)}),
                 }
             )
         )
-    elif latest and report.ok:
+    elif latest and not failed:
         click.echo(report.latest_digest or "none")
     else:
-        for line in seal.verify_lines(report):
+        for line in verify.verify_lines(report):
             click.echo(line)
-    if not report.ok:
+        if archived is not None:
+            for finding in archived.findings:
+                click.echo(finding.line())
+            click.echo(archived.summary())
+    if failed:
         if latest and fmt != "json":
-            click.echo(f"verification failed: {len(report.findings)} problems", err=True)
+            problems = len(report.findings) + (len(archived.findings) if archived else 0)
+            click.echo(f"verification failed: {problems} problems", err=True)
         sys.exit(EXIT_ERROR)
+
+
+def _verify_archive(engine: Engine, directory: str) -> ArchiveVerifyReport:
+    return verify_archive(engine, directory)
+
+
+def _archive_json(report: ArchiveVerifyReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "archive_id": report.archive_id,
+        "files": report.files,
+        "envelopes": report.envelopes,
+        "pruned": report.pruned,
+        "still_live": report.still_live,
+        "findings": [
+            {"kind": f.kind, "subject": f.subject, "detail": f.detail} for f in report.findings
+        ],
+    }

@@ -30,7 +30,7 @@ def open_engine(
     then an error instead of a new, empty database.
     """
     if must_exist:
-        _require_sqlite_file(settings.database_url)
+        require_existing_database(settings)
     engine = create_engine(settings.database_url)
     try:
         if migrate_sqlite:
@@ -40,8 +40,9 @@ def open_engine(
         engine.dispose()
 
 
-def _require_sqlite_file(url: str) -> None:
-    parsed = database_url(url)
+def require_existing_database(settings: Settings) -> None:
+    """Refuse a missing SQLite file, for commands that only read (no empty database appears)."""
+    parsed = database_url(settings.database_url)
     path = parsed.database
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return

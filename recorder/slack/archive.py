@@ -15,10 +15,11 @@ from types import FrameType
 from typing import Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.socket_mode.websocket_client import SocketModeClient
 
 from recorder.adapters.sql import SQLEventBuffer
-from recorder.errors import ConfigurationError
+from recorder.errors import ConfigurationError, RecorderError
 from recorder.slack.listener import RecordingListener
 from recorder.slack.recording import OnStorageError, RecorderStats
 
@@ -60,7 +61,12 @@ def listen(
         RecorderMetrics.default()
         import prometheus_client
 
-        prometheus_client.start_http_server(metrics_port)
+        try:
+            prometheus_client.start_http_server(metrics_port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}"
+            ) from exc
         metrics = True
     stop = stop or threading.Event()
     buffer = SQLEventBuffer(database_url, upgrade=database_url.startswith("sqlite"))
@@ -76,7 +82,7 @@ def listen(
     previous = _install_signal_handlers(stop)
     try:
         listener.attach(client)
-        client.connect()
+        _connect(client)
         logger.info("listening; stop with Ctrl-C or SIGTERM")
         if on_ready is not None:
             on_ready()
@@ -87,6 +93,18 @@ def listen(
         listener.close()
         buffer.close()
     return listener.stats
+
+
+def _connect(client: SocketModeClient) -> None:
+    """Open the Socket Mode link; Slack not answering, or refusing the token, is one error."""
+    try:
+        client.connect()
+    except (SlackApiError, SlackClientError, OSError) as exc:
+        reason = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
+        raise RecorderError(
+            f"could not connect to Slack (apps.connections.open at {client.web_client.base_url}): "
+            f"{reason}"
+        ) from exc
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:

@@ -143,9 +143,9 @@ class _RecentKeys:
 
 
 def _writer_lock(buffer: EventBufferAdapter) -> contextlib.AbstractContextManager[Any]:
-    engine = getattr(buffer, "engine", None)
-    dialect = getattr(getattr(engine, "dialect", None), "name", None)
-    return threading.Lock() if dialect == "sqlite" else contextlib.nullcontext()
+    # SQLEventBuffer queues its own writers on SQLite (recorder.writer), with
+    # record's time bound; a second, unbounded lock here would hold the ack.
+    return contextlib.nullcontext()
 
 
 def dedupe_keys(envelope_id: str, event_id: str | None) -> list[str]:
@@ -224,10 +224,6 @@ class EnvelopeRecorder:
         self._next_gauges = 0.0
         self._last_warned: dict[str, float] = {}
         self.recovery_supported = hasattr(buffer, "claim_stale") and hasattr(buffer, "renew")
-        # SQLite lets one writer in at a time, and a writer that finds the lock
-        # taken sleeps in SQLite's busy handler (1 ms, then longer): queueing
-        # this process's writers on a Python lock instead keeps that sleep off
-        # the ack path. PostgreSQL takes concurrent writers as they come.
         self._db_writes: contextlib.AbstractContextManager[Any] = _writer_lock(buffer)
         self._spool_writes = threading.Lock()
 

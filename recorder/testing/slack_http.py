@@ -27,19 +27,23 @@ Standard library HTTP only; no I/O at import.
 from __future__ import annotations
 
 import json
+import socketserver
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_sdk.signature import SignatureVerifier
 
 from recorder.testing.envelopes import EnvelopeFactory, SimulatorError
 
-__all__ = ["Delivery", "SlackHttpSender", "http_body"]
+__all__ = ["Delivery", "SlackHttpSender", "http_body", "serve_wsgi"]
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -170,3 +174,33 @@ class SlackHttpSender:
     def send_one(self, envelope: Mapping[str, Any]) -> Delivery:
         """Deliver ``envelope``'s request once."""
         return self.send(envelope)[0]
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_wsgi(app: Any, path: str = "/slack/events") -> Iterator[str]:
+    """Serve a WSGI app (Flask, Bolt's ``SlackRequestHandler``) on 127.0.0.1 in a thread.
+
+    Yields the URL of ``path`` on a free port; the server stops on exit. One
+    thread per request, as a production server would answer Slack's
+    concurrent deliveries.
+    """
+    server = make_server(
+        "127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="slack-http-app", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -98,3 +99,33 @@ def test_usage_mistakes_are_one_line_errors(sqlite_url: str, args: list[str]) ->
     assert result.returncode in (1, 2)
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_backdated_row_fails_verify_and_is_sealed_only_when_named(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    record(sqlite_url, 3)
+    assert run(sqlite_url, "seal").returncode == 0
+    engine = create_engine(sqlite_url)
+    behind = SQLEventBuffer(engine, clock=lambda: HOUR_AGO + dt.timedelta(minutes=10))
+    behind.record("late-1", {"type": "events_api", "payload": {}})
+    behind.record("late-2", {"type": "events_api", "payload": {}})
+    engine.dispose()
+
+    failed = run(sqlite_url, "verify")
+    assert failed.returncode == 1
+    assert "INSERTED late-1: received_at" in failed.stdout
+    assert "INSERTED late-2: received_at" in failed.stdout
+    assert run(sqlite_url, "seal").stdout.startswith("sealed 0 envelopes")
+
+    refused = run(sqlite_url, "seal", "--adopt-late", "late-1", "--adopt-late", "e0")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: cannot adopt 1 of the 2 envelopes named: e0")
+    assert run(sqlite_url, "verify").returncode == 1
+
+    adopted = run(sqlite_url, "seal", "--adopt-late", "late-1")
+    assert adopted.stdout.startswith("sealed 1 envelopes in 1 new blocks (1 adopted late)")
+    listed = tmp_path / "late.txt"
+    listed.write_text("late-2\n\n")
+    assert run(sqlite_url, "seal", "--adopt-late-from", str(listed)).returncode == 0
+    assert run(sqlite_url, "verify").returncode == 0

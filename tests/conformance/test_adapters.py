@@ -108,7 +108,9 @@ class TestSQLiteEventBuffer(AdapterConformance, CrossProcessConformance):
     @pytest.fixture
     def unavailable_buffer(self, tmp_path: Path) -> Iterator[SQLEventBuffer]:
         # SQLite cannot open a file in a directory that does not exist.
-        buffer = SQLEventBuffer(f"sqlite:///{tmp_path / 'no-such-directory' / 'recorder.db'}")
+        buffer = SQLEventBuffer(
+            f"sqlite:///{tmp_path / 'no-such-directory' / 'recorder.db'}", upgrade=False
+        )
         yield buffer
         buffer.close()
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socketserver
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from aiohttp import web
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
+
+from recorder.testing.slack_http import serve_wsgi
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 BOT_USER_ID = "U0SIMBOT"
@@ -69,30 +69,11 @@ class Calls:
             assert self.changed.wait_for(lambda: predicate(self.counts), timeout), dict(self.counts)
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextmanager
 def serve_app(app: App) -> Iterator[str]:
-    """Serve ``app`` over HTTP; yield its request URL."""
-    handler = SlackRequestHandler(app)
-    server = make_server(
-        "127.0.0.1", 0, handler, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-    )
-    thread = threading.Thread(target=server.serve_forever, name="bolt-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}{PATH}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    """Serve ``app`` over HTTP through Bolt's WSGI adapter; yield its request URL."""
+    with serve_wsgi(SlackRequestHandler(app), PATH) as url:
+        yield url
 
 
 @contextmanager

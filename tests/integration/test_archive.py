@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recorder import retention, seal
+from recorder import retention, seal, verify
 from recorder.archive import ArchiveError, ArchiveOptions, open_archive
 from recorder.archive import manifest as archive_manifest
 from recorder.archive.files import read_stats
@@ -90,7 +90,7 @@ def test_seal_verification_still_passes_after_an_archiving_prune(
     seal.seal(engine, margin=dt.timedelta(0))
     retention.set_policy(engine, "default", keep="30d")
     retention.prune(engine, archive=ArchiveOptions(tmp_path / "a"))
-    result = seal.verify(engine)
+    result = verify.verify(engine)
     assert result.ok, result.findings
     assert result.pruned == 30
 
@@ -172,3 +172,14 @@ def _channel(text: str) -> str:
     import json
 
     return str(json.loads(text)["payload"]["event"]["channel"])
+
+
+def test_files_hold_at_most_file_rows_even_with_bigger_batches(
+    engine: Engine, tmp_path: Path
+) -> None:
+    fill(engine, 30, step=dt.timedelta(hours=1))
+    retention.set_policy(engine, "default", keep="30d")
+    directory = tmp_path / "archive"
+    retention.prune(engine, batch_size=100, archive=ArchiveOptions(directory, file_rows=8))
+    sizes = Counter(r["_file"] for r in archived_rows(directory))
+    assert sorted(sizes.values()) == [6, 8, 8, 8]

@@ -216,14 +216,18 @@ def test_postgresql_that_never_answers_is_storage_unavailable() -> None:
             buffer.pending()
 
 
-# -- SQLite: writers wait for a long write transaction instead of failing
+# -- SQLite: writers wait for a long write transaction instead of failing, when
+# their record_timeout allows it (the default, 1 s, gives up sooner: see
+# test_record_timeouts.py)
+
+WAITING = 60.0
 
 
 def record_range(url: str, prefix: str, count: int, ready: Any, results: Any) -> None:
     """Worker process: record ``count`` envelopes; report NEW count and errors."""
     errors: list[str] = []
     new = 0
-    with SQLEventBuffer(url) as buffer:
+    with SQLEventBuffer(url, record_timeout=WAITING) as buffer:
         ready.set()
         for i in range(count):
             try:
@@ -254,7 +258,7 @@ def test_sqlite_writers_wait_for_a_long_write_transaction(sqlite_url: str) -> No
 
     thread_errors: list[BaseException] = []
     thread_new: list[str] = []
-    with SQLEventBuffer(sqlite_url) as buffer:
+    with SQLEventBuffer(sqlite_url, record_timeout=WAITING) as buffer:
 
         def thread_writer(name: str) -> None:
             try:

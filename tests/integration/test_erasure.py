@@ -17,8 +17,9 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.erasure import ErasureError
 from recorder.schema import envelopes
-from recorder.seal import seal, text_sha256, verify
+from recorder.seal import seal, text_sha256
 from recorder.tombstone import TOMBSTONE_KEY, scrub, tombstone_text
+from recorder.verify import verify
 from tests.integration.erasure_envelopes import LOOKALIKE, SUBJECT, Generated, generate
 
 UTC = dt.timezone.utc
@@ -81,6 +82,7 @@ def archive(engine: Engine, clock: Clock) -> list[Generated]:
     generated = generate(COUNT)
     record(engine, clock, generated[: COUNT // 2])
     seal(engine, block_size=500, now=sealed_later(clock))
+    clock.now = sealed_later(clock)  # the rest arrive after that seal's cutoff
     record(engine, clock, generated[COUNT // 2 :])
     return generated
 

@@ -18,8 +18,9 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.errors import StorageUnavailable
 from recorder.roles import RoleNames, grant, grant_statements
-from recorder.seal import seal, verify
+from recorder.seal import seal
 from recorder.slack.spool import Spool
+from recorder.verify import verify
 from tests.integration.erasure_envelopes import SUBJECT, generate
 
 pytestmark = pytest.mark.postgres
@@ -80,10 +81,11 @@ def denied(engine: Engine, statement: str, **params: object) -> str:
 @pytest.fixture
 def recorded(owner: Engine) -> list[str]:
     generated = generate(96)
-    buffer = SQLEventBuffer(owner)
+    # recorded yesterday and sealed now: what the spool drains later is newer than the cutoff
+    buffer = SQLEventBuffer(owner, clock=lambda: dt.datetime.now(UTC) - dt.timedelta(days=1))
     for g in generated:
         buffer.record(g.envelope_id, g.envelope)
-    seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    seal(owner)
     return [g.envelope_id for g in generated if g.subject]
 
 

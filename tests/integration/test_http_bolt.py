@@ -18,6 +18,7 @@ from recorder.schema import envelopes
 from recorder.slack.bolt import AsyncRecorderMiddleware, RecorderMiddleware
 from recorder.testing import SlackHttpSender, TcpProxy
 from tests.integration.http_apps import (
+    BOT_USER_ID,
     SIGNING_SECRET,
     Calls,
     async_app,
@@ -359,3 +360,23 @@ def test_nack_while_postgresql_is_cut_lets_slack_retry(
         assert {r.retry_attempt for r in stored} == {2}
         assert {r.retry_reason for r in stored} == {"http_error"}
     assert not (tmp_path / "spool.db").exists()
+
+
+@pytest.mark.parametrize("ignoring", [True, False])
+def test_the_apps_own_events_are_dropped_by_bolt_before_the_recorder(
+    ignoring: bool, buffer: SQLEventBuffer, tmp_path: Path
+) -> None:
+    """Documented: Bolt's self-event filter runs first, so self events are not recorded."""
+    calls = Calls()
+    middleware = RecorderMiddleware(buffer, spool_path=tmp_path / "spool.db")
+    app = listening_app(calls, middleware, ignoring_self_events_enabled=ignoring)
+    with serve_app(app) as url:
+        slack = SlackHttpSender(url, SIGNING_SECRET)
+        own = slack.factory.message("said by the bot", user=BOT_USER_ID)
+        assert slack.send_one(own).status == 200
+        if not ignoring:
+            calls.wait_for(lambda c: c["message:said by the bot"] == 1)
+        time.sleep(0.3)
+    middleware.close()
+    assert len(rows(buffer)) == (0 if ignoring else 1)
+    assert calls.counts["message:said by the bot"] == (0 if ignoring else 1)

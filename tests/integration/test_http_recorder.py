@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from recorder.adapters.sql import SQLEventBuffer
-from recorder.errors import ConfigurationError
+from recorder.errors import ConfigurationError, StorageUnavailable
 from recorder.http import HttpRecorder
 from recorder.schema import envelopes
 from recorder.slack.recording import Outcome
@@ -97,7 +97,7 @@ def test_a_verified_request_that_cannot_be_recorded_is_answered_400_and_not_retr
             text, headers = signed(body)
             decision = http.decide(headers, text)
             assert (decision.dispatch, decision.status) == (False, 400)
-            assert decision.headers == {"X-Slack-No-Retry": "1"}
+            assert dict(decision.headers) == {"X-Slack-No-Retry": "1"}
         event_id = SLACK.factory.event_id()
         repeated_keys = [
             # Two event ids: which one would a retry be compared with?
@@ -170,3 +170,28 @@ def test_no_secret_reaches_the_database_or_the_spool(
         for secret in (SECRET, "simulated-verification-token", "hooks.slack.com", *signatures):
             assert secret not in text
         assert "v0=" not in text
+
+
+def test_raise_policy_lets_the_storage_error_out_and_dispatches_nothing(tmp_path: Path) -> None:
+    away = SQLEventBuffer("postgresql://postgres@127.0.0.1:9/nowhere")
+    with HttpRecorder(
+        away, signing_secret=SECRET, on_storage_error="raise", spool_path=tmp_path / "s.db"
+    ) as http:
+        body, headers = signed(SLACK.factory.message())
+        with pytest.raises(StorageUnavailable):
+            http.decide(headers, body)
+    away.close()
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_no_buffer_means_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'configured.db'}"
+    monkeypatch.setenv("RECORDER_DATABASE_URL", url)
+    with HttpRecorder(signing_secret=SECRET, spool_path=tmp_path / "s.db") as http:
+        body, headers = signed(SLACK.factory.message())
+        assert http.decide(headers, body).dispatch
+        http.buffer.close()  # type: ignore[attr-defined]
+    with SQLEventBuffer(url) as configured:
+        assert count(configured) == 1

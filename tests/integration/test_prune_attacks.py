@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 from recorder import holds, policies, prune, statements
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.roles import INTERNAL_FUNCTIONS
-from recorder.seal import seal, verify
+from recorder.seal import seal
+from recorder.verify import verify
 from tests.integration.conftest import ConnectAs, denied
 
 pytestmark = pytest.mark.postgres

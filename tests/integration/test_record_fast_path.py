@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.pool import NullPool
 
 from recorder import RecordResult
 from recorder import engine as engine_module
@@ -44,7 +45,7 @@ def test_terminated_backends_are_replaced_before_the_next_pooled_call(pg_url: st
     """The server drops every pooled connection (a restart, an idle kill): the
     next call through the pool (seen, pending, complete) still succeeds at once,
     because the dropped socket is readable and so gets a full ping. (record's
-    own connections are covered in test_autocommit_connections.py.)"""
+    own connections are covered in test_record_connections.py.)"""
     with SQLEventBuffer(pg_url) as buffer:
         assert buffer.record("e1", envelope(1)) is RecordResult.NEW
         assert buffer.seen("e1")
@@ -121,15 +122,18 @@ def test_record_with_a_naive_clock_is_refused(pg_url: str) -> None:
         buffer.record("e1", envelope(1))
 
 
-def test_engines_on_other_drivers_take_the_sqlalchemy_path(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(engine_module, "DIRECT_WRITE_DRIVERS", frozenset())
-    with SQLEventBuffer(database_url) as buffer:
-        assert buffer.record("e1", envelope(1)) is RecordResult.NEW
-        assert buffer.record("e1", envelope(1)) is RecordResult.DUPLICATE
-        assert buffer.record("e2", {**envelope(2), "payload": envelope(1)["payload"]}) is (
-            RecordResult.DUPLICATE
-        )
-        assert buffer.seen("e1")
-        assert not buffer.seen("e2")
+def test_engines_on_another_pool_record_through_it(database_url: str) -> None:
+    """A caller's NullPool (an external pooler) keeps its own connection policy:
+    record takes a pooled connection per call, with the same results."""
+    engine = sa.create_engine(engine_module.database_url(database_url), poolclass=NullPool)
+    try:
+        with SQLEventBuffer(engine) as buffer:
+            assert buffer.record("e1", envelope(1)) is RecordResult.NEW
+            assert buffer.record("e1", envelope(1)) is RecordResult.DUPLICATE
+            assert buffer.record("e2", {**envelope(2), "payload": envelope(1)["payload"]}) is (
+                RecordResult.DUPLICATE
+            )
+            assert buffer.seen("e1")
+            assert not buffer.seen("e2")
+    finally:
+        engine.dispose()

@@ -14,7 +14,8 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.errors import ConfigurationError, StorageUnavailable
 from recorder.roles import RoleNames, grant, grant_statements, render_sql
-from recorder.seal import seal, verify
+from recorder.seal import seal
+from recorder.verify import verify
 from tests.integration.conftest import denied
 
 pytestmark = pytest.mark.postgres
@@ -126,6 +127,36 @@ def test_sealer_appends_to_the_chain_and_nothing_more(
     denied(sealer, "DELETE FROM sealed_envelopes")
     denied(sealer, "UPDATE envelopes SET status = 'done'")
     assert verify(owner).ok
+
+
+def test_a_writer_backdating_a_row_behind_a_seal_is_named_and_not_adopted(
+    owner: Engine, roles: dict[str, str], connect_as: object
+) -> None:
+    """Issue 8, item 2, as the least-privileged writer forging history with raw SQL."""
+    start = dt.datetime.now(UTC) - dt.timedelta(days=1)
+    bot = SQLEventBuffer(owner, clock=lambda: start)
+    for n in range(3):
+        bot.record(f"e{n}", envelope(n))
+    sealer = connect_as(roles["sealer"])  # type: ignore[operator]
+    assert seal(sealer).sealed == 3
+
+    writer = connect_as(roles["writer"])  # type: ignore[operator]
+    forged = SQLEventBuffer(writer).parse("forged", envelope(7) | {"envelope_id": "forged"})
+    params = forged.row() | {"received_at": start + dt.timedelta(hours=2)}
+    columns = [c for c in params if c != "envelope_json"]
+    with writer.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"INSERT INTO envelopes ({', '.join(columns)}, envelope) "
+                f"VALUES ({', '.join(':' + c for c in columns)}, CAST(:envelope_json AS jsonb))"
+            ),
+            params,
+        )
+    report = verify(connect_as(roles["reader"]))  # type: ignore[operator]
+    assert report.of_kind("inserted") == {"forged"}
+    assert not report.of_kind("modified")  # consistent in itself: only its date gives it away
+    assert seal(sealer).sealed == 0
+    assert verify(owner).of_kind("inserted") == {"forged"}
 
 
 def test_grant_is_idempotent_and_print_sql_shows_what_runs(

@@ -20,8 +20,8 @@ from recorder.seal import (
     latest_block,
     seal,
     text_sha256,
-    verify,
 )
+from recorder.verify import verify
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,6 +97,7 @@ def test_an_untouched_archive_verifies_and_sealing_is_incremental(
     assert [b.prev_digest for b in first.blocks[1:]] == [b.digest for b in first.blocks[:-1]]
     assert seal(engine, block_size=10, now=sealed_now(clock)).blocks == []
 
+    clock.tick(3600)  # later envelopes arrive after the first seal's cutoff
     record_range(buffer, clock, range(25, 32))
     second = seal(engine, block_size=10, now=sealed_now(clock))
     assert [b.block_no for b in second.blocks] == [4]
@@ -284,7 +285,7 @@ def test_late_writes_are_reported_as_inserted_and_can_be_adopted(
     assert report.of_kind("inserted") == {"late-1"}
     assert "clock behind" in report.findings[0].detail
     assert seal(engine, now=sealed_now(clock)).blocks == []  # never adopted silently
-    adopted = seal(engine, adopt_late=True, now=sealed_now(clock))
+    adopted = seal(engine, adopt_late=["late-1"], now=sealed_now(clock))
     assert [(b.kind, b.envelope_count) for b in adopted.blocks] == [("late", 1)]
     assert verify(engine).ok
 
@@ -365,3 +366,61 @@ def test_rows_dated_in_the_future_are_reported_before_they_could_be_sealed(
     assert "in the future" in report.findings[0].detail
     # within the tolerance, a writer slightly ahead is fine
     assert verify(engine, now=clock.now + dt.timedelta(days=2)).ok
+
+
+def test_a_row_backdated_behind_the_sealed_cutoff_is_inserted_and_never_adopted_silently(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    """Issue 8, item 2: a bot whose clock runs behind writes after a seal.
+
+    Its row is dated after the last sealed envelope but before the cutoff the
+    seal ran to, so no range block can hold it in order: verify names it, and
+    seal leaves it alone until an operator names it.
+    """
+    record_range(buffer, clock, range(10))
+    first = seal(engine, now=sealed_now(clock))
+    assert first.blocks[-1].cutoff == sealed_now(clock) - dt.timedelta(seconds=60)
+    behind = SQLEventBuffer(engine, clock=lambda: clock.now + dt.timedelta(minutes=30))
+    assert behind.record("behind-1", {"type": "events_api", "payload": {}}) is RecordResult.NEW
+
+    report = verify(engine)
+    assert not report.ok
+    assert report.of_kind("inserted") == {"behind-1"}
+    assert "--adopt-late behind-1" in report.findings[0].detail
+
+    # the next seal runs later still: it seals what is new, never the backdated row
+    clock.tick(7200)
+    record_range(buffer, clock, range(10, 12))
+    later = seal(engine, now=sealed_now(clock))
+    assert later.sealed == 2
+    assert verify(engine).of_kind("inserted") == {"behind-1"}
+
+    # naming anything but a late row adopts nothing
+    for wrong in (["env-0011"], ["behind-1", "no-such-row"]):
+        with pytest.raises(SealError, match="cannot adopt 1 of the"):
+            seal(engine, adopt_late=wrong, now=sealed_now(clock))
+    with pytest.raises(SealError, match="collection of envelope ids"):
+        seal(engine, adopt_late="behind-1", now=sealed_now(clock))
+    assert verify(engine).of_kind("inserted") == {"behind-1"}
+
+    adopted = seal(engine, adopt_late=["behind-1"], now=sealed_now(clock))
+    assert [(b.kind, b.envelope_count) for b in adopted.blocks] == [("late", 1)]
+    assert verify(engine).ok
+
+
+def test_a_seal_run_stopped_between_blocks_leaves_no_false_alarm(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    """Blocks before the last of a run claim only their own keys, not the run's cutoff."""
+    record_range(buffer, clock, range(7))
+    cutoff_at = sealed_now(clock)
+    seal(engine, block_size=3, now=cutoff_at)
+    # simulate a run that stopped after its first block: drop the blocks after it
+    run_sql(engine, "DELETE FROM sealed_envelopes WHERE block_no > 1")
+    run_sql(engine, "DELETE FROM seal_blocks WHERE block_no > 1")
+    report = verify(engine)
+    assert report.ok, report.findings
+    assert report.unsealed == 4
+    resumed = seal(engine, block_size=3, now=cutoff_at)
+    assert [b.cutoff for b in resumed.blocks] == [None, cutoff_at - dt.timedelta(seconds=60)]
+    assert verify(engine).ok

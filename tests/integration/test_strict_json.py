@@ -178,7 +178,8 @@ def test_recorder_import_refuses_the_line_and_keeps_the_others(
         timeout=120,
     )
     assert result.returncode == 1, result.stderr
-    assert result.stdout.decode().splitlines()[0] == "imported: 2 new, 0 duplicate, 1 rejected"
+    first_line = (result.stdout.decode().splitlines() or [""])[0]
+    assert first_line == "imported: 2 new, 0 duplicate, 1 rejected", result.stderr
     assert result.stderr.decode().startswith(
         "line 2: envelope has a duplicate key: 'payload.token'"
     )

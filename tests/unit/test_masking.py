@@ -111,3 +111,47 @@ def test_a_password_in_the_query_string_is_masked_everywhere() -> None:
     assert "hunter2" not in str(engine.url)
     engine.dispose()
     assert mask_url("postgresql://bob:hunter2@db/rec") == "postgresql://bob:***@db/rec"
+
+
+# An unencoded "@" in a password: everything up to the last "@" of the authority is secret.
+AT_PASSWORD_URLS = [
+    ("postgresql://bot:Sup3r@S3cretPW@db/x", "postgresql://bot:***@db/x"),
+    ("postgresql://bot:Sup3r@S3cretPW@db:5432/x?sslmode=require", "postgresql://bot:***@db:5432/x"),
+    ("postgresql://bot:Sup3r@S3cretPW@db", "postgresql://bot:***@db"),
+    ("redis://:Sup3r@S3cretPW@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("postgresql://bot:Sup3r@S3c@retPW@db/x", "postgresql://bot:***@db/x"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), AT_PASSWORD_URLS)
+def test_password_with_an_at_sign_is_masked_to_the_last_at(url: str, masked: str) -> None:
+    for text in (f"connecting to {url} failed", f'url="{url}"', url):
+        out = mask_secrets(text)
+        assert masked in out
+        assert "Sup3r" not in out
+        assert "S3c" not in out
+        assert "retPW" not in out
+
+
+def test_database_urls_with_an_at_sign_in_the_password() -> None:
+    url = "postgresql://bot:Sup3r@S3cretPW@db:5432/x"
+    assert mask_url(url) == "postgresql://bot:***@db:5432/x"
+    parsed = database_url(url)
+    # The whole password is the password, so nothing of it reaches a host name
+    # (which drivers print in their errors) or an unmasked rendering.
+    assert (parsed.username, parsed.password, parsed.host) == ("bot", "Sup3r@S3cretPW", "db")
+    assert "S3cretPW" not in repr(parsed)
+
+
+def test_only_the_credentials_are_masked() -> None:
+    for text in (
+        "https://example.com/files/a@b/c",
+        "postgresql://db:5432/x",
+        "postgresql://bot@db/x",
+        "mail bob@example.com about https://example.com/x",
+    ):
+        assert mask_secrets(text) == text
+    # An "@" after the authority (a query value) is not part of the password.
+    assert mask_secrets("postgresql://u:pw@db/x?notify=ops@example.com") == (
+        "postgresql://u:***@db/x?notify=ops@example.com"
+    )

@@ -18,13 +18,20 @@ from recorder.policies import RetentionError, RetentionPolicy, deciding_policy, 
         ("30m", dt.timedelta(minutes=30)),
         ("7", dt.timedelta(days=7)),
         (" 2D ", dt.timedelta(days=2)),
+        ("2w", dt.timedelta(weeks=2)),
+        ("7y", dt.timedelta(days=7 * 365)),
+        ("100y", dt.timedelta(days=36500)),
+        ("36500", dt.timedelta(days=36500)),
     ],
 )
 def test_parse_keep(text: str, expected: dt.timedelta) -> None:
     assert parse_keep(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0", "0d", "-1d", "1.5d", "10x", "2w", "d", "forever"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "0", "0d", "-1d", "1.5d", "10x", "10s", "d", "forever", "101y", "36501d", "99999999999d"],
+)
 def test_parse_keep_refuses(text: str) -> None:
     with pytest.raises(RetentionError, match="retention period"):
         parse_keep(text)

@@ -1,4 +1,4 @@
-"""record() on PostgreSQL through the buffer's own autocommit connections (recorder.autocommit)."""
+"""record() on PostgreSQL through the buffer's own autocommit connections (recorder.writer)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import psycopg
 
 from recorder import RecordResult
 from recorder.adapters.sql import SQLEventBuffer
-from recorder.autocommit import RECORD_CONNECTIONS
 from recorder.engine import create_engine
+from recorder.writer import RECORD_CONNECTIONS
 
 
 def envelope(name: str) -> dict[str, Any]:

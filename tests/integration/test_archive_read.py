@@ -1,0 +1,184 @@
+"""Reading the archive: DuckDB queries and exports, and ``verify --archive``, on both engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy.engine import Engine
+
+from recorder import audit, importer, retention, seal
+from recorder.adapters.sql import SQLEventBuffer
+from recorder.archive import ArchiveError, ArchiveOptions, open_archive
+from recorder.archive.reader import connect, query_archive, run_sql
+from recorder.archive.verify import verify_archive
+from recorder.engine import create_engine
+from tests.integration.archive_fixtures import fill
+
+UTC = dt.timezone.utc
+FEB = dt.datetime(2025, 2, 1, tzinfo=UTC)
+MAR = dt.datetime(2025, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def archived(engine: Engine, tmp_path: Path) -> tuple[Path, list[audit.AuditRow]]:
+    """60 envelopes sealed, then pruned into an archive; what they were before."""
+    fill(engine, 60)
+    before = list(audit.query_envelopes(engine, audit.QuerySpec()))
+    seal.seal(engine, margin=dt.timedelta(0))
+    retention.set_policy(engine, "default", keep="30d")
+    directory = tmp_path / "archive"
+    retention.prune(engine, batch_size=7, archive=ArchiveOptions(directory, file_rows=15))
+    assert list(audit.query_envelopes(engine, audit.QuerySpec())) == []
+    return directory, before
+
+
+def test_archive_queries_give_what_the_live_query_gave(
+    archived: tuple[Path, list[audit.AuditRow]],
+) -> None:
+    directory, before = archived
+    archive = open_archive(directory)
+    assert list(query_archive(archive, audit.QuerySpec())) == before
+    spec = audit.QuerySpec(channel_id="C2", since=FEB, until=MAR)
+    expected = [r for r in before if r.channel_id == "C2" and FEB <= r.received_at < MAR]
+    assert expected
+    assert list(query_archive(archive, spec)) == expected
+    limited = audit.QuerySpec(user_id="U1", limit=5)
+    assert list(query_archive(archive, limited)) == before[:5]
+
+
+def test_exported_jsonl_reimports_the_exact_texts(
+    archived: tuple[Path, list[audit.AuditRow]], tmp_path: Path
+) -> None:
+    directory, before = archived
+    out = io.BytesIO()
+    count = audit.export(query_archive(open_archive(directory), audit.QuerySpec()), "jsonl", out)
+    assert count == len(before)
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with SQLEventBuffer(fresh, upgrade=True) as buffer:
+        report = importer.import_envelopes(buffer, io.BytesIO(out.getvalue()))
+    assert report.new == len(before)
+    target = create_engine(fresh)
+    try:
+        again = list(audit.query_envelopes(target, audit.QuerySpec()))
+    finally:
+        target.dispose()
+    key = {r.envelope_id: (r.envelope_text, r.envelope_sha256) for r in before}
+    assert {r.envelope_id: (r.envelope_text, r.envelope_sha256) for r in again} == key
+
+
+def test_sql_over_the_archive_is_read_only_and_confined_to_it(
+    archived: tuple[Path, list[audit.AuditRow]], tmp_path: Path
+) -> None:
+    directory, _ = archived
+    con = connect(open_archive(directory))
+    try:
+        columns, rows = run_sql(
+            con, "SELECT channel_id, count(*) AS n FROM envelopes GROUP BY 1 ORDER BY 1"
+        )
+        assert columns == ["channel_id", "n"]
+        assert list(rows) == [("C1", 20), ("C2", 20), ("C3", 20)]
+        victim = open_archive(directory).parquet_files()[0]
+        for attack, message in [
+            (f"COPY (SELECT 1) TO '{directory / victim}' (FORMAT csv)", "not COPY"),
+            ("SELECT 1; SELECT 2", "one statement, not 2"),
+            ("SELECT * FROM read_csv('/etc/passwd')", "Permission"),
+            (f"SELECT * FROM read_text('{tmp_path}/*')", "Permission"),
+            ("SET enable_external_access = true", "not SET"),
+        ]:
+            with pytest.raises(ArchiveError, match=message):
+                run_sql(con, attack)
+    finally:
+        con.close()
+    # The COPY never ran: every file still reads as written.
+    archive = open_archive(directory)
+    assert all(pq.read_metadata(archive.file_path(n)).num_rows for n in archive.parquet_files())
+
+
+def test_an_empty_archive_answers_with_no_rows(tmp_path: Path) -> None:
+    archive = open_archive(tmp_path / "new", create=True)
+    assert list(query_archive(archive, audit.QuerySpec())) == []
+    con = connect(archive)
+    try:
+        _, rows = run_sql(con, "SELECT count(*) FROM envelopes")
+        assert list(rows) == [(0,)]
+    finally:
+        con.close()
+
+
+def test_verify_passes_on_an_intact_archive(
+    engine: Engine, archived: tuple[Path, list[audit.AuditRow]]
+) -> None:
+    directory, before = archived
+    report = verify_archive(engine, directory)
+    assert report.ok, [f.line() for f in report.findings]
+    assert (report.files, report.envelopes, report.pruned) == (
+        len(open_archive(directory).parquet_files()),
+        len(before),
+        len(before),
+    )
+
+
+def _rewrite(path: Path, change: dict[str, str], *, digest: bool) -> str:
+    """Edit one envelope's text inside a file (and, with ``digest``, its digest too)."""
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    victim = rows[1]
+    victim["envelope_text"] = victim["envelope_text"].replace("m", change["to"], 1)
+    if digest:
+        victim["envelope_sha256"] = seal.text_sha256(victim["envelope_text"])
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path, compression="zstd")
+    return str(victim["envelope_id"])
+
+
+def test_verify_names_deleted_truncated_edited_and_planted_files(
+    engine: Engine, archived: tuple[Path, list[audit.AuditRow]]
+) -> None:
+    directory, _ = archived
+    archive = open_archive(directory)
+    names = archive.parquet_files()
+    assert len(names) >= 5
+    deleted, truncated, edited, forged, _ = names[:5]
+    gone = {
+        envelope_id
+        for name in (deleted, truncated)
+        for envelope_id in pq.read_table(archive.file_path(name)).column("envelope_id").to_pylist()
+    }
+    archive.file_path(deleted).unlink()
+    data = archive.file_path(truncated).read_bytes()
+    archive.file_path(truncated).write_bytes(data[: len(data) // 2])
+    edited_id = _rewrite(archive.file_path(edited), {"to": "M"}, digest=False)
+    forged_id = _rewrite(archive.file_path(forged), {"to": "X"}, digest=True)
+    planted = directory / "month=2025-01" / "r999999-00001-abcdef.parquet"
+    shutil.copy(archive.file_path(names[-1]), planted)
+
+    report = verify_archive(engine, directory)
+    lines = [f.line() for f in report.findings]
+    assert report.of_kind("missing-file") == {deleted}
+    assert report.of_kind("altered-file") == {truncated, edited, forged}
+    assert any(line.startswith(f"ALTERED FILE {truncated}: truncated") for line in lines)
+    assert report.of_kind("unknown-file") == {planted.relative_to(directory).as_posix()}
+    # The edited text no longer matches its digest; the forged one matches a
+    # digest that is not the one sealed and logged when it was pruned.
+    assert {edited_id, forged_id} <= report.of_kind("modified")
+    # The deleted file's envelopes are missing, and so are the truncated one's (unreadable).
+    assert report.of_kind("missing") == gone
+    assert not report.ok
+
+
+def test_verify_refuses_a_directory_that_is_not_an_archive(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match="no archive at"):
+        verify_archive(engine, tmp_path)
