@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from recorder import statements
 from recorder.engine import read_only, storage_errors
+from recorder.tombstone import is_tombstone
 
 DEFAULT_PAGE_SIZE = 1000
 
@@ -222,6 +223,8 @@ def write_table(rows: Iterable[AuditRow], out: IO[str]) -> int:
 
 
 def _table_cell(row: AuditRow, name: str) -> str:
+    if name == "user_id" and is_tombstone(row.envelope_text):
+        return "(erased)"
     value = getattr(row, name)
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")

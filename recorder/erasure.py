@@ -136,6 +136,10 @@ class ErasureReport:
     """Deferred envelopes pruned before their holds were released."""
     spooled: int = 0
     """Envelopes erased or scrubbed in a spool file (see :mod:`recorder.erasure_spool`)."""
+    archived: int = 0
+    """Envelopes erased or scrubbed in archive files (see :mod:`recorder.erasure_archive`)."""
+    archived_held: int = 0
+    """Archived envelopes left as they were because a legal hold covers them."""
     deferred_by_hold: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -146,6 +150,10 @@ class ErasureReport:
         )
         if self.spooled:
             text += f", {self.spooled} in the spool"
+        if self.archived:
+            text += f", {self.archived} in the archive"
+        if self.archived_held:
+            text += f" ({self.archived_held} archived envelopes held: erase again once released)"
         if self.gone:
             text += f", {self.gone} pruned before their holds were released"
         if self.deferred_by_hold:
@@ -193,11 +201,19 @@ def _subject_filter(user_id: str, team_id: str | None) -> list[sa.ColumnElement[
 
 def _mention_filter(user_id: str, team_id: str | None) -> list[sa.ColumnElement[bool]]:
     author = message_author(envelopes.c.envelope)
-    terms = [
-        sa.func.instr(envelopes.c.envelope_text, user_id) > 0,
-        envelopes.c.envelope_text.regexp_match(mention_pattern(user_id)),
-        envelopes.c.user_id.is_distinct_from(user_id),
-        author.is_distinct_from(user_id),
+    # CASE fixes the order: the cheap substring test first, the regex and JSON only after it.
+    terms: list[sa.ColumnElement[bool]] = [
+        sa.case(
+            (
+                sa.func.instr(envelopes.c.envelope_text, user_id) > 0,
+                sa.and_(
+                    envelopes.c.envelope_text.regexp_match(mention_pattern(user_id)),
+                    envelopes.c.user_id.is_distinct_from(user_id),
+                    author.is_distinct_from(user_id),
+                ),
+            ),
+            else_=sa.false(),
+        )
     ]
     if team_id is not None:
         terms.append(envelopes.c.team_id == team_id)
@@ -289,6 +305,7 @@ def erase(
     mentions: str = "scrub",
     batch_size: int = DEFAULT_BATCH_SIZE,
     spool: str | Path | None = None,
+    archive: str | Path | None = None,
 ) -> ErasureReport:
     """Erase ``user_id``'s envelopes and scrub their mentions; log every change.
 
@@ -312,6 +329,9 @@ def erase(
     spool
         A listener's spool file to erase in as well (first, so an envelope
         that drains meanwhile is caught by the database's pass).
+    archive
+        An archive directory of ``recorder prune --archive`` to erase in as
+        well (needs the ``archive`` extra).
 
     Returns
     -------
@@ -340,6 +360,19 @@ def erase(
             erase_spool(
                 engine,
                 Path(spool),
+                erasure_id=erasure_id,
+                user_id=user_id,
+                team_id=team_id,
+                subjects=subjects,
+                mentions=mentions,
+                report=report,
+            )
+        if archive is not None:
+            from recorder.erasure_archive import erase_archive
+
+            erase_archive(
+                engine,
+                archive,
                 erasure_id=erasure_id,
                 user_id=user_id,
                 team_id=team_id,

@@ -39,11 +39,9 @@ so are other JSON callbacks without an event (``app_rate_limited``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,14 +59,10 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingDependency("slack_sdk", "http") from exc
 
+from recorder.slack.background import Maintenance
 from recorder.slack.metrics import Metrics
-from recorder.slack.recording import (
-    DEFAULT_SPOOL_PATH,
-    EnvelopeRecorder,
-    OnStorageError,
-    Outcome,
-    RecorderFront,
-)
+from recorder.slack.options import DEFAULT_SPOOL_PATH, OnStorageError, RecorderOptions
+from recorder.slack.recording import EnvelopeRecorder, Outcome, RecorderFront
 
 __all__ = [
     "Decision",
@@ -81,8 +75,6 @@ __all__ = [
 
 logger = logging.getLogger("recorder.http")
 
-#: How often the background thread drains the spool and retries completions.
-TICK_SECONDS = 0.5
 #: More form fields than this is not a Slack request.
 MAX_FORM_FIELDS = 200
 #: What a refused request is answered with; Slack need not retry what will fail again.
@@ -288,18 +280,13 @@ def _envelope(
 
 
 def resolve_buffer(buffer: EventBufferAdapter | str | None) -> EventBufferAdapter:
-    """``buffer`` itself; a URL opens an SQLEventBuffer; ``None`` the configured database.
-
-    The embedded SQLite database gets its schema on the spot; PostgreSQL is
-    expected to be migrated already (``recorder db upgrade``).
-    """
+    """``buffer`` itself; a URL or ``None`` (the configured database): see
+    :func:`recorder.adapters.open_buffer`."""
     if buffer is not None and not isinstance(buffer, str):
         return buffer
-    from recorder.adapters.sql import SQLEventBuffer
-    from recorder.settings import Settings
+    from recorder.adapters import open_buffer
 
-    settings = Settings.load(database_url=buffer)
-    return SQLEventBuffer(settings.database_url, upgrade=settings.is_sqlite)
+    return open_buffer(buffer)
 
 
 class HttpRecorder(RecorderFront):
@@ -343,18 +330,18 @@ class HttpRecorder(RecorderFront):
                 self._verifier = SignatureVerifier(signing_secret)
             except ValueError as exc:
                 raise ConfigurationError(f"signing_secret: {exc}") from None
-        self.recorder = EnvelopeRecorder(
-            resolve_buffer(buffer),
-            on_storage_error=on_storage_error,
-            spool_path=spool_path,
-            metrics=metrics,
-        )
         # Recovery re-dispatches Socket Mode requests; over HTTP there is no
         # one to answer, so pending envelopes are not claimed from here.
-        self.recorder.recovery_supported = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self.recorder = EnvelopeRecorder(
+            resolve_buffer(buffer),
+            RecorderOptions(
+                on_storage_error=on_storage_error,
+                spool_path=spool_path,
+                metrics=metrics,
+                recover=False,
+            ),
+        )
+        self._maintenance = Maintenance(self.recorder, _no_claims)
 
     # -- the request path
 
@@ -430,33 +417,15 @@ class HttpRecorder(RecorderFront):
     # -- background work
 
     def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
-        with self._start_lock:
-            if self._thread is not None or self._stop.is_set():
-                return
-            self.recorder.open_existing_spool()
-            self._thread = threading.Thread(
-                target=self._background, name="recorder-http-maintenance", daemon=True
-            )
-            self._thread.start()
-
-    def _background(self) -> None:
-        while not self._stop.is_set():
-            self.recorder.tick()
-            self._stop.wait(TICK_SECONDS)
+        if not self._maintenance.started:
+            self._maintenance.start()
 
     def close(self) -> None:
         """Stop the background work, write queued completions, drain the spool once more.
 
         The buffer stays open: it is the caller's.
         """
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with contextlib.suppress(Exception):
-            self.recorder.flush()
+        self._maintenance.stop()
         self.recorder.close()
 
     def __enter__(self) -> HttpRecorder:
@@ -464,6 +433,10 @@ class HttpRecorder(RecorderFront):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _no_claims(claims: list[Any]) -> None:
+    """Recovery is off in HTTP mode: the background work never claims anything."""
 
 
 def _decision(envelope_id: str, outcome: Outcome) -> Decision:

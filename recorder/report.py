@@ -58,6 +58,8 @@ class ReportData:
     top_users: list[tuple[str, int]] = field(default_factory=list)
     top_event_types: list[tuple[str, int]] = field(default_factory=list)
     retries: list[Retries] = field(default_factory=list)
+    erased: int = 0
+    """Envelopes changed by logged erasures (tombstones or scrubbed mentions)."""
 
     @property
     def retried(self) -> int:
@@ -84,6 +86,7 @@ def collect(
         for column in ("channel_id", "user_id", "event_type"):
             rows = conn.execute(statements.select_top_values(column, since, until, top)).all()
             tops[column] = [(str(r.key), int(r.n)) for r in rows]
+        data.erased = int(conn.execute(statements.count_erased(since, until)).scalar_one())
         retry_rows = conn.execute(
             statements.select_daily_retries(engine.dialect, since, until)
         ).all()
@@ -326,6 +329,7 @@ def render_html(data: ReportData) -> str:
             (f"{data.channels:,}", "channels"),
             (f"{data.users:,}", "users"),
             (f"{data.retried:,}", f"retries ({share:.1f}%)"),
+            (f"{data.erased:,}", "erased (right to erasure)"),
         )
     )
     tops = "".join(

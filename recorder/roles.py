@@ -102,6 +102,7 @@ ERASER_FUNCTIONS = (
     "recorder_erasure_step(integer, integer)",
     "recorder_erasure_resume(integer, integer, text)",
     "recorder_erasure_log_spooled(integer, text, timestamptz, text, text, text, jsonb, text, text)",
+    "recorder_erasure_log_archived(integer, text, text, bigint, text, jsonb)",
 )
 
 
@@ -197,7 +198,7 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             "-- eraser: the erasure functions only (they log every change); reads the log",
             *(f"GRANT EXECUTE ON FUNCTION {sch}.{f} TO {e}" for f in ERASER_FUNCTIONS),
             f"GRANT SELECT ON TABLE {erasures.name}, {erased_envelopes.name} TO {e}",
-            f"GRANT SELECT ON TABLE {legal_holds.name} TO {e}",
+            f"GRANT SELECT ON TABLE {legal_holds.name}, {archive_files.name} TO {e}",
         ]
     return sql
 

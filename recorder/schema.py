@@ -31,6 +31,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import expression as sa_expression
 from sqlalchemy.types import TypeDecorator
 
+from recorder import adapter
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -71,8 +73,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 #: ``jsonb`` on PostgreSQL, JSON text elsewhere.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
-PENDING = "pending"
-DONE = "done"
+# The processing states are part of the adapter contract; the column holds them.
+PENDING = adapter.PENDING
+DONE = adapter.DONE
 
 envelopes = Table(
     "envelopes",
@@ -410,7 +413,7 @@ Index("ix_archive_files_state", archive_files.c.state)
 ERASURE_STATUSES = ("running", "completed", "deferred")
 ERASURE_ACTIONS = ("erase", "scrub", "skip")
 ERASED_KINDS = ("subject", "mention")
-ERASED_STATES = ("done", "deferred", "gone", "spooled")
+ERASED_STATES = ("done", "deferred", "gone", "spooled", "archived")
 
 erasures = Table(
     "erasures",
@@ -459,7 +462,8 @@ erased_envelopes = Table(
         "state",
         Text,
         nullable=False,
-        comment="done; deferred under held_by; gone: pruned first; spooled: done in a spool file",
+        comment="done; deferred under held_by; gone: pruned first; "
+        "spooled: done in a spool file; archived: done in an archive file",
     ),
     Column("held_by", JSONDocument, comment="names of the legal holds that deferred it"),
     Column("original_sha256", Text, nullable=False, comment="digest of the text it replaced"),

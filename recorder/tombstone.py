@@ -93,6 +93,17 @@ def tombstone_of(data: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(marker)
 
 
+def is_tombstone(text: str) -> bool:
+    """Whether stored text is a tombstone (cheap: parses only texts that could be one)."""
+    if f'"{TOMBSTONE_KEY}":' not in text:
+        return False
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, Mapping) and tombstone_of(data) is not None
+
+
 def tombstone_columns(data: Mapping[str, Any]) -> dict[str, Any]:
     """The reporting columns a tombstone keeps, and None for the personal ones."""
     kept = data.get("columns")

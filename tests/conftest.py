@@ -28,7 +28,7 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # Before any test module imports it: failed asserts in the shipped suite show values.
-pytest.register_assert_rewrite("recorder.testing.conformance")
+pytest.register_assert_rewrite("recorder.testing.conformance", "recorder.testing.recovery")
 
 
 def _docker_answers() -> bool:

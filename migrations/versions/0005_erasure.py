@@ -107,10 +107,12 @@ BEGIN
         SELECT 'mention'::text AS kind, x.channel_id, x.team_id, x.user_id, x.received_at
         FROM {s}.envelopes x
         WHERE p_mentions
-          AND strpos(x.envelope_text, p_user_id) > 0
-          AND x.envelope_text ~ ('<@' || p_user_id || '(\|[^>]*)?>|"' || p_user_id || '"')
-          AND x.user_id IS DISTINCT FROM p_user_id
-          AND {author} IS DISTINCT FROM p_user_id
+          -- CASE fixes the order: the planner would run the regex on every text first.
+          AND CASE WHEN strpos(x.envelope_text, p_user_id) > 0
+                   THEN x.envelope_text ~ ('<@' || p_user_id || '(\|[^>]*)?>|"' || p_user_id || '"')
+                        AND x.user_id IS DISTINCT FROM p_user_id
+                        AND {author} IS DISTINCT FROM p_user_id
+                   ELSE false END
           AND (p_team_id IS NULL OR x.team_id = p_team_id)
     )
     SELECT c.kind, c.channel_id, count(*),
@@ -240,10 +242,12 @@ BEGIN
         (SELECT x.envelope_id, 'mention'::text, er.mention_action
          FROM {s}.envelopes x
          WHERE er.mention_action <> 'skip'
-           AND strpos(x.envelope_text, er.user_id) > 0
-           AND x.envelope_text ~ ('<@' || er.user_id || '(\|[^>]*)?>|"' || er.user_id || '"')
-           AND x.user_id IS DISTINCT FROM er.user_id
-           AND {author} IS DISTINCT FROM er.user_id
+           -- CASE fixes the order: the planner would run the regex on every text first.
+           AND CASE WHEN strpos(x.envelope_text, er.user_id) > 0
+                    THEN x.envelope_text ~ ('<@' || er.user_id || '(\|[^>]*)?>|"' || er.user_id || '"')
+                         AND x.user_id IS DISTINCT FROM er.user_id
+                         AND {author} IS DISTINCT FROM er.user_id
+                    ELSE false END
            AND (er.team_id IS NULL OR x.team_id = er.team_id)
            AND NOT EXISTS (SELECT 1 FROM {s}.erased_envelopes d
                            WHERE d.erasure_id = p_erasure_id AND d.envelope_id = x.envelope_id)
@@ -306,6 +310,48 @@ BEGIN
 END
 $$;
 
+-- Envelopes erased in an archive file (recorder prune --archive): pruned from the
+-- database, so the log row is all the database keeps; the manifest gets the
+-- rewritten file's size and digest (its members digest does not change: each
+-- row keeps its envelope_sha256).
+CREATE FUNCTION {s}.recorder_erasure_log_archived(
+    p_erasure_id integer, p_archive_id text, p_file_name text, p_file_bytes bigint,
+    p_file_sha256 text, p_entries jsonb
+) RETURNS integer {definer} AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {s}.erasures r WHERE r.id = p_erasure_id AND r.status = 'running') THEN
+        RAISE EXCEPTION 'erasure % is not running', p_erasure_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (
+        SELECT 1 FROM jsonb_to_recordset(p_entries) AS j(envelope_id text)
+        WHERE EXISTS (SELECT 1 FROM {s}.envelopes x WHERE x.envelope_id = j.envelope_id)
+           OR NOT EXISTS (SELECT 1 FROM {s}.pruned_envelopes p WHERE p.envelope_id = j.envelope_id)
+    ) THEN
+        RAISE EXCEPTION 'only archived envelopes (pruned, logged) can be logged as archived'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    UPDATE {s}.archive_files f SET file_bytes = p_file_bytes, file_sha256 = p_file_sha256
+    WHERE f.archive_id = p_archive_id AND f.file_name = p_file_name AND f.state = 'complete';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no complete archive file % in archive %', p_file_name, p_archive_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO {s}.erased_envelopes (erasure_id, envelope_id, received_at, kind, action, state,
+                                      original_sha256, replacement_sha256, erased_at)
+    SELECT p_erasure_id, j.envelope_id, j.received_at, j.kind, j.action, 'archived',
+           j.original_sha256, j.replacement_sha256, now()
+    FROM jsonb_to_recordset(p_entries) AS j(envelope_id text, received_at timestamptz, kind text,
+                                            action text, original_sha256 text,
+                                            replacement_sha256 text)
+    ON CONFLICT (erasure_id, envelope_id) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
 CREATE FUNCTION {s}.recorder_erasure_resume(p_limit integer, p_after_erasure integer,
                                             p_after_envelope text)
 RETURNS TABLE (erased integer, scrubbed integer, deferred integer, gone integer,
@@ -365,6 +411,7 @@ _REVOKE = [
     "recorder_erasure_record(integer, text, text, text, text)",
     "recorder_erasure_step(integer, integer)",
     "recorder_erasure_log_spooled(integer, text, timestamptz, text, text, text, jsonb, text, text)",
+    "recorder_erasure_log_archived(integer, text, text, bigint, text, jsonb)",
     "recorder_erasure_resume(integer, integer, text)",
 ]
 
@@ -443,7 +490,8 @@ def upgrade() -> None:
             "state",
             sa.Text(),
             nullable=False,
-            comment="done; deferred under held_by; gone: pruned first; spooled: done in a spool file",
+            comment="done; deferred under held_by; gone: pruned first; "
+            "spooled: done in a spool file; archived: done in an archive file",
         ),
         sa.Column("held_by", JSON_DOCUMENT, comment="names of the legal holds that deferred it"),
         sa.Column(
@@ -458,7 +506,7 @@ def upgrade() -> None:
         sa.CheckConstraint("kind IN ('subject', 'mention')", name=op.f("ck_erased_envelopes_kind")),
         sa.CheckConstraint("action IN ('erase', 'scrub')", name=op.f("ck_erased_envelopes_action")),
         sa.CheckConstraint(
-            "state IN ('done', 'deferred', 'gone', 'spooled')",
+            "state IN ('done', 'deferred', 'gone', 'spooled', 'archived')",
             name=op.f("ck_erased_envelopes_state"),
         ),
         sa.PrimaryKeyConstraint("erasure_id", "envelope_id", name=op.f("pk_erased_envelopes")),

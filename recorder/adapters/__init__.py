@@ -14,7 +14,19 @@ from recorder.adapters.sql import SQLEventBuffer
 if TYPE_CHECKING:
     from recorder.adapters.redis import RedisEventBuffer
 
-__all__ = ["MemoryEventBuffer", "RedisEventBuffer", "SQLEventBuffer"]
+__all__ = ["MemoryEventBuffer", "RedisEventBuffer", "SQLEventBuffer", "open_buffer"]
+
+
+def open_buffer(database_url: str | None = None) -> SQLEventBuffer:
+    """An SQLEventBuffer on ``database_url``, or on the configured database when ``None``.
+
+    The embedded SQLite database gets its schema on the spot; PostgreSQL is
+    expected to be migrated already (``recorder db upgrade``).
+    """
+    from recorder.settings import Settings
+
+    settings = Settings.load(database_url=database_url)
+    return SQLEventBuffer(settings.database_url, upgrade=settings.is_sqlite)
 
 
 def __getattr__(name: str) -> Any:

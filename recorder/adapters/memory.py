@@ -8,15 +8,16 @@ share one Socket Mode stream.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from recorder.adapter import EnvelopeInput, RecordResult
+from recorder.adapter import DONE, ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
 from recorder.envelope import (
     DEFAULT_REDACTION,
     ParsedEnvelope,
@@ -37,6 +38,9 @@ class _Entry:
     text: str
     event_id: str | None
     expires_at: float
+    attempts: int
+    attempt_started: float
+    """Clock reading when the current attempt started (record, claim or renewal)."""
 
 
 class MemoryEventBuffer:
@@ -47,6 +51,10 @@ class MemoryEventBuffer:
     envelopes of the last ``ttl_seconds`` under a steady stream. An expired
     envelope is forgotten entirely: ``seen`` is false, it leaves ``pending``,
     and recording it again (or a retry with its event id) is ``NEW``.
+
+    It implements recovery (:class:`~recorder.adapter.RecoverableEventBuffer`)
+    on the same clock: leases are measured in ``clock`` seconds, so tests of
+    recovery logic move a fake clock instead of sleeping.
 
     After :meth:`close` the stored envelopes are dropped and every call raises
     :class:`~recorder.errors.StorageUnavailable`, so a closed buffer can never
@@ -66,7 +74,8 @@ class MemoryEventBuffer:
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
     clock
-        Monotonic seconds; injectable so tests can move time forward.
+        Monotonic seconds, for the TTL and recovery leases; injectable so
+        tests can move time forward.
 
     Raises
     ------
@@ -107,20 +116,30 @@ class MemoryEventBuffer:
 
     def record(self, envelope_id: str, envelope: EnvelopeInput) -> RecordResult:
         parsed = self.parse(envelope_id, envelope)
-        event_id = parsed.columns["event_id"]
         with self._lock:
             now = self._open_and_swept()
-            if parsed.envelope_id in self._entries or (
-                event_id is not None and event_id in self._event_ids
-            ):
-                return RecordResult.DUPLICATE
-            self._entries[parsed.envelope_id] = _Entry(
-                text=parsed.text, event_id=event_id, expires_at=now + self.ttl_seconds
-            )
-            if event_id is not None:
-                self._event_ids[event_id] = parsed.envelope_id
+            stored = self._store(parsed, now, attempts=1, done=False)
+        return RecordResult.NEW if stored else RecordResult.DUPLICATE
+
+    def _store(self, parsed: ParsedEnvelope, now: float, *, attempts: int, done: bool) -> bool:
+        """Add one envelope unless its id or event id is held. Needs the lock."""
+        event_id = parsed.columns["event_id"]
+        if parsed.envelope_id in self._entries or (
+            event_id is not None and event_id in self._event_ids
+        ):
+            return False
+        self._entries[parsed.envelope_id] = _Entry(
+            text=parsed.text,
+            event_id=event_id,
+            expires_at=now + self.ttl_seconds,
+            attempts=attempts,
+            attempt_started=now,
+        )
+        if event_id is not None:
+            self._event_ids[event_id] = parsed.envelope_id
+        if not done:
             self._pending[parsed.envelope_id] = None
-        return RecordResult.NEW
+        return True
 
     def seen(self, envelope_id: str) -> bool:
         envelope_id = validate_envelope_id(envelope_id)
@@ -152,6 +171,58 @@ class MemoryEventBuffer:
         with self._lock:
             self._open_and_swept()
             self._pending.pop(envelope_id, None)
+
+    def complete_many(self, envelope_ids: Sequence[str]) -> None:
+        ids = [validate_envelope_id(envelope_id) for envelope_id in envelope_ids]
+        with self._lock:
+            self._open_and_swept()
+            for envelope_id in ids:
+                self._pending.pop(envelope_id, None)
+
+    def claim_stale(
+        self, lease: float | dt.timedelta, limit: int = 100, *, max_attempts: int | None = None
+    ) -> list[ClaimedEnvelope]:
+        """Claim pending envelopes whose attempt started more than ``lease`` clock seconds ago."""
+        seconds = lease.total_seconds() if isinstance(lease, dt.timedelta) else float(lease)
+        if seconds < 0 or limit < 0:
+            raise ValueError("lease and limit must be zero or more")
+        claimed: list[tuple[str, str, int]] = []
+        with self._lock:
+            now = self._open_and_swept()
+            for envelope_id in self._pending:
+                if len(claimed) >= limit:
+                    break
+                entry = self._entries[envelope_id]
+                if entry.attempt_started >= now - seconds:
+                    continue
+                if max_attempts is not None and entry.attempts >= max_attempts:
+                    continue
+                entry.attempts += 1
+                entry.attempt_started = now
+                claimed.append((envelope_id, entry.text, entry.attempts))
+        return [ClaimedEnvelope(i, decode_stored(text), attempts) for i, text, attempts in claimed]
+
+    def renew(self, envelope_ids: Sequence[str]) -> None:
+        ids = [validate_envelope_id(envelope_id) for envelope_id in envelope_ids]
+        with self._lock:
+            now = self._open_and_swept()
+            for envelope_id in ids:
+                if envelope_id in self._pending:
+                    self._entries[envelope_id].attempt_started = now
+
+    def count_pending(self) -> int:
+        with self._lock:
+            self._open_and_swept()
+            return len(self._pending)
+
+    def restore(self, envelopes: Sequence[StoredEnvelope]) -> int:
+        """Store envelopes with their state; their TTL starts now (this buffer's clock)."""
+        parsed = [(self.parse(e.envelope_id, e.envelope_text), e) for e in envelopes]
+        with self._lock:
+            now = self._open_and_swept()
+            return sum(
+                self._store(p, now, attempts=e.attempts, done=e.status == DONE) for p, e in parsed
+            )
 
     def close(self) -> None:
         with self._lock:

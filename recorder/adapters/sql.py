@@ -6,13 +6,12 @@ import datetime as dt
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 
 from recorder import statements
-from recorder.adapter import EnvelopeInput, RecordResult
+from recorder.adapter import ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
 from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
 from recorder.envelope import (
     DEFAULT_REDACTION,
@@ -26,22 +25,13 @@ from recorder.envelope import (
 from recorder.settings import max_envelope_bytes_from_env, record_timeout_setting
 from recorder.writer import Writer
 
+__all__ = ["ClaimedEnvelope", "SQLEventBuffer", "utc_now"]
+
 Clock = Callable[[], dt.datetime]
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedEnvelope:
-    """An envelope :meth:`SQLEventBuffer.claim_stale` claimed for another dispatch."""
-
-    envelope_id: str
-    envelope: dict[str, Any]
-    """The stored envelope, decoded."""
-    attempts: int
-    """Dispatches so far, this one included."""
 
 
 class SQLEventBuffer:
@@ -314,6 +304,33 @@ class SQLEventBuffer:
             self._writes.statement() as conn,
         ):
             conn.execute(statements.renew_claims(ids, self._clock()))
+
+    def restore(self, envelopes: Sequence[StoredEnvelope]) -> int:
+        """Store envelopes with their processing state (the Slack spool's drain).
+
+        Each is parsed by this buffer's own parser (limits, redaction); the
+        batch is one transaction, so a refused envelope stores nothing of it.
+        """
+        if not envelopes:
+            return 0
+        params = []
+        for stored in envelopes:
+            values = statements.record_params(
+                self.parse(stored.envelope_id, stored.envelope_text), stored.received_at
+            )
+            values.update(
+                status=stored.status,
+                completed_at=stored.completed_at,
+                attempts=stored.attempts,
+                claimed_at=stored.claimed_at,
+            )
+            params.append(values)
+        stmt = statements.insert_drained(self._engine.dialect)
+        with (
+            storage_errors(f"restoring {len(params)} envelopes"),
+            self._writes.transaction() as conn,
+        ):
+            return int(conn.execute(stmt, params).rowcount)
 
     def count_pending(self) -> int:
         """How many envelopes are recorded and not completed."""

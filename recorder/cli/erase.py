@@ -46,6 +46,12 @@ from recorder.settings import Settings
     help="Also erase in this spool file (the listener's --spool).",
 )
 @click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also erase in this archive directory (recorder prune --archive).",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(1, erasure.MAX_BATCH_SIZE),
     default=erasure.DEFAULT_BATCH_SIZE,
@@ -65,6 +71,7 @@ def erase_command(
     dry_run: bool,
     resume: bool,
     spool_path: Path | None,
+    archive_dir: Path | None,
     batch_size: int,
     fmt: str,
 ) -> None:
@@ -135,6 +142,7 @@ def erase_command(
             mentions=mentions,
             batch_size=batch_size,
             spool=spool_path,
+            archive=archive_dir,
         )
     _print_report(result, fmt)
 
@@ -152,6 +160,8 @@ def _print_report(result: erasure.ErasureReport, fmt: str) -> None:
                     "deferred_by_hold": result.deferred_by_hold,
                     "gone": result.gone,
                     "spooled": result.spooled,
+                    "archived": result.archived,
+                    "archived_held": result.archived_held,
                 }
             )
         )

@@ -141,6 +141,7 @@ def verify_command(
                     "blocks": report.blocks,
                     "sealed": report.sealed,
                     "pruned": report.pruned,
+                    "erased": report.erased,
                     "unsealed": report.unsealed,
                     "latest_digest": report.latest_digest,
                     "findings": [

@@ -71,9 +71,24 @@ def listen_command(
 
 
 @click.command("demo")
+@click.option(
+    "--http",
+    "over_http",
+    is_flag=True,
+    help="Play signed HTTP requests (Events API, commands, actions, with Slack's retries) "
+    "into a slack_bolt app with RecorderMiddleware, instead of Socket Mode.",
+)
 @click.pass_obj
-def demo_command(settings: Settings) -> None:
+def demo_command(settings: Settings, over_http: bool) -> None:
     """Play a simulated Slack stream into the database and show what was recorded."""
+    if over_http:
+        from recorder.slack.http_demo import render_http, run_http_demo
+
+        click.echo("starting a slack_bolt app over local HTTP and a fake Slack that signs ...")
+        report = run_http_demo(settings.database_url)
+        for line in render_http(report, settings.masked_database_url):
+            click.echo(line)
+        return
     from recorder.slack.demo import render, run_demo
 
     click.echo("starting a local Socket Mode simulator and a recording bot ...")

@@ -10,38 +10,34 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from recorder.adapter import EventBufferAdapter
-from recorder.adapters.sql import ClaimedEnvelope
+from recorder.adapter import ClaimedEnvelope, EventBufferAdapter
 from recorder.errors import ConfigurationError
+from recorder.slack.background import AsyncMaintenance, OffLoop
 from recorder.slack.frames import capture_frame_async, frame_of
 from recorder.slack.metrics import Metrics
-from recorder.slack.recording import (
+from recorder.slack.options import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RECOVERY_INTERVAL,
     DEFAULT_SPOOL_PATH,
-    EnvelopeRecorder,
     OnStorageError,
-    RecorderFront,
+    RecorderOptions,
 )
+from recorder.slack.recording import EnvelopeRecorder, RecorderFront
 
 __all__ = ["AsyncHandler", "AsyncRecordingListener"]
 
 logger = logging.getLogger("recorder.slack")
 
-_T = TypeVar("_T")
-
 #: ``handler(client, request)``: a coroutine function, or a plain function
 #: (run in a worker thread so it cannot block the event loop).
 AsyncHandler = Callable[[AsyncBaseSocketModeClient, SocketModeRequest], Awaitable[Any] | Any]
-
-TICK_SECONDS = 0.5
 
 
 def is_async_callable(fn: object) -> bool:
@@ -77,23 +73,24 @@ class AsyncRecordingListener(RecorderFront):
     ) -> None:
         self.recorder = EnvelopeRecorder(
             buffer,
-            on_storage_error=on_storage_error,
-            spool_path=spool_path,
-            lease_seconds=lease_seconds,
-            recovery_interval=recovery_interval,
-            max_attempts=max_attempts,
-            metrics=metrics,
+            RecorderOptions(
+                on_storage_error=on_storage_error,
+                spool_path=spool_path,
+                lease_seconds=lease_seconds,
+                recovery_interval=recovery_interval,
+                max_attempts=max_attempts,
+                metrics=metrics,
+            ),
         )
         self.handler = handler
         self._handler_is_async = is_async_callable(handler)
-        self._io = ThreadPoolExecutor(max_workers=io_workers, thread_name_prefix="recorder-io")
+        self._io = OffLoop(io_workers)
         self._workers = ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="recorder-handler"
         )
         self._client: AsyncBaseSocketModeClient | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._background: asyncio.Task[None] | None = None
-        self._closed = False
+        self._maintenance = AsyncMaintenance(self.recorder, self._dispatch_claims, self._io)
 
     def attach(self, client: AsyncBaseSocketModeClient) -> AsyncRecordingListener:
         """Listen on ``client``; the background work starts with the first envelope,
@@ -112,19 +109,13 @@ class AsyncRecordingListener(RecorderFront):
 
     def _ensure_started(self, client: AsyncBaseSocketModeClient) -> None:
         self._client = self._client or client
-        if self._background is None and not self._closed:
-            self._background = asyncio.get_running_loop().create_task(
-                self._maintain(), name="recorder-maintenance"
-            )
-
-    async def _in_io(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        self._maintenance.start()
 
     async def __call__(self, client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
         self._ensure_started(client)
         received = time.perf_counter()
         text, frame = frame_of(request)
-        outcome = await self._in_io(self.recorder.record, request.envelope_id, text, frame)
+        outcome = await self._io.run(self.recorder.record, request.envelope_id, text, frame)
         if not outcome.ack:
             return
         try:
@@ -157,7 +148,7 @@ class AsyncRecordingListener(RecorderFront):
                 extra={"envelope_id": request.envelope_id, "envelope_type": request.type},
             )
         finally:
-            await self._in_io(self.recorder.finish, request.envelope_id, ok)
+            await self._io.run(self.recorder.finish, request.envelope_id, ok)
 
     async def recover(self) -> int:
         """Claim envelopes pending longer than the lease and dispatch them here.
@@ -169,14 +160,13 @@ class AsyncRecordingListener(RecorderFront):
         StorageUnavailable
             The database did not answer.
         """
-        client = self._require_client()
-        claims = await self._in_io(self.recorder.claim_stale)
-        self._dispatch_claims(client, claims)
+        self._require_client()
+        claims = await self._io.run(self.recorder.claim_stale)
+        self._dispatch_claims(claims)
         return len(claims)
 
-    def _dispatch_claims(
-        self, client: AsyncBaseSocketModeClient, claims: list[ClaimedEnvelope]
-    ) -> None:
+    def _dispatch_claims(self, claims: list[ClaimedEnvelope]) -> None:
+        client = self._require_client()
         for claim in claims:
             request = SocketModeRequest.from_dict(claim.envelope)
             if request is None:
@@ -187,7 +177,7 @@ class AsyncRecordingListener(RecorderFront):
                 )
                 # Off the loop, like every database call.
                 pending = asyncio.ensure_future(
-                    self._in_io(self.recorder.finish, claim.envelope_id, False)
+                    self._io.run(self.recorder.finish, claim.envelope_id, False)
                 )
                 self._tasks.add(pending)
                 pending.add_done_callback(self._tasks.discard)
@@ -199,28 +189,14 @@ class AsyncRecordingListener(RecorderFront):
             raise ConfigurationError("the listener has no client yet; call attach(client) first")
         return self._client
 
-    async def _maintain(self) -> None:
-        await self._in_io(self.recorder.open_existing_spool)
-        force = True
-        while not self._closed:
-            claims = await self._in_io(lambda f=force: self.recorder.tick(force_recovery=f))
-            force = False
-            self._dispatch_claims(self._require_client(), claims)
-            await asyncio.sleep(min(TICK_SECONDS, self.recorder.recovery_interval))
-
     async def close(self) -> None:
         """Stop the background work, wait for running handlers, drain once more."""
-        self._closed = True
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+        await self._maintenance.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._in_io(self.recorder.flush)
-        self.recorder.close()
+        await self._io.run(self.recorder.close)
         self._workers.shutdown(wait=True)
-        self._io.shutdown(wait=True)
+        self._io.shutdown()
 
     async def __aenter__(self) -> AsyncRecordingListener:
         return self

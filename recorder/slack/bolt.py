@@ -33,10 +33,8 @@ stored envelope (its ack then goes nowhere: Slack has its answer).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from logging import Logger
@@ -64,21 +62,21 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from recorder.adapter import EventBufferAdapter
-from recorder.adapters.sql import ClaimedEnvelope, SQLEventBuffer
+from recorder.adapter import ClaimedEnvelope, EventBufferAdapter
+from recorder.adapters import open_buffer
+from recorder.slack.background import AsyncMaintenance, Maintenance, OffLoop
 from recorder.slack.bolt_http import AsyncRecorderMiddleware, RecorderMiddleware  # HTTP mode
 from recorder.slack.frames import capture_frame, capture_frame_async, frame_of
 from recorder.slack.metrics import Metrics
-from recorder.slack.recording import (
+from recorder.slack.options import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RECOVERY_INTERVAL,
     DEFAULT_SPOOL_PATH,
-    EnvelopeRecorder,
     OnStorageError,
-    Outcome,
-    RecorderFront,
+    RecorderOptions,
 )
+from recorder.slack.recording import EnvelopeRecorder, Outcome, RecorderFront
 
 __all__ = [
     "AsyncRecorderMiddleware",
@@ -89,23 +87,16 @@ __all__ = [
 
 logger = logging.getLogger("recorder.slack")
 
-TICK_SECONDS = 0.5
 #: Statuses after which the envelope is done with: handled, or no listener for it.
 FINISHED_STATUSES = (200, 404)
 
 
 def default_buffer(buffer: EventBufferAdapter | str | None) -> EventBufferAdapter:
-    """``buffer`` itself; a URL opens an SQLEventBuffer; ``None`` the configured database.
-
-    The embedded SQLite database gets its schema on the spot; PostgreSQL is
-    expected to be migrated already (``recorder db upgrade``).
-    """
+    """``buffer`` itself; a URL or ``None`` (the configured database): see
+    :func:`recorder.adapters.open_buffer`."""
     if buffer is not None and not isinstance(buffer, str):
         return buffer
-    from recorder.settings import Settings
-
-    settings = Settings.load(database_url=buffer)
-    return SQLEventBuffer(settings.database_url, upgrade=settings.is_sqlite)
+    return open_buffer(buffer)
 
 
 def ack_response(envelope_id: str, bolt_resp: BoltResponse | None) -> SocketModeResponse:
@@ -143,12 +134,14 @@ def _recorder(
 ) -> EnvelopeRecorder:
     return EnvelopeRecorder(
         default_buffer(buffer),
-        on_storage_error=on_storage_error,
-        spool_path=spool_path,
-        lease_seconds=lease_seconds,
-        recovery_interval=recovery_interval,
-        max_attempts=max_attempts,
-        metrics=metrics,
+        RecorderOptions(
+            on_storage_error=on_storage_error,
+            spool_path=spool_path,
+            lease_seconds=lease_seconds,
+            recovery_interval=recovery_interval,
+            max_attempts=max_attempts,
+            metrics=metrics,
+        ),
     )
 
 
@@ -221,8 +214,7 @@ receive_buffer_size, concurrency
         self._recovery_pool = ThreadPoolExecutor(
             max_workers=max(1, concurrency // 2), thread_name_prefix="recorder-recovery"
         )
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._maintenance = Maintenance(self.recorder, self._dispatch_claims)
 
     def handle(self, client: BaseSocketModeClient, req: SocketModeRequest) -> None:
         received = time.perf_counter()
@@ -274,36 +266,23 @@ receive_buffer_size, concurrency
     def recover(self) -> int:
         """Claim envelopes pending longer than the lease and run the app for them."""
         claims = self.recorder.claim_stale()
-        for claim in claims:
-            self._recovery_pool.submit(self._recover_one, claim)
+        self._dispatch_claims(claims)
         return len(claims)
 
-    def _background(self) -> None:
-        force = True
-        while not self._stop.is_set():
-            for claim in self.recorder.tick(force_recovery=force):
-                self._recovery_pool.submit(self._recover_one, claim)
-            force = False
-            self._stop.wait(min(TICK_SECONDS, self.recorder.recovery_interval))
+    def _dispatch_claims(self, claims: list[ClaimedEnvelope]) -> None:
+        for claim in claims:
+            self._recovery_pool.submit(self._recover_one, claim)
 
     def connect(self) -> None:
         """Connect, and start the background work (recovery first)."""
-        if self._thread is None:
-            self.recorder.open_existing_spool()
-            self._thread = threading.Thread(
-                target=self._background, name="recorder-maintenance", daemon=True
-            )
-            self._thread.start()
+        self._maintenance.start()
         super().connect()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Disconnect, stop the background work, and drain the spool once more."""
-        self._stop.set()
+        self._maintenance.stop()
         super().close()  # type: ignore[no-untyped-call]
-        if self._thread is not None:
-            self._thread.join()
         self._recovery_pool.shutdown(wait=True)
-        self.recorder.flush()
         self.recorder.close()
 
 
@@ -357,18 +336,14 @@ class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
             loop=loop,
         )
         self.client.message_listeners.insert(0, capture_frame_async)
-        self._io = ThreadPoolExecutor(max_workers=io_workers, thread_name_prefix="recorder-io")
-        self._background: asyncio.Task[None] | None = None
+        self._io = OffLoop(io_workers)
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._closed = False
-
-    async def _in_io(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        self._maintenance = AsyncMaintenance(self.recorder, self._dispatch_claims, self._io)
 
     async def handle(self, client: AsyncBaseSocketModeClient, req: SocketModeRequest) -> None:
         received = time.perf_counter()
         text, frame = frame_of(req)
-        outcome: Outcome = await self._in_io(self.recorder.record, req.envelope_id, text, frame)
+        outcome: Outcome = await self._io.run(self.recorder.record, req.envelope_id, text, frame)
         if not outcome.ack:
             return
         if outcome is Outcome.DUPLICATE:
@@ -399,12 +374,12 @@ class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
         ok = bolt_resp is not None and bolt_resp.status in FINISHED_STATUSES
         if not ok:
             _log_unfinished(req, bolt_resp)
-        await self._in_io(self.recorder.finish, req.envelope_id, ok)
+        await self._io.run(self.recorder.finish, req.envelope_id, ok)
 
     async def _recover_one(self, claim: ClaimedEnvelope) -> None:
         req = SocketModeRequest.from_dict(claim.envelope)
         if req is None:
-            await self._in_io(self.recorder.finish, claim.envelope_id, False)
+            await self._io.run(self.recorder.finish, claim.envelope_id, False)
             return
         bolt_resp: BoltResponse | None = None
         try:
@@ -420,35 +395,20 @@ class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
 
     async def recover(self) -> int:
         """Claim envelopes pending longer than the lease and run the app for them."""
-        claims: list[ClaimedEnvelope] = await self._in_io(self.recorder.claim_stale)
+        claims: list[ClaimedEnvelope] = await self._io.run(self.recorder.claim_stale)
         self._dispatch_claims(claims)
         return len(claims)
 
-    async def _maintain(self) -> None:
-        await self._in_io(self.recorder.open_existing_spool)
-        force = True
-        while not self._closed:
-            claims = await self._in_io(lambda f=force: self.recorder.tick(force_recovery=f))
-            force = False
-            self._dispatch_claims(claims)
-            await asyncio.sleep(min(TICK_SECONDS, self.recorder.recovery_interval))
-
     async def connect_async(self) -> None:
         """Connect, and start the background work (recovery first)."""
-        if self._background is None:
-            self._background = asyncio.get_running_loop().create_task(self._maintain())
+        self._maintenance.start()
         await super().connect_async()  # type: ignore[no-untyped-call]
 
     async def close_async(self) -> None:
         """Disconnect, stop the background work, and drain the spool once more."""
-        self._closed = True
+        await self._maintenance.stop()
         await super().close_async()  # type: ignore[no-untyped-call]
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._in_io(self.recorder.flush)
-        self.recorder.close()
-        self._io.shutdown(wait=True)
+        await self._io.run(self.recorder.close)
+        self._io.shutdown()

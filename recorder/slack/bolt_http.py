@@ -41,11 +41,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from slack_bolt.middleware.async_middleware import AsyncMiddleware
-from slack_bolt.middleware.middleware import Middleware
-from slack_bolt.request import BoltRequest
-from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_bolt.response import BoltResponse
+from recorder.errors import MissingDependency
+
+try:
+    from slack_bolt.middleware.async_middleware import AsyncMiddleware
+    from slack_bolt.middleware.middleware import Middleware
+    from slack_bolt.request import BoltRequest
+    from slack_bolt.request.async_request import AsyncBoltRequest
+    from slack_bolt.response import BoltResponse
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise MissingDependency("slack_bolt", "bolt") from exc
 
 from recorder.adapter import EventBufferAdapter
 from recorder.http import Decision, HttpRecorder

@@ -22,8 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slack_bolt import App
-from slack_bolt.adapter.wsgi import SlackRequestHandler
+from recorder.errors import MissingDependency
+
+try:
+    from slack_bolt import App
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise MissingDependency("slack_bolt", "bolt") from exc
+
 from slack_sdk import WebClient
 
 from recorder.adapters.sql import SQLEventBuffer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,19 +13,20 @@ from slack_sdk.socket_mode.client import BaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from recorder.adapter import EventBufferAdapter
+from recorder.adapter import ClaimedEnvelope, EventBufferAdapter
 from recorder.errors import ConfigurationError
+from recorder.slack.background import Maintenance
 from recorder.slack.frames import capture_frame, frame_of
 from recorder.slack.metrics import Metrics
-from recorder.slack.recording import (
+from recorder.slack.options import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RECOVERY_INTERVAL,
     DEFAULT_SPOOL_PATH,
-    EnvelopeRecorder,
     OnStorageError,
-    RecorderFront,
+    RecorderOptions,
 )
+from recorder.slack.recording import EnvelopeRecorder, RecorderFront
 
 __all__ = ["Handler", "RecordingListener"]
 
@@ -34,9 +34,6 @@ logger = logging.getLogger("recorder.slack")
 
 #: ``handler(client, request)``, called once per new envelope.
 Handler = Callable[[BaseSocketModeClient, SocketModeRequest], Any]
-
-#: How often the background thread looks for due work (drain, renewals).
-TICK_SECONDS = 0.5
 
 
 class RecordingListener(RecorderFront):
@@ -117,21 +114,21 @@ class RecordingListener(RecorderFront):
     ) -> None:
         self.recorder = EnvelopeRecorder(
             buffer,
-            on_storage_error=on_storage_error,
-            spool_path=spool_path,
-            lease_seconds=lease_seconds,
-            recovery_interval=recovery_interval,
-            max_attempts=max_attempts,
-            metrics=metrics,
+            RecorderOptions(
+                on_storage_error=on_storage_error,
+                spool_path=spool_path,
+                lease_seconds=lease_seconds,
+                recovery_interval=recovery_interval,
+                max_attempts=max_attempts,
+                metrics=metrics,
+            ),
         )
         self.handler = handler
         self._pool = ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="recorder-handler"
         )
         self._client: BaseSocketModeClient | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._maintenance = Maintenance(self.recorder, self._dispatch_claims)
 
     def attach(self, client: BaseSocketModeClient) -> RecordingListener:
         """Listen on ``client`` and start the background work (recovery first).
@@ -146,18 +143,11 @@ class RecordingListener(RecorderFront):
 
     def start(self, client: BaseSocketModeClient) -> None:
         """Start the background thread: recovery now, then drain, renewals, recovery."""
-        with self._start_lock:
-            self._client = self._client or client
-            if self._thread is not None:
-                return
-            self.recorder.open_existing_spool()
-            self._thread = threading.Thread(
-                target=self._background, name="recorder-maintenance", daemon=True
-            )
-            self._thread.start()
+        self._client = self._client or client
+        self._maintenance.start()
 
     def __call__(self, client: BaseSocketModeClient, request: SocketModeRequest) -> None:
-        if self._thread is None:
+        if not self._maintenance.started:
             self.start(client)
         received = time.perf_counter()
         text, frame = frame_of(request)
@@ -207,12 +197,13 @@ class RecordingListener(RecorderFront):
         StorageUnavailable
             The database did not answer.
         """
-        client = self._require_client()
+        self._require_client()
         claims = self.recorder.claim_stale()
-        self._dispatch_claims(client, claims)
+        self._dispatch_claims(claims)
         return len(claims)
 
-    def _dispatch_claims(self, client: BaseSocketModeClient, claims: list[Any]) -> None:
+    def _dispatch_claims(self, claims: list[ClaimedEnvelope]) -> None:
+        client = self._require_client()
         for claim in claims:
             request = SocketModeRequest.from_dict(claim.envelope)
             if request is None:
@@ -230,25 +221,13 @@ class RecordingListener(RecorderFront):
             raise ConfigurationError("the listener has no client yet; call attach(client) first")
         return self._client
 
-    def _background(self) -> None:
-        client = self._require_client()
-        force = True
-        while not self._stop.is_set():
-            claims = self.recorder.tick(force_recovery=force)
-            force = False
-            self._dispatch_claims(client, claims)
-            self._stop.wait(min(TICK_SECONDS, self.recorder.recovery_interval))
-
     def close(self, *, wait: bool = True) -> None:
         """Stop the background work, let running handlers finish, drain once more.
 
         Closing does not close the buffer, which stays the caller's.
         """
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._maintenance.stop()
         self._pool.shutdown(wait=wait)
-        self.recorder.flush()
         self.recorder.close()
 
     def __enter__(self) -> RecordingListener:

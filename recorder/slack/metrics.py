@@ -52,6 +52,9 @@ class Metrics:
     def pending(self, count: int) -> None:
         """Envelopes recorded and not completed in the database."""
 
+    def spool_quarantined(self) -> None:
+        """The database refused a spooled envelope; it moved to the spool's quarantine."""
+
     def record_seconds(self, seconds: float) -> None:
         """Time to record one envelope (database, or spool on failure)."""
 
@@ -107,6 +110,11 @@ class RecorderMetrics(Metrics):
         self._spool_depth = prom.Gauge(
             "recorder_spool_depth", "Envelopes in the local spool, not yet drained.", **options
         )
+        self._quarantined = prom.Counter(
+            "recorder_spool_quarantined",
+            "Spooled envelopes the database refused, moved to the spool's quarantine.",
+            **options,
+        )
         self._pending = prom.Gauge(
             "recorder_pending_envelopes",
             "Envelopes recorded and not completed in the database.",
@@ -147,6 +155,9 @@ class RecorderMetrics(Metrics):
 
     def pending(self, count: int) -> None:
         self._pending.set(count)
+
+    def spool_quarantined(self) -> None:
+        self._quarantined.inc()
 
     def record_seconds(self, seconds: float) -> None:
         self._record.observe(seconds)

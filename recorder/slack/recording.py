@@ -1,231 +1,162 @@
-"""What every Slack listener does with an envelope, written once, free of slack_sdk.
+"""What every Slack front-end does with an envelope, written once, free of slack_sdk.
 
 :class:`EnvelopeRecorder` decides an envelope's fate before the ack (record
-it, or apply the storage policy), tracks which envelopes have a handler
-running, marks them complete, and does the background work: draining the
-spool, renewing the claims of long handlers, retrying owed completions,
-and claiming abandoned envelopes for recovery. The sync and async listeners
-and the Bolt handlers are thin layers over it. It is thread-safe.
+it, or apply the storage policy) and tracks where each envelope with a
+running handler lives (:class:`~recorder.slack.inflight.Where`), so its
+completion goes there. It composes three parts, each in its own module:
+
+* :class:`~recorder.slack.recent.RecentKeys`: ids recorded lately, so
+  retransmits are dropped without a database call;
+* :class:`~recorder.slack.completions.Completions`: batched completions, owed
+  ones retried;
+* :class:`~recorder.slack.draining.SpoolDrain`: the local spool during an
+  outage, drained (and poison rows quarantined) afterwards.
+
+:meth:`EnvelopeRecorder.tick` does the background work that is due;
+:mod:`recorder.slack.background` runs it for the front-ends. Recovery uses
+only the :class:`~recorder.adapter.RecoverableEventBuffer` protocol; with an
+adapter that does not implement it, recovery is off. It is thread-safe.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import enum
+import datetime as dt
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from recorder.adapter import EventBufferAdapter, RecordResult
-from recorder.adapters.sql import ClaimedEnvelope
-from recorder.errors import ConfigurationError, InvalidEnvelope, StorageUnavailable
-from recorder.slack.metrics import Metrics, resolve_metrics
-from recorder.slack.spool import Spool, move_rows
+from recorder.adapter import (
+    ClaimedEnvelope,
+    EventBufferAdapter,
+    ParsingEventBuffer,
+    RecordResult,
+    RecoverableEventBuffer,
+)
+from recorder.errors import InvalidEnvelope, StorageUnavailable
+from recorder.slack.completions import Completions
+from recorder.slack.draining import SpoolDrain
+from recorder.slack.inflight import InFlight, Where
+from recorder.slack.metrics import resolve_metrics
+from recorder.slack.options import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RECOVERY_INTERVAL,
+    DEFAULT_SPOOL_PATH,
+    OnStorageError,
+    RecorderOptions,
+)
+from recorder.slack.outcomes import Outcome, RecorderStats
+from recorder.slack.recent import RecentKeys, dedupe_keys, event_id_of
+from recorder.slack.spool import utc_now
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RECOVERY_INTERVAL",
     "DEFAULT_SPOOL_PATH",
     "EnvelopeRecorder",
     "OnStorageError",
     "Outcome",
     "RecorderFront",
+    "RecorderOptions",
     "RecorderStats",
 ]
 
 logger = logging.getLogger("recorder.slack")
 
-OnStorageError = Literal["spool", "nack", "raise"]
-POLICIES: tuple[str, ...] = ("spool", "nack", "raise")
+_T = TypeVar("_T")
 
-DEFAULT_SPOOL_PATH = "recorder-spool.db"
-DEFAULT_LEASE_SECONDS = 300.0
-DEFAULT_RECOVERY_INTERVAL = 30.0
-DEFAULT_MAX_ATTEMPTS = 5
-#: How long this process remembers ids it recorded, to drop retransmits
-#: without a database round trip (and while the database is away).
-RECENT_TTL_SECONDS = 900.0
-RECENT_MAX_KEYS = 100_000
-DRAIN_BATCH = 500
 #: At most one warning per background action this often while the database is away.
 BACKGROUND_WARNING_SECONDS = 30.0
-#: How long the completer gathers finished envelopes into one statement.
-COMPLETION_BATCH_SECONDS = 0.02
+GAUGE_SECONDS = 5.0
 RECOVERY_BATCH = 100
 
 
-class Outcome(enum.Enum):
-    """What a listener does with one envelope."""
-
-    NEW = "new"
-    """Recorded in the database: ack, then dispatch."""
-    DUPLICATE = "duplicate"
-    """Seen before: ack, do not dispatch."""
-    SPOOLED = "spooled"
-    """The database was away; recorded in the local spool: ack, then dispatch."""
-    NACKED = "nacked"
-    """Not recorded anywhere: no ack (Slack redelivers), no dispatch."""
-    REJECTED = "rejected"
-    """The envelope cannot be stored (InvalidEnvelope): no ack, no dispatch; logged."""
-
-    @property
-    def ack(self) -> bool:
-        return self in (Outcome.NEW, Outcome.DUPLICATE, Outcome.SPOOLED)
-
-    @property
-    def dispatch(self) -> bool:
-        return self in (Outcome.NEW, Outcome.SPOOLED)
-
-
-@dataclass
-class RecorderStats:
-    """Counts since start, for ``recorder demo`` and for tests."""
-
-    received: int = 0
-    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
-    dispatched: int = 0
-    handled: int = 0
-    failed: int = 0
-    recovered: int = 0
-    drained: int = 0
-    storage_errors: int = 0
-
-
-class _RecentKeys:
-    """A bounded, expiring set of envelope and event ids this process has recorded."""
-
-    def __init__(self, ttl: float, max_keys: int) -> None:
-        self._ttl = ttl
-        self._max = max_keys
-        self._expiry: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._pinned: set[str] = set()
-        self._lock = threading.Lock()
-
-    def any_of(self, keys: Iterable[str]) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                if key in self._pinned:
-                    return True
-                expiry = self._expiry.get(key)
-                if expiry is not None and expiry > now:
-                    return True
-        return False
-
-    def add(self, keys: Iterable[str]) -> None:
-        expiry = time.monotonic() + self._ttl
-        with self._lock:
-            for key in keys:
-                self._expiry[key] = expiry
-                self._expiry.move_to_end(key)
-            while len(self._expiry) > self._max:
-                self._expiry.popitem(last=False)
-
-    def pin(self, keys: Iterable[str]) -> None:
-        """Remember until :meth:`unpin` (spooled envelopes, however long the outage)."""
-        with self._lock:
-            self._pinned.update(keys)
-
-    def unpin_all_but(self, keep: set[str]) -> None:
-        """Stop pinning keys not in ``keep``; they stay remembered for the TTL."""
-        expiry = time.monotonic() + self._ttl
-        with self._lock:
-            for key in self._pinned - keep:
-                self._expiry[key] = expiry
-                self._expiry.move_to_end(key)
-            self._pinned &= keep
-
-
-def _writer_lock(buffer: EventBufferAdapter) -> contextlib.AbstractContextManager[Any]:
-    # SQLEventBuffer queues its own writers on SQLite (recorder.writer), with
-    # record's time bound; a second, unbounded lock here would hold the ack.
-    return contextlib.nullcontext()
-
-
-def dedupe_keys(envelope_id: str, event_id: str | None) -> list[str]:
-    keys = [f"envelope:{envelope_id}"]
-    if event_id:
-        keys.append(f"event:{event_id}")
-    return keys
-
-
-def event_id_of(frame: Mapping[str, Any]) -> str | None:
-    """``payload.event_id`` of an ``events_api`` frame (the key Slack's retries share)."""
-    if frame.get("type") != "events_api":
-        return None
-    payload = frame.get("payload")
-    value = payload.get("event_id") if isinstance(payload, Mapping) else None
-    return value if isinstance(value, str) and value else None
-
-
 class EnvelopeRecorder:
-    """Record-before-ack, the storage policy, completion and recovery for one listener.
+    """Record-before-ack, the storage policy, completion and recovery for one front-end.
 
     Parameters
     ----------
     buffer
-        Where envelopes are recorded. Recovery needs an adapter with
-        ``claim_stale`` and ``renew`` (:class:`~recorder.adapters.sql.SQLEventBuffer`);
-        with any other adapter it is off.
-    on_storage_error
-        ``"spool"``, ``"nack"`` or ``"raise"`` (see :class:`~recorder.slack.RecordingListener`).
-    spool_path
-        The SQLite spool file for ``"spool"``.
-    lease_seconds
-        How long a dispatch may go without a sign of life (claims of running
-        handlers are renewed every third of it) before recovery takes it over.
-    max_attempts
-        Recovery leaves an envelope alone once dispatched this many times.
+        Where envelopes are recorded. Recovery needs a
+        :class:`~recorder.adapter.RecoverableEventBuffer`; with any other
+        adapter it is off.
+    options
+        The recording options (:class:`~recorder.slack.options.RecorderOptions`).
+    monotonic, clock
+        The clocks: monotonic seconds for the background cadence and the
+        recent-ids window, UTC wall time for the spool. Injectable for tests.
+
+    Raises
+    ------
+    ConfigurationError
+        ``"spool"`` with an adapter that has no ``parse``.
     """
 
     def __init__(
         self,
         buffer: EventBufferAdapter,
+        options: RecorderOptions | None = None,
         *,
-        on_storage_error: OnStorageError = "spool",
-        spool_path: str | Path = DEFAULT_SPOOL_PATH,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
-        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
-        metrics: Metrics | bool | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
-        if on_storage_error not in POLICIES:
-            raise ConfigurationError(
-                f"on_storage_error must be one of {', '.join(POLICIES)}, not {on_storage_error!r}"
-            )
-        if lease_seconds <= 0 or recovery_interval <= 0:
-            raise ConfigurationError("lease_seconds and recovery_interval must be positive")
         self.buffer = buffer
-        self.policy: OnStorageError = on_storage_error
-        self.spool_path = Path(spool_path)
-        self.lease_seconds = float(lease_seconds)
-        self.recovery_interval = float(recovery_interval)
-        self.max_attempts = max_attempts
-        self.metrics = resolve_metrics(metrics)
+        self.options = options or RecorderOptions()
+        self.metrics = resolve_metrics(self.options.metrics)
         self.stats = RecorderStats()
-        self._recent = _RecentKeys(RECENT_TTL_SECONDS, RECENT_MAX_KEYS)
-        self._lock = threading.Lock()
-        # envelope id -> True when its row lives in the spool
-        self._inflight: dict[str, bool] = {}
-        self._owed: set[str] = set()
-        self._completions: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._completer: threading.Thread | None = None
-        self._closed = False
-        self._spool: Spool | None = None
-        self._spool_lock = threading.Lock()
-        self._next_recovery = 0.0
-        self._next_renewal = time.monotonic() + self.lease_seconds / 3
-        self._next_gauges = 0.0
+        self._monotonic = monotonic
+        self._stats_lock = threading.Lock()
+        # Checked once: a runtime protocol check costs microseconds per call.
+        # (Writers of one SQLite database queue inside the buffer, with
+        # record's time bound: recorder.writer.)
+        self._recoverable = buffer if isinstance(buffer, RecoverableEventBuffer) else None
+        self.recent = RecentKeys(clock=monotonic)
+        self.inflight = InFlight()
+        self.completions = Completions(buffer, self.inflight.discard)
+        self.spool: SpoolDrain | None = None
+        if self.options.on_storage_error == "spool" or isinstance(buffer, ParsingEventBuffer):
+            # Also under "nack" and "raise": a spool an earlier run left is drained.
+            self.spool = SpoolDrain(
+                self.spool_path,
+                buffer,
+                recent=self.recent,
+                inflight=self.inflight,
+                metrics=self.metrics,
+                lease_seconds=self.lease_seconds,
+                clock=clock,
+            )
+        now = monotonic()
+        self._next_recovery = now
+        self._next_renewal = now + self.options.renew_seconds
+        self._next_gauges = now
         self._last_warned: dict[str, float] = {}
-        self.recovery_supported = hasattr(buffer, "claim_stale") and hasattr(buffer, "renew")
-        self._db_writes: contextlib.AbstractContextManager[Any] = _writer_lock(buffer)
-        self._spool_writes = threading.Lock()
+
+    # -- options, for the front-ends and tests
+
+    @property
+    def policy(self) -> OnStorageError:
+        return self.options.on_storage_error
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.options.spool_path)
+
+    @property
+    def lease_seconds(self) -> float:
+        return float(self.options.lease_seconds)
+
+    @property
+    def recovery_interval(self) -> float:
+        return float(self.options.recovery_interval)
+
+    @property
+    def recovery_supported(self) -> bool:
+        """Whether :meth:`claim_stale` can claim anything: a recoverable buffer, recovery on."""
+        return self._recoverable is not None and self.options.recover
 
     # -- the receive path
 
@@ -237,14 +168,14 @@ class EnvelopeRecorder:
         StorageUnavailable
             Only under the ``"raise"`` policy, when the database did not answer.
         """
-        self._count_received()
+        with self._stats_lock:
+            self.stats.received += 1
         keys = dedupe_keys(envelope_id, event_id_of(frame))
-        if self._recent.any_of(keys):
+        if self.recent.any_of(keys):
             return self._decided(envelope_id, frame, Outcome.DUPLICATE)
         started = time.perf_counter()
         try:
-            with self._db_writes:
-                result = self.buffer.record(envelope_id, text)
+            result = self.buffer.record(envelope_id, text)
         except InvalidEnvelope as exc:
             logger.error(
                 "envelope %s rejected, not acked: %s",
@@ -257,11 +188,10 @@ class EnvelopeRecorder:
             return self._storage_failed(envelope_id, text, frame, keys, exc)
         finally:
             self.metrics.record_seconds(time.perf_counter() - started)
-        self._recent.add(keys)
+        self.recent.add(keys)
         if result is RecordResult.DUPLICATE:
             return self._decided(envelope_id, frame, Outcome.DUPLICATE)
-        with self._lock:
-            self._inflight[envelope_id] = False
+        self.inflight.add(envelope_id, Where.DATABASE)
         return self._decided(envelope_id, frame, Outcome.NEW)
 
     def _storage_failed(
@@ -273,7 +203,7 @@ class EnvelopeRecorder:
         exc: StorageUnavailable,
     ) -> Outcome:
         self.metrics.storage_error()
-        with self._lock:
+        with self._stats_lock:
             self.stats.storage_errors += 1
         logger.warning(
             "database unavailable for envelope %s (policy %s): %s",
@@ -284,14 +214,18 @@ class EnvelopeRecorder:
         )
         if self.policy == "raise":
             raise exc
-        if self.policy == "nack":
+        if self.policy == "nack" or self.spool is None:
             return self._decided(envelope_id, frame, Outcome.NACKED)
         try:
-            spool = self._open_spool()
-            with self._spool_writes:
-                result = spool.record(envelope_id, text)
-        except InvalidEnvelope:
-            return self._decided(envelope_id, frame, Outcome.REJECTED)
+            result = self.spool.record(envelope_id, text)
+        except InvalidEnvelope as invalid:
+            logger.error(
+                "envelope %s rejected, not acked: %s",
+                envelope_id,
+                invalid,
+                extra=_extra(envelope_id, frame, Outcome.REJECTED),
+            )
+            return self._decided(envelope_id, frame, Outcome.REJECTED, log=False)
         except StorageUnavailable as spool_exc:
             logger.error(
                 "envelope %s not acked: neither the database nor the spool %s answered: %s",
@@ -305,16 +239,15 @@ class EnvelopeRecorder:
             return self._decided(envelope_id, frame, Outcome.DUPLICATE)
         # Pinned, not merely remembered: a retransmit must stay a duplicate
         # until the row is in the database, however long the outage lasts.
-        self._recent.pin(keys)
-        with self._lock:
-            self._inflight[envelope_id] = True
+        self.recent.pin(keys)
+        self.inflight.add(envelope_id, Where.SPOOL)
         return self._decided(envelope_id, frame, Outcome.SPOOLED)
 
     def _decided(
         self, envelope_id: str, frame: Mapping[str, Any], outcome: Outcome, *, log: bool = True
     ) -> Outcome:
         self.metrics.envelope(outcome.value)
-        with self._lock:
+        with self._stats_lock:
             self.stats.outcomes[outcome.value] += 1
             if outcome.dispatch:
                 self.stats.dispatched += 1
@@ -327,10 +260,6 @@ class EnvelopeRecorder:
             )
         return outcome
 
-    def _count_received(self) -> None:
-        with self._lock:
-            self.stats.received += 1
-
     def acked(self, seconds: float) -> None:
         self.metrics.ack_seconds(seconds)
 
@@ -339,35 +268,33 @@ class EnvelopeRecorder:
     def finish(self, envelope_id: str, ok: bool) -> None:
         """A handler run ended. On success the envelope is completed where its row lives.
 
-        Completions in the database are batched (a few milliseconds' worth per
-        statement): a commit per envelope would double the commits the
-        database flushes, and the ack path waits behind those flushes.
+        Completions in the database are batched (see
+        :mod:`recorder.slack.completions`); one that arrives after
+        :meth:`close` is written at once.
         """
-        with self._lock:
-            spooled = self._inflight.get(envelope_id, False)
+        where = self.inflight.where(envelope_id)
+        with self._stats_lock:
             if ok:
                 self.stats.handled += 1
             else:
                 self.stats.failed += 1
         self.metrics.handler("ok" if ok else "failed")
-        if ok and not spooled:
-            self._start_completer()
-            self._completions.put(envelope_id)
+        if ok and where is not Where.SPOOL:
+            # Leaves the in-flight map once written (or owed): until then its
+            # lease is renewed and recovery leaves it alone.
+            self.completions.add(envelope_id)
             return
         try:
-            if ok:
-                self._complete_spooled(envelope_id)
+            if ok and self.spool is not None:
+                self._complete_spooled(self.spool, envelope_id)
         finally:
             # Only now: the drain skips in-flight rows, so a spooled row is
             # never moved between the handler finishing and it being marked.
-            with self._lock:
-                self._inflight.pop(envelope_id, None)
+            self.inflight.discard([envelope_id])
 
-    def _complete_spooled(self, envelope_id: str) -> None:
+    def _complete_spooled(self, spool: SpoolDrain, envelope_id: str) -> None:
         try:
-            spool = self._open_spool()
-            with self._spool_writes:
-                spool.complete(envelope_id)
+            spool.complete(envelope_id)
         except StorageUnavailable as exc:
             # The spool file itself failed: the row stays pending there and is
             # recovered after the drain; nothing better is possible.
@@ -377,61 +304,6 @@ class EnvelopeRecorder:
                 exc,
                 extra={"envelope_id": envelope_id},
             )
-
-    def _start_completer(self) -> None:
-        with self._lock:
-            if self._completer is not None or self._closed:
-                return
-            self._completer = threading.Thread(
-                target=self._complete_loop, name="recorder-completer", daemon=True
-            )
-            self._completer.start()
-
-    def _complete_loop(self) -> None:
-        while True:
-            first = self._completions.get()
-            if first is None:
-                return
-            time.sleep(COMPLETION_BATCH_SECONDS)
-            self._complete_batch([first, *self._take_completions()])
-
-    def _take_completions(self) -> list[str]:
-        taken: list[str] = []
-        while True:
-            try:
-                item = self._completions.get_nowait()
-            except queue.Empty:
-                return taken
-            if item is None:
-                # Keep the stop request for the loop.
-                self._completions.put(None)
-                return taken
-            taken.append(item)
-
-    def _complete_batch(self, envelope_ids: list[str]) -> None:
-        if not envelope_ids:
-            return
-        try:
-            with self._db_writes:
-                complete_many = getattr(self.buffer, "complete_many", None)
-                if complete_many is not None:
-                    complete_many(envelope_ids)
-                else:
-                    for envelope_id in envelope_ids:
-                        self.buffer.complete(envelope_id)
-        except StorageUnavailable as exc:
-            logger.warning(
-                "%d envelopes handled; completion deferred, the database is unavailable: %s",
-                len(envelope_ids),
-                exc,
-                extra={"envelope_ids": envelope_ids},
-            )
-            with self._lock:
-                self._owed.update(envelope_ids)
-        finally:
-            with self._lock:
-                for envelope_id in envelope_ids:
-                    self._inflight.pop(envelope_id, None)
 
     # -- recovery and background work
 
@@ -443,22 +315,16 @@ class EnvelopeRecorder:
         StorageUnavailable
             The database did not answer.
         """
-        if not self.recovery_supported:
+        if self._recoverable is None or not self.options.recover:
             return []
-        with self._db_writes:
-            claims: list[ClaimedEnvelope] = self.buffer.claim_stale(  # type: ignore[attr-defined]
-                self.lease_seconds, limit, max_attempts=self.max_attempts
-            )
-        taken = []
-        with self._lock:
-            for claim in claims:
-                # Running here already (its renewals missed while the database
-                # was away): the claim keeps it alive, a second run would not.
-                if claim.envelope_id in self._inflight:
-                    continue
-                self._inflight[claim.envelope_id] = False
-                self.stats.recovered += 1
-                taken.append(claim)
+        claims = self._recoverable.claim_stale(
+            self.lease_seconds, limit, max_attempts=self.options.max_attempts
+        )
+        # One running here already (its renewals missed while the database was
+        # away) keeps its claim alive; a second run would not.
+        taken = [c for c in claims if self.inflight.add_new(c.envelope_id, Where.DATABASE)]
+        with self._stats_lock:
+            self.stats.recovered += len(taken)
         for claim in taken:
             self.metrics.handler("recovered")
             logger.info(
@@ -475,33 +341,51 @@ class EnvelopeRecorder:
         Never raises for an unavailable database: it is logged, and retried
         on the next tick.
         """
-        now = time.monotonic()
+        now = self._monotonic()
         claims: list[ClaimedEnvelope] = []
-        self._safely("retrying completions", self._retry_owed)
+        self._safely("retrying completions", self.completions.retry_owed)
         if now >= self._next_renewal:
-            self._next_renewal = now + self.lease_seconds / 3
+            self._next_renewal = now + self.options.renew_seconds
             self._safely("renewing claims", self._renew)
         self._safely("draining the spool", self.drain)
         if force_recovery or now >= self._next_recovery:
             self._next_recovery = now + self.recovery_interval
             claims = self._safely("recovering envelopes", self.claim_stale) or []
         if now >= self._next_gauges:
-            self._next_gauges = now + 5.0
+            self._next_gauges = now + GAUGE_SECONDS
             self._safely("updating gauges", self._update_gauges)
         return claims
 
+    def drain(self) -> int:
+        """Move spooled envelopes that are done with (or abandoned) into the database.
+
+        Returns how many rows left the spool for the database.
+        """
+        if self.spool is None:
+            return 0
+        moved = self.spool.drain()
+        if moved:
+            with self._stats_lock:
+                self.stats.drained += moved
+        return moved
+
+    def open_existing_spool(self) -> None:
+        """At start: take over envelopes an earlier run left in the spool."""
+        if self.spool is not None and self.policy == "spool":
+            self._safely("opening the spool", self.spool.open_existing)
+
     def flush(self) -> None:
         """Write queued completions, settle owed ones, and drain what can be drained."""
-        self._complete_batch(self._take_completions())
-        self._safely("retrying completions", self._retry_owed)
+        self.completions.flush()
+        self._safely("retrying completions", self.completions.retry_owed)
         self._safely("draining the spool", self.drain)
 
-    def _safely(self, action: str, fn: Any) -> Any:
+    def _safely(self, action: str, fn: Callable[[], _T]) -> _T | None:
         try:
             result = fn()
         except StorageUnavailable as exc:
             # Every tick retries; during an outage say so once in a while, not twice a second.
-            now = time.monotonic()
+            now = self._monotonic()
             if now - self._last_warned.get(action, -BACKGROUND_WARNING_SECONDS) >= (
                 BACKGROUND_WARNING_SECONDS
             ):
@@ -515,116 +399,37 @@ class EnvelopeRecorder:
             logger.info("%s works again", action)
         return result
 
-    def _retry_owed(self) -> None:
-        with self._lock:
-            owed = sorted(self._owed)
-        for envelope_id in owed:
-            with self._db_writes:
-                self.buffer.complete(envelope_id)
-            with self._lock:
-                self._owed.discard(envelope_id)
-
     def _renew(self) -> None:
-        with self._lock:
-            main = [key for key, spooled in self._inflight.items() if not spooled]
-            spooled = [key for key, spooled in self._inflight.items() if spooled]
-        if main and self.recovery_supported:
-            with self._db_writes:
-                self.buffer.renew(main)  # type: ignore[attr-defined]
-        if spooled:
-            spool = self._open_spool()
-            with self._spool_writes:
-                spool.renew(spooled)
-
-    def drain(self) -> int:
-        """Move spooled envelopes that are done with (or abandoned) into the database.
-
-        Returns how many rows left the spool.
-        """
-        if self._spool is None and not self.spool_path.exists():
-            return 0
-        spool = self._open_spool()
-        moved = 0
-        while True:
-            with self._lock:
-                running = [key for key, spooled in self._inflight.items() if spooled]
-            rows = spool.drainable(self.lease_seconds, running, DRAIN_BATCH)
-            if not rows:
-                break
-            with self._db_writes:
-                move_rows(rows, self.buffer)
-            ids = [row.envelope_id for row in rows]
-            with self._spool_writes:
-                spool.remove(ids)
-            moved += len(rows)
-            for row in rows:
-                logger.info(
-                    "envelope %s drained from the spool (%s)",
-                    row.envelope_id,
-                    row.status,
-                    extra={"envelope_id": row.envelope_id, "status": row.status},
-                )
-            if len(rows) < DRAIN_BATCH:
-                break
-        if moved:
-            with self._lock:
-                self.stats.drained += moved
-            # The database now answers for these ids; keep them recent, no longer pinned.
-            self._repin_from_spool(spool)
-            self.metrics.spool_depth(spool.depth())
-        return moved
-
-    def _repin_from_spool(self, spool: Spool) -> None:
-        keys = spool.keys()
-        self._recent.unpin_all_but(
-            {key for envelope_id, event_id in keys for key in dedupe_keys(envelope_id, event_id)}
-        )
-
-    def _open_spool(self) -> Spool:
-        with self._spool_lock:
-            if self._spool is None:
-                existed = self.spool_path.exists()
-                self._spool = Spool(self.spool_path)
-                if existed:
-                    # Envelopes spooled by an earlier run: retransmits of them
-                    # are duplicates until they are drained.
-                    spooled = self._spool.keys()
-                    self._recent.pin(
-                        key
-                        for envelope_id, event_id in spooled
-                        for key in dedupe_keys(envelope_id, event_id)
-                    )
-            return self._spool
-
-    def open_existing_spool(self) -> None:
-        """At start: take over envelopes an earlier run left in the spool."""
-        if self.policy == "spool" and self.spool_path.exists():
-            self._safely("opening the spool", self._open_spool)
+        main = self.inflight.ids(Where.DATABASE)
+        if main and self._recoverable is not None:
+            self._recoverable.renew(main)
+        if self.spool is not None:
+            self.spool.renew(self.inflight.ids(Where.SPOOL))
 
     def _update_gauges(self) -> None:
-        if self._spool is not None:
-            self.metrics.spool_depth(self._spool.depth())
-        count = getattr(self.buffer, "count_pending", None)
-        if count is not None:
-            self.metrics.pending(count())
-
-    def inflight(self) -> list[str]:
-        with self._lock:
-            return list(self._inflight)
+        if self.spool is not None and (depth := self.spool.depth()) is not None:
+            self.metrics.spool_depth(depth)
+        if self._recoverable is not None:
+            self.metrics.pending(self._recoverable.count_pending())
 
     def close(self) -> None:
-        """Stop the completer (writing what it holds) and close the spool."""
-        with self._lock:
-            self._closed = True
-            completer = self._completer
-        if completer is not None:
-            self._completions.put(None)
-            completer.join()
-        self._complete_batch(self._take_completions())
-        with self._spool_lock:
-            if self._spool is not None:
-                self._spool.close()
-                self._spool = None
+        """Write every completion (waiting for the completer), drain once more, close the spool.
+
+        A completion that arrives later is written at once by :meth:`finish`.
+        """
+        self.completions.close()
+        self._safely("retrying completions", self.completions.retry_owed)
+        self._safely("draining the spool", self.drain)
+        owed = self.completions.owed()
+        if owed:
+            logger.error(
+                "%d handled envelopes could not be marked complete before close; "
+                "they stay pending and recovery runs them again",
+                len(owed),
+                extra={"envelope_ids": owed},
+            )
+        if self.spool is not None:
+            self.spool.close()
 
 
 def _extra(envelope_id: str, frame: Mapping[str, Any], outcome: Outcome | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "AdapterConformance": "recorder.testing.conformance",
     "TTLConformance": "recorder.testing.conformance",
     "CrossProcessConformance": "recorder.testing.conformance",
+    "RecoveryConformance": "recorder.testing.recovery",
     "TcpProxy": "recorder.testing.faults",
     "SlackHttpSender": "recorder.testing.slack_http",
 }

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recorder.adapters.memory import MemoryEventBuffer
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.slack.spool import Spool
@@ -56,7 +57,8 @@ def test_erase_end_to_end(database_url: str, tmp_path: Path) -> None:
 
     ok(database_url, "hold", "add", "random", "--reason", "case 1", "--channel", "C0RANDOM")
     spool = Spool(tmp_path / "spool.db")
-    spool.record("s-1", {"type": "events_api", "payload": {"event": {"user": SUBJECT}}})
+    envelope = {"type": "events_api", "payload": {"event": {"user": SUBJECT}}}
+    spool.record(MemoryEventBuffer().parse("s-1", envelope))
     spool.close()
     out = json.loads(
         ok(
@@ -88,13 +90,22 @@ def test_erase_end_to_end(database_url: str, tmp_path: Path) -> None:
     assert f'"{SUBJECT}"' not in "".join(
         line for line in exported.splitlines() if "C0RANDOM" not in line
     )
-    assert "OK" in ok(database_url, "verify")
+    verified = json.loads(run(database_url, "verify", "--format", "json").stdout)
+    assert verified["ok"]
+    assert verified["erased"] == out["erased"] + out["scrubbed"] + out["spooled"]
+    table = ok(database_url, "query", "--limit", "1000")
+    assert table.count("(erased)") == out["erased"]
+    ok(database_url, "report", "--html", str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert f"<b>{out['erased'] + out['scrubbed']}</b>erased (right to erasure)" in page
 
     ok(database_url, "hold", "release", "random")
     resumed = ok(database_url, "erase", "--resume")
     assert f"erased {sum(1 for g in generated if g.subject and g.channel == 'C0RANDOM')}" in resumed
     assert f'"{SUBJECT}"' not in ok(database_url, "query", "--format", "jsonl")
     assert "OK" in ok(database_url, "verify")
+    ok(database_url, "report", "--html", str(tmp_path / "after.html"))
+    assert f"<code>{SUBJECT}</code>" not in (tmp_path / "after.html").read_text()
 
 
 def test_erase_refuses_bad_requests_with_one_line(database_url: str) -> None:

@@ -47,6 +47,35 @@ def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
 
 
+def test_demo_over_http_records_each_delivery_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "--database-url", url, "demo", "--http"],
+        capture_output=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+    assert "refused as forged         2" in out
+    assert "recorded (new)           34" in out
+    assert "dropped as duplicate     20" in out
+    assert "listener runs            34" in out
+    assert "answered 200             54" in out
+    with SQLEventBuffer(url) as buffer:
+        assert buffer.count_pending() == 0
+        with buffer.engine.connect() as conn:
+            types = dict(
+                conn.execute(
+                    sa.text("SELECT envelope_type, count(*) FROM envelopes GROUP BY envelope_type")
+                ).all()
+            )
+    assert types == {"events_api": 28, "interactive": 3, "slash_commands": 3}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
+
+
 def test_listen_records_everything_until_sigterm(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'archive.db'}"
     with SocketModeSimulator(redeliver_after=None, seed=21) as sim:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from recorder.testing.conformance import (
     CrossProcessConformance,
     TTLConformance,
 )
+from recorder.testing.recovery import RecoveryConformance
 from tests.conftest import closed_port
 
 REDIS_TTL_SECONDS = 0.5
@@ -33,7 +35,20 @@ class FakeClock:
         self.now += seconds
 
 
-class TestMemoryEventBuffer(AdapterConformance, TTLConformance):
+class FakeWallClock:
+    """A UTC wall clock (what SQLEventBuffer takes) that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+class TestMemoryEventBuffer(AdapterConformance, TTLConformance, RecoveryConformance):
     @pytest.fixture
     def buffer(self) -> Iterator[MemoryEventBuffer]:
         buffer = MemoryEventBuffer()
@@ -58,6 +73,16 @@ class TestMemoryEventBuffer(AdapterConformance, TTLConformance):
     @pytest.fixture
     def let_ttl_pass(self, clock: FakeClock) -> Callable[[], None]:
         return functools.partial(clock.advance, 60)
+
+    @pytest.fixture
+    def recoverable_buffer(self, clock: FakeClock) -> Iterator[MemoryEventBuffer]:
+        buffer = MemoryEventBuffer(ttl_seconds=3600, clock=clock)
+        yield buffer
+        buffer.close()
+
+    @pytest.fixture
+    def advance_clock(self, clock: FakeClock) -> Callable[[float], None]:
+        return clock.advance
 
 
 @pytest.mark.redis
@@ -94,7 +119,27 @@ class TestRedisEventBuffer(AdapterConformance, TTLConformance, CrossProcessConfo
         return functools.partial(time.sleep, REDIS_TTL_SECONDS + 0.2)
 
 
-class TestSQLiteEventBuffer(AdapterConformance, CrossProcessConformance):
+class SQLRecovery(RecoveryConformance):
+    """RecoveryConformance fixtures for SQLEventBuffer: a fake wall clock."""
+
+    @pytest.fixture
+    def wall_clock(self) -> FakeWallClock:
+        return FakeWallClock()
+
+    @pytest.fixture
+    def advance_clock(self, wall_clock: FakeWallClock) -> Callable[[float], None]:
+        return wall_clock.advance
+
+
+class TestSQLiteEventBuffer(AdapterConformance, CrossProcessConformance, SQLRecovery):
+    @pytest.fixture
+    def recoverable_buffer(
+        self, sqlite_url: str, wall_clock: FakeWallClock
+    ) -> Iterator[SQLEventBuffer]:
+        buffer = SQLEventBuffer(sqlite_url, clock=wall_clock)
+        yield buffer
+        buffer.close()
+
     @pytest.fixture
     def buffer(self, sqlite_url: str) -> Iterator[SQLEventBuffer]:
         buffer = SQLEventBuffer(sqlite_url)
@@ -116,7 +161,15 @@ class TestSQLiteEventBuffer(AdapterConformance, CrossProcessConformance):
 
 
 @pytest.mark.postgres
-class TestPostgreSQLEventBuffer(AdapterConformance, CrossProcessConformance):
+class TestPostgreSQLEventBuffer(AdapterConformance, CrossProcessConformance, SQLRecovery):
+    @pytest.fixture
+    def recoverable_buffer(
+        self, pg_url: str, wall_clock: FakeWallClock
+    ) -> Iterator[SQLEventBuffer]:
+        buffer = SQLEventBuffer(pg_url, clock=wall_clock)
+        yield buffer
+        buffer.close()
+
     @pytest.fixture
     def buffer(self, pg_url: str) -> Iterator[SQLEventBuffer]:
         buffer = SQLEventBuffer(pg_url)

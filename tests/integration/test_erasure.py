@@ -6,7 +6,10 @@ import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -413,3 +416,88 @@ def _message_with_awkward_id() -> Generated:
         },
     }
     return Generated(envelope_id, env, True, False, "C0\x01")
+
+
+def test_erased_envelopes_can_be_pruned_and_verify_still_passes(
+    engine: Engine, clock: Clock
+) -> None:
+    """Sealed before and after the erasure, then pruned: the prune log's digest is the original's."""
+    generated = generate(96)
+    record(engine, clock, generated[:48])
+    seal(engine, block_size=16, now=sealed_later(clock))
+    clock.now = sealed_later(clock)  # the rest arrive after that seal's cutoff
+    erasure.erase(engine, SUBJECT, reason="r")
+    record(engine, clock, generated[48:])
+    erasure.erase(engine, SUBJECT, reason="again, for the newer ones")
+    seal(engine, block_size=16, now=sealed_later(clock))
+    assert verify(engine).ok
+    retention.set_policy(engine, "short", keep="1d")
+    pruned = retention.prune(engine, now=clock.now + dt.timedelta(days=30))
+    assert pruned.deleted_total == len(generated)
+    report = verify(engine)
+    assert report.ok, report.findings[:3]
+    assert report.pruned == len(generated)
+
+
+def test_erasure_covers_the_cold_archive(engine: Engine, clock: Clock, tmp_path: Path) -> None:
+    """Envelopes `prune --archive` moved to Parquet are erased there too; the manifest follows."""
+    from recorder.archive import ArchiveOptions, open_archive
+    from recorder.archive import manifest as archive_manifest
+    from recorder.archive.files import file_sha256, read_stats
+
+    generated = generate(120)
+    record(engine, clock, generated)
+    retention.set_policy(engine, "short", keep="1d")
+    directory = tmp_path / "archive"
+    retention.prune(
+        engine,
+        now=clock.now + dt.timedelta(days=30),
+        archive=ArchiveOptions(directory, file_rows=50),
+    )
+    archive = open_archive(directory)
+    entries = archive_manifest.entries(engine, archive_id=archive.archive_id)
+    members_before = {e.file_name: e.members_sha256 for e in entries}
+    before = archived_rows(archive, entries)
+    retention.add_hold(engine, "keep-general", reason="r", channel_id="C0GENERAL")
+
+    report = erasure.erase(engine, SUBJECT, reason="request", archive=directory)
+    touched = [g for g in generated if g.subject or g.mentions_subject]
+    held = [g for g in touched if g.channel == "C0GENERAL"]
+    assert report.archived == len(touched) - len(held)
+    assert report.archived_held == len(held)
+    assert (report.erased, report.scrubbed) == (0, 0)  # nothing left in the database
+
+    entries = archive_manifest.entries(engine, archive_id=archive.archive_id)
+    for entry in entries:
+        path = archive.file_path(entry.file_name)
+        # the manifest follows the rewritten bytes; the members digest never changes
+        assert (entry.file_bytes, entry.file_sha256) == file_sha256(path)
+        assert read_stats(path).members_sha256 == members_before[entry.file_name]
+        assert entry.members_sha256 == members_before[entry.file_name]
+    texts = archived_rows(archive, entries)
+    for g in generated:
+        row = texts[g.envelope_id]
+        if g in held or not (g.subject or g.mentions_subject):
+            assert row == before[g.envelope_id]
+        elif g.subject:
+            assert TOMBSTONE_KEY in row["envelope_text"]
+            assert row["user_id"] is None
+        elif g.mentions_subject:
+            assert f"<@{SUBJECT}>" not in row["envelope_text"]
+            assert "[erased]" in row["envelope_text"]
+    with engine.connect() as conn:
+        states = Counter(
+            conn.execute(sa.text("SELECT state FROM erased_envelopes")).scalars().all()
+        )
+    assert states == {"archived": report.archived}
+    assert verify(engine).ok
+
+
+def archived_rows(archive: Any, entries: Any) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for entry in entries:
+        path = archive.file_path(entry.file_name)
+        table = pq.read_table(str(path), columns=["envelope_id", "envelope_text", "user_id"])
+        for row in table.to_pylist():
+            rows[row["envelope_id"]] = row
+    return rows

@@ -4,6 +4,7 @@ no other role can erase."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,8 +192,11 @@ def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
 ) -> None:
     spool = Spool(tmp_path / "spool.db")
     spooled = generate(40, seed=99)
+    target = SQLEventBuffer(owner)
     for g in spooled:
-        spool.record("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+        spool.record(
+            target.parse("s-" + g.envelope_id, {**g.envelope, "envelope_id": "s-" + g.envelope_id})
+        )
     eraser = connect_as(roles["eraser"])
     report = erasure.erase(eraser, SUBJECT, reason="r", spool=tmp_path / "spool.db")
     expected = sum(1 for g in spooled if g.subject or g.mentions_subject)
@@ -200,9 +204,9 @@ def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
     rows = spool.drainable(0, [], 1000)
     assert all(f'"{SUBJECT}"' not in r.envelope_text for r in rows)
     assert verify(owner).ok  # spooled entries wait for the drain
-    from recorder.slack.spool import move_rows
+    from recorder.slack.draining import move
 
-    move_rows(rows, SQLEventBuffer(owner))
+    move(rows, target)
     result = verify(connect_as(roles["reader"]))
     assert result.ok, result.findings[:3]
     spool.close()
@@ -214,3 +218,46 @@ def test_grant_names_the_eraser_functions_only_for_the_eraser() -> None:
     assert grants
     assert all(s.endswith('TO "er"') for s in grants)
     assert not any("recorder_erasure_apply" in s or "recorder_erasure_record" in s for s in sql)
+
+
+def test_eraser_erases_in_the_archive_and_cannot_log_live_envelopes_as_archived(
+    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], tmp_path: Path
+) -> None:
+    from recorder.archive import ArchiveOptions
+
+    generated = generate(60)
+    old = dt.datetime.now(UTC) - dt.timedelta(days=90)
+    buffer = SQLEventBuffer(owner, clock=lambda: old)
+    for g in generated[:40]:
+        buffer.record(g.envelope_id, g.envelope)
+    live = SQLEventBuffer(owner)
+    for g in generated[40:]:
+        live.record(g.envelope_id, g.envelope)
+    retention.set_policy(owner, "short", keep="30d")
+    retention.prune(owner, archive=ArchiveOptions(tmp_path / "archive"))
+    eraser = connect_as(roles["eraser"])
+    report = erasure.erase(eraser, SUBJECT, reason="r", archive=tmp_path / "archive")
+    assert report.archived == sum(1 for g in generated[:40] if g.subject or g.mentions_subject)
+    assert report.erased == sum(1 for g in generated[40:] if g.subject)
+    # the logging function refuses an envelope the database still holds
+    started = erasure._start(eraser, SUBJECT, None, "r", "a", "erase", "scrub")
+    entry = {
+        "envelope_id": generated[45].envelope_id,
+        "received_at": "2026-01-01T00:00:00+00:00",
+        "kind": "subject",
+        "action": "erase",
+        "original_sha256": "a",
+        "replacement_sha256": "b",
+    }
+    with (
+        pytest.raises(sa.exc.ProgrammingError, match="only archived envelopes"),
+        eraser.begin() as conn,
+    ):
+        conn.execute(
+            sa.text(
+                "SELECT recorder_erasure_log_archived(:id, 'x', 'y', 1, 'z', "
+                "CAST(:entries AS jsonb))"
+            ),
+            {"id": started, "entries": json.dumps([entry])},
+        )
+    assert verify(connect_as(roles["reader"])).ok

@@ -192,12 +192,14 @@ def test_recorder_import_refuses_the_line_and_keeps_the_others(
 
 
 def test_spool_refuses_the_repeated_key(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+    # What enters the spool is parsed by the target buffer's parser first.
+    spool, target = Spool(tmp_path / "spool.db"), MemoryEventBuffer()
     try:
         with pytest.raises(InvalidEnvelope, match="duplicate key"):
-            spool.record(ATTACK_ID, attack_text())
+            spool.record(target.parse(ATTACK_ID, attack_text()))
         assert spool.depth() == 0
-        assert spool.record(ATTACK_ID, json.dumps(good_envelope())) is RecordResult.NEW
+        parsed = target.parse(ATTACK_ID, json.dumps(good_envelope()))
+        assert spool.record(parsed) is RecordResult.NEW
     finally:
         spool.close()
     assert SECRET.encode() not in (tmp_path / "spool.db").read_bytes()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from slack_sdk.socket_mode.request import SocketModeRequest
 
 from recorder.slack.frames import capture_frame, frame_of, rebuild_frame
-from recorder.slack.recording import Outcome, _RecentKeys, dedupe_keys, event_id_of
+from recorder.slack.recent import RecentKeys, dedupe_keys, event_id_of
+from recorder.slack.recording import Outcome
 
 RETRY = {
     "envelope_id": "e-2",
@@ -95,17 +95,18 @@ def test_dedupe_keys_cover_the_event_id_of_events_only() -> None:
 
 
 def test_recent_keys_expire_are_bounded_and_pins_outlive_the_ttl() -> None:
-    recent = _RecentKeys(ttl=0.05, max_keys=3)
+    now = [100.0]
+    recent = RecentKeys(ttl=60, max_keys=3, clock=lambda: now[0])
     recent.add(["a", "b"])
     assert recent.any_of(["x", "a"])
     recent.add(["c", "d"])  # over the bound: the oldest goes
     assert not recent.any_of(["a"])
     assert recent.any_of(["d"])
     recent.pin(["p"])
-    time.sleep(0.06)
+    now[0] += 61
     assert not recent.any_of(["d"])
     assert recent.any_of(["p"])
     recent.unpin_all_but(set())
     assert recent.any_of(["p"])  # unpinned, but remembered for one more TTL
-    time.sleep(0.06)
+    now[0] += 61
     assert not recent.any_of(["p"])
