@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from recorder.settings import Settings
+from recorder.settings import (
+    DEFAULT_ON_STORAGE_ERROR,
+    DEFAULT_SPOOL_PATH,
+    ENV_ON_STORAGE_ERROR,
+    ENV_SPOOL_PATH,
+    STORAGE_ERROR_POLICIES,
+    OnStorageError,
+    Settings,
+)
 
 
 @click.command("listen")
@@ -17,17 +25,15 @@ from recorder.settings import Settings
 )
 @click.option(
     "--on-storage-error",
-    type=click.Choice(["spool", "nack", "raise"]),
-    default="spool",
-    show_default=True,
-    help="When the database does not answer: spool locally and ack, or leave unacked.",
+    type=click.Choice(STORAGE_ERROR_POLICIES),
+    help="When the database does not answer: spool locally and ack, leave unacked, or stop. "
+    f"[env var: {ENV_ON_STORAGE_ERROR}; default: {DEFAULT_ON_STORAGE_ERROR}]",
 )
 @click.option(
     "--spool-path",
-    default="recorder-spool.db",
-    show_default=True,
     type=click.Path(dir_okay=False),
-    help="Local SQLite spool for envelopes received while the database is away.",
+    help="Local SQLite spool for envelopes received while the database is away. "
+    f"[env var: {ENV_SPOOL_PATH}; default: {DEFAULT_SPOOL_PATH}]",
 )
 @click.option(
     "--metrics-port",
@@ -39,8 +45,8 @@ from recorder.settings import Settings
 def listen_command(
     settings: Settings,
     app_token: str | None,
-    on_storage_error: str,
-    spool_path: str,
+    on_storage_error: OnStorageError | None,
+    spool_path: str | None,
     metrics_port: int | None,
     slack_api_url: str | None,
 ) -> None:
@@ -54,8 +60,9 @@ def listen_command(
     stats = listen(
         settings.database_url,
         app_token,
-        on_storage_error=on_storage_error,  # type: ignore[arg-type]
-        spool_path=spool_path,
+        # The option wins, else the group's Settings (RECORDER_* or the default).
+        on_storage_error=on_storage_error or settings.on_storage_error,
+        spool_path=spool_path or settings.spool_path,
         api_url=slack_api_url,
         metrics_port=metrics_port,
         on_ready=lambda: click.echo(

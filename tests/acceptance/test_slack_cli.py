@@ -75,6 +75,39 @@ def test_demo_over_http_records_each_delivery_once(tmp_path: Path) -> None:
     assert types == {"events_api": 28, "interactive": 3, "slash_commands": 3}
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
 
+    # HTTP records answer the audit commands unchanged, and are sealed like any other.
+    def recorder(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(CONSOLE_SCRIPT), "--database-url", url, *args],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    commands = recorder("query", "--type", "slash_commands", "--format", "jsonl")
+    assert commands.returncode == 0, commands.stderr
+    lines = commands.stdout.splitlines()
+    assert len(lines) == 3
+    assert all('"command":"/deploy"' in line and "[redacted]" in line for line in lines)
+    stats = recorder("stats", "--by", "event-type", "--format", "csv")
+    assert stats.returncode == 0, stats.stderr
+    assert "/deploy" in stats.stdout
+    assert "block_actions" in stats.stdout
+    assert recorder("seal", "--margin", "0").returncode == 0
+    assert recorder("verify").returncode == 0
+    with SQLEventBuffer(url) as buffer, buffer.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE envelopes SET envelope_text = replace(envelope_text, 'api', 'API') "
+                "WHERE envelope_type = 'slash_commands'"
+            )
+        )
+    tampered = recorder("verify")
+    assert tampered.returncode == 1
+    assert "slash_commands:" in tampered.stdout + tampered.stderr
+
 
 def test_listen_records_everything_until_sigterm(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'archive.db'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import shutil
@@ -78,6 +79,25 @@ def test_exported_jsonl_reimports_the_exact_texts(
         target.dispose()
     key = {r.envelope_id: (r.envelope_text, r.envelope_sha256) for r in before}
     assert {r.envelope_id: (r.envelope_text, r.envelope_sha256) for r in again} == key
+
+
+def test_exported_archive_records_reimport_exactly_on_either_engine(
+    archived: tuple[Path, list[audit.AuditRow]], tmp_path: Path, pg_url: str
+) -> None:
+    """`archive export --format archive` keeps received_at and digests through `recorder import`."""
+    directory, before = archived
+    out = io.BytesIO()
+    audit.export(query_archive(open_archive(directory), audit.QuerySpec()), "archive", out)
+    for target_url in (f"sqlite:///{tmp_path / 'fresh.db'}", pg_url):
+        with SQLEventBuffer(target_url, upgrade=True) as buffer:
+            report = importer.import_envelopes(buffer, io.BytesIO(out.getvalue()))
+        assert (report.new, report.rejected) == (len(before), 0)
+        target = create_engine(target_url)
+        try:
+            again = list(audit.query_envelopes(target, audit.QuerySpec()))
+        finally:
+            target.dispose()
+        assert [dataclasses.replace(r, status="done") for r in before] == again
 
 
 def test_sql_over_the_archive_is_read_only_and_confined_to_it(
