@@ -201,7 +201,7 @@ class _Run:
 
 
 class _PostgresRun(_Run):
-    """Through the database-side functions (migration 0006): the database applies the rules.
+    """Through the database-side functions (migration 0007): the database applies the rules.
 
     The role running this needs EXECUTE on them and nothing more: the
     functions, owned by the schema owner, re-check every policy cutoff and

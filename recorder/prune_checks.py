@@ -11,7 +11,7 @@ pass, so each logged deletion must also agree with its run
 * the run's count for the policy equals its log rows for it (the prune
   functions count in the deleting transaction);
 * no legal hold covered the envelope when it was removed (``pruned_at``;
-  rows written before migration 0006 lack it and are checked at the run's
+  rows written before migration 0007 lack it and are checked at the run's
   start). Hold times come from the clock of whoever placed or released the
   hold, so a hold's recorded interval is narrowed by ``tolerance`` at both
   ends before it counts: clock skew must not read as a violation.

@@ -18,7 +18,7 @@ reader (auditors, reports, ``recorder verify``)
     ``SELECT`` on every recorder table, nothing else.
 pruner (``recorder prune``)
     ``EXECUTE`` on the database-side prune functions (``recorder_prune_*``,
-    installed by migration 0006, owned by the schema owner, ``SECURITY
+    installed by migration 0007, owned by the schema owner, ``SECURITY
     DEFINER``) and ``SELECT`` on policies, holds and the prune log; no
     ``DELETE`` on ``envelopes``, no write on any log (``SELECT`` on
     ``envelopes`` and writes on the archive manifest serve ``prune
@@ -38,7 +38,7 @@ eraser (``recorder erase``)
     always logged, and nothing else; writers, readers and pruners cannot
     call the functions (``EXECUTE`` is revoked from ``PUBLIC``).
 
-A deferred constraint trigger (also from migration 0006, every name
+A deferred constraint trigger (also from migration 0007, every name
 schema-qualified and ``search_path`` pinned) still refuses, at commit, any
 deletion by a role other than the owner that has no ``pruned_envelopes`` row:
 defence in depth should a DBA ever grant ``DELETE`` by hand.

@@ -37,6 +37,7 @@ from recorder import sealed_logs, statements
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import RecorderError
 from recorder.sealed_logs import LogEntry
+from recorder.wording import counted
 
 GENESIS_DIGEST = "0" * 64
 DEFAULT_MARGIN = dt.timedelta(seconds=60)
@@ -115,7 +116,9 @@ class SealReport:
 
     def summary(self) -> str:
         late = sum(b.envelope_count for b in self.blocks if b.kind == "late")
-        text = f"sealed {self.sealed} envelopes in {len(self.blocks)} new blocks"
+        text = (
+            f"sealed {counted(self.sealed, 'envelope')} in {counted(len(self.blocks), 'new block')}"
+        )
         if late:
             text += f" ({late} adopted late)"
         if self.latest is None:

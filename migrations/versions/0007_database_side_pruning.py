@@ -24,8 +24,8 @@ holds against a deletion), and ``sealed_log_entries``.
 The SQL below is frozen here, like every migration: a later change writes a
 new migration rather than editing this one.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -37,8 +37,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -425,7 +425,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        # Back to 0005's state, where `recorder db grant` installs the guard.
+        # Back to 0006's state, where `recorder db grant` installs the guard.
         _run_sql(
             [
                 "DROP TRIGGER IF EXISTS envelopes_deletion_is_logged ON @S@.envelopes",
