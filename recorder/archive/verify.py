@@ -10,7 +10,10 @@ Names, each on a line of its own:
   it, or that digest is not the one the prune log (and, once sealed, the
   seal) recorded when it was deleted;
 * **MISSING** envelope -- removed by an archiving prune run but in no
-  readable file of the archive.
+  readable file of the archive;
+* **UNACCOUNTED** envelope -- in the archive, but no prune logged its removal
+  and the live database does not hold it (planted: a file and its manifest
+  row rewritten together).
 
 The manifest rows themselves are tamper-evident through the prune log and
 the seal: an envelope's digest is checked against what was recorded when it
@@ -34,7 +37,7 @@ from recorder.archive.files import file_sha256
 from recorder.archive.layout import ArchiveDir, open_archive
 from recorder.archive.reader import connect
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.schema import pruned_envelopes, sealed_envelopes
+from recorder.schema import envelopes, pruned_envelopes, sealed_envelopes
 
 _FETCH = 5000
 
@@ -42,7 +45,8 @@ _FETCH = 5000
 @dataclass(frozen=True, slots=True)
 class ArchiveFinding:
     kind: str
-    """``missing-file``, ``altered-file``, ``unknown-file``, ``modified`` or ``missing``."""
+    """``missing-file``, ``altered-file``, ``unknown-file``, ``modified``, ``missing`` or
+    ``unaccounted``."""
     subject: str
     """The file name, or the envelope id."""
     detail: str
@@ -188,10 +192,11 @@ def _check_pruned(engine: Engine, con: Any, runs: list[int], report: ArchiveVeri
     archived = _archived_digests(con)
     current = next(archived, None)
     previous: tuple[str, set[str]] = ("", set())
+    unpruned: list[str] = []
     for envelope_id, logged, sealed in _pruned_digests(engine, runs):
         report.pruned += 1
         while current is not None and current[0] < envelope_id:
-            report.still_live += 1
+            unpruned.append(current[0])
             current = next(archived, None)
         # An id pruned twice (recorded again after its first removal) meets
         # the same archived rows again.
@@ -218,8 +223,39 @@ def _check_pruned(engine: Engine, con: Any, runs: list[int], report: ArchiveVeri
                 )
             )
     while current is not None:
-        report.still_live += 1
+        unpruned.append(current[0])
         current = next(archived, None)
+    _check_unpruned(engine, unpruned, report)
+
+
+def _check_unpruned(engine: Engine, ids: list[str], report: ArchiveVerifyReport) -> None:
+    """An archived envelope no archiving run removed must still be live (or pruned later).
+
+    Only a hold placed while its batch was being archived leaves one legitimately
+    (few rows); anything else was planted, whatever the manifest now says.
+    """
+    report.still_live += len(ids)
+    known: set[str] = set()
+    with storage_errors("reading envelopes the archive holds"), read_only(engine) as conn:
+        for start in range(0, len(ids), _FETCH):
+            chunk = sorted(set(ids[start : start + _FETCH]))
+            for table in (envelopes, pruned_envelopes):
+                known.update(
+                    conn.execute(
+                        sa.select(table.c.envelope_id).where(table.c.envelope_id.in_(chunk))
+                    ).scalars()
+                )
+    for envelope_id in dict.fromkeys(ids):
+        if envelope_id not in known:
+            report.still_live -= 1
+            report.findings.append(
+                ArchiveFinding(
+                    "unaccounted",
+                    envelope_id,
+                    "in the archive, but no prune logged its removal and the database "
+                    "does not hold it",
+                )
+            )
 
 
 def _archived_digests(con: Any) -> Iterator[tuple[str, str]]:
