@@ -7,7 +7,7 @@ Names, each on a line of its own:
   (truncated, edited, replaced);
 * **UNKNOWN FILE** -- a Parquet file the manifest does not list;
 * **MODIFIED** envelope -- its archived text no longer has the digest beside
-  it, or that digest is not the one the prune log (and, once sealed, the
+  it (and no logged erasure leads from that digest to the text's), or that digest is not the one the prune log (and, once sealed, the
   seal) recorded when it was deleted;
 * **MISSING** envelope -- removed by an archiving prune run but in no
   readable file of the archive;
@@ -37,6 +37,7 @@ from recorder.archive.files import file_sha256
 from recorder.archive.layout import ArchiveDir, open_archive
 from recorder.archive.reader import connect
 from recorder.engine import is_sqlite, read_only, storage_errors
+from recorder.erasure_check import ErasureLedger
 from recorder.schema import envelopes, pruned_envelopes, sealed_envelopes
 
 _FETCH = 5000
@@ -106,7 +107,7 @@ def verify_archive(engine: Engine, directory: str | Path) -> ArchiveVerifyReport
     runs = sorted({e.deleted_by_run_id for e in listed.values() if e.deleted_by_run_id is not None})
     con = connect(archive, files=readable)
     try:
-        _check_texts(con, report)
+        _check_texts(engine, con, report)
         _check_pruned(engine, con, runs, report)
     finally:
         con.close()
@@ -165,8 +166,9 @@ def _parquet_readable(path: Path) -> bool:
     return True
 
 
-def _check_texts(con: Any, report: ArchiveVerifyReport) -> None:
-    """Every archived text still has the digest stored beside it (computed inside DuckDB)."""
+def _check_texts(engine: Engine, con: Any, report: ArchiveVerifyReport) -> None:
+    """Every archived text still has the digest stored beside it (computed inside DuckDB),
+    or logged erasures lead from that digest (the original's, which a row keeps) to it."""
     duckdb = deps.duckdb()
     try:
         report.envelopes = int(con.execute("SELECT count(*) FROM envelopes").fetchone()[0])
@@ -176,7 +178,13 @@ def _check_texts(con: Any, report: ArchiveVerifyReport) -> None:
         ).fetchall()
     except duckdb.Error as exc:
         raise ArchiveError(f"reading the archive: {exc}") from exc
+    ledger = None
     for envelope_id, stored, actual in bad:
+        if ledger is None:
+            with storage_errors("reading the erasure log"), read_only(engine) as conn:
+                ledger = ErasureLedger.load(conn, ("done", "spooled", "archived"))
+        if ledger.accounts_for(envelope_id, stored, actual):
+            continue
         report.findings.append(
             ArchiveFinding(
                 "modified",
