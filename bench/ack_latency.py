@@ -26,13 +26,24 @@ second:
                   commit is durable on both, as the recorder's is.
 
 Variants are interleaved in every round (the order rotates) so the noise of
-a shared machine falls on all of them; p50 and p99 are over every ack of
-every round. The target: recording p99 under 10 ms and within 3 ms of the floor.
+a shared machine falls on all of them. Each round prints p50, p99, p99.9 and
+the maximum of every variant, and the full garbage collections (generation
+2) that ran during it, with their longest pause: a full collection stops
+every thread, acks included, so a tail in one round is attributed rather
+than hidden in a pooled figure. The target must hold in *every* round:
+recording p99 under 10 ms and within 3 ms of the same round's floor.
+
+Each variant starts from a full collection (``gc.collect()``): the simulator
+keeps a record of every frame and ack, a few thousand objects per variant
+that survive into the oldest generation, and without it the full collection
+they trigger (every fourth or fifth variant) lands on whichever variant runs
+then, which the fixed rotation makes the same variant round after round.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -79,6 +90,39 @@ def stream(sim: SocketModeSimulator, count: int) -> list[dict[str, Any]]:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+class FullCollections:
+    """Pauses of the full (generation 2) garbage collections while measuring, in ms."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+        self._on = False
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._on:
+            self.pauses.append((time.perf_counter() - self._started) * 1000)
+
+    @contextmanager
+    def measuring(self) -> Iterator[list[float]]:
+        self.pauses = []
+        self._on = True
+        try:
+            yield self.pauses
+        finally:
+            self._on = False
+
+
+def summary(values: list[float]) -> str:
+    return (
+        f"p50 {statistics.median(values):6.2f}  p99 {percentile(values, 0.99):6.2f}"
+        f"  p99.9 {percentile(values, 0.999):7.2f}  max {max(values):7.2f} ms"
+    )
 
 
 def ack_at_once(client: Any, request: SocketModeRequest) -> None:
@@ -187,9 +231,17 @@ def play(sim: SocketModeSimulator, envelopes: list[dict[str, Any]], rate: float)
 
 
 def run_variant(
-    variant: str, url: str | None, count: int, rate: float, scratch: Path, warmup: int
-) -> list[float]:
-    """Ack latencies in milliseconds of ``count`` envelopes (after ``warmup`` unmeasured ones)."""
+    variant: str,
+    url: str | None,
+    count: int,
+    rate: float,
+    scratch: Path,
+    warmup: int,
+    collections: FullCollections,
+) -> tuple[list[float], list[float]]:
+    """Ack latencies in ms of ``count`` envelopes (after ``warmup`` unmeasured ones),
+    and the pauses of the full collections that ran while they were measured."""
+    gc.collect()
     with (
         SocketModeSimulator(redeliver_after=None) as sim,
         Bot(variant, sim, url, scratch / f"spool-{variant}.db"),
@@ -198,10 +250,11 @@ def run_variant(
         play(sim, stream(sim, warmup), rate)
         sim.wait_for_acks(warmup, timeout=30)
         measured = stream(sim, count)
-        play(sim, measured, rate)
-        sim.wait_for_acks(warmup + count, timeout=60)
+        with collections.measuring() as pauses:
+            play(sim, measured, rate)
+            sim.wait_for_acks(warmup + count, timeout=60)
         wanted = {e["envelope_id"] for e in measured}
-        return [a.latency_ns / 1e6 for a in sim.acks if a.envelope_id in wanted]
+        return [a.latency_ns / 1e6 for a in sim.acks if a.envelope_id in wanted], list(pauses)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     latencies: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    rounds: list[dict[str, list[float]]] = []
+    collections = FullCollections()
+    gc.callbacks.append(collections)
     with (
         tempfile.TemporaryDirectory(prefix="recorder-ack-bench-") as tmp,
         scratch_postgres(args.postgres) as pg_url,
@@ -238,35 +294,51 @@ def main(argv: list[str] | None = None) -> int:
         }
         order = itertools.cycle([VARIANTS[i:] + VARIANTS[:i] for i in range(len(VARIANTS))])
         for round_number in range(1, args.rounds + 1):
+            this_round: dict[str, list[float]] = {}
             for variant in next(order):
-                values = run_variant(
-                    variant, urls[variant], args.n, args.rate, scratch, args.warmup
+                values, pauses = run_variant(
+                    variant, urls[variant], args.n, args.rate, scratch, args.warmup, collections
                 )
                 latencies[variant].extend(values)
+                this_round[variant] = values
+                full = f"  full GCs {len(pauses)}" + (
+                    f" (max {max(pauses):.1f} ms)" if pauses else ""
+                )
                 print(
-                    f"round {round_number} {variant:<10} p50 {statistics.median(values):6.2f} ms"
-                    f"  p99 {percentile(values, 0.99):6.2f} ms",
+                    f"round {round_number} {variant:<14} {summary(values)}{full}",
                     file=sys.stderr,
                 )
+            rounds.append(this_round)
 
     floor_p50 = statistics.median(latencies["floor"])
     floor_p99 = percentile(latencies["floor"], 0.99)
     print(
         f"\nAck latency at {args.rate:g} envelopes/s, {args.n} x {args.rounds} envelopes per variant"
     )
-    print("| variant | p50 ms | p99 ms | p50 over floor | p99 over floor |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    failed = False
+    print("| variant | p50 ms | p99 ms | p99.9 ms | max ms | worst round p99 | p50 over floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant in VARIANTS:
         values = latencies[variant]
-        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        p50 = statistics.median(values)
+        worst = max(percentile(r[variant], 0.99) for r in rounds)
         print(
-            f"| {variant} | {p50:.2f} | {p99:.2f} | {p50 - floor_p50:+.2f} | {p99 - floor_p99:+.2f} |"
+            f"| {variant} | {p50:.2f} | {percentile(values, 0.99):.2f} "
+            f"| {percentile(values, 0.999):.2f} | {max(values):.2f} | {worst:.2f} "
+            f"| {p50 - floor_p50:+.2f} |"
         )
-        if variant in RECORDING and (p99 >= 10.0 or p99 - floor_p99 > 3.0):
-            failed = True
-    print("\ntarget (p99 < 10 ms and within 3 ms of the floor):", "missed" if failed else "met")
-    return 1 if failed else 0
+    missed = []
+    for number, this_round in enumerate(rounds, 1):
+        round_floor = percentile(this_round["floor"], 0.99)
+        for variant in RECORDING:
+            p99 = percentile(this_round[variant], 0.99)
+            if p99 >= 10.0 or p99 - round_floor > 3.0:
+                missed.append(f"round {number} {variant} p99 {p99:.2f} (floor {round_floor:.2f})")
+    print(f"\nfloor p99 over all rounds {floor_p99:.2f} ms")
+    print(
+        "target (in every round, p99 < 10 ms and within 3 ms of that round's floor):",
+        "missed: " + "; ".join(missed) if missed else "met",
+    )
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -703,3 +703,37 @@ def _jsonb_safe_escape(match: re.Match[str]) -> str:
     if match.group("pair") is not None or match.group("other") is not None:
         return match.group(0)
     return "\\ufffd"
+
+
+def stored_columns(envelope_id: str, text: str) -> tuple[dict[str, Any], str]:
+    """The reporting columns and the queryable copy a stored row's text gives.
+
+    For checking stored rows (:mod:`recorder.verify`): the text is decoded
+    the way PostgreSQL's jsonb reads it, so a repeated key keeps its last
+    value. Refusing repeated keys is the entry paths' job
+    (:func:`parse_envelope`); a stored text with one still has to match its
+    columns and copy.
+
+    Raises
+    ------
+    InvalidEnvelope
+        The id cannot be stored, or the text is not a JSON object carrying
+        that id (if any).
+    """
+    validate_envelope_id(envelope_id)
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except InvalidEnvelope:
+        raise
+    except RecursionError as exc:
+        raise InvalidEnvelope("envelope is nested too deeply to decode") from exc
+    except ValueError as exc:
+        raise InvalidEnvelope(f"envelope is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidEnvelope(f"envelope must be a JSON object, not {type(data).__name__}")
+    body_id = data.get("envelope_id", envelope_id)
+    if body_id != envelope_id:
+        raise InvalidEnvelope(
+            f"envelope_id {envelope_id!r} does not match the envelope's own {body_id!r}"
+        )
+    return extract_columns(data), _queryable(text)

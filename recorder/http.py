@@ -280,18 +280,13 @@ def _envelope(
 
 
 def resolve_buffer(buffer: EventBufferAdapter | str | None) -> EventBufferAdapter:
-    """``buffer`` itself; a URL opens an SQLEventBuffer; ``None`` the configured database.
-
-    The embedded SQLite database gets its schema on the spot; PostgreSQL is
-    expected to be migrated already (``recorder db upgrade``).
-    """
+    """``buffer`` itself; a URL or ``None`` (the configured database): see
+    :func:`recorder.adapters.open_buffer`."""
     if buffer is not None and not isinstance(buffer, str):
         return buffer
-    from recorder.adapters.sql import SQLEventBuffer
-    from recorder.settings import Settings
+    from recorder.adapters import open_buffer
 
-    settings = Settings.load(database_url=buffer)
-    return SQLEventBuffer(settings.database_url, upgrade=settings.is_sqlite)
+    return open_buffer(buffer)
 
 
 class HttpRecorder(RecorderFront):

@@ -24,7 +24,7 @@ RECORDER_LOGGERS = (
     "recorder.http",
     "recorder.prune",
     "recorder.seal",
-    "recorder.testing.simulator",
+    "recorder.simulator",
 )
 
 MASK = "***"

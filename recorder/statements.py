@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Delete, Insert, ReturningDelete, Update
 
-from recorder.envelope import ParsedEnvelope
+from recorder.envelope import MAX_COLUMN_LENGTH, MAX_ENVELOPE_ID_LENGTH, ParsedEnvelope
 from recorder.schema import (
     DONE,
     PENDING,
@@ -970,3 +970,379 @@ def select_pruned_log(envelope_ids: list[str]) -> sa.Select[Any]:
         pruned_envelopes.c.received_at,
         pruned_envelopes.c.prune_run_id,
     ).where(pruned_envelopes.c.envelope_id.in_(envelope_ids))
+
+
+# PostgreSQL: a whole range block in one statement. The server reads the next
+# rows in seal order, hashes each text, numbers the members, builds the block
+# digest from the header parts the caller renders (recorder.seal.header_parts)
+# and inserts the block and its members; only the block comes back. Ids that
+# JSON would escape (and years the two clocks spell differently) make
+# ``plain`` false: nothing is written then, and the caller seals that block
+# in Python.
+_PG_TIMESTAMP = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+#: Printable ASCII but the quote and the backslash: what json.dumps copies as is.
+_PG_JSON_PLAIN = r"""{0} !~ '[^ !#-\[\]-~]'"""
+
+
+def seal_range_block_postgresql(through: str | None) -> sa.TextClause:
+    """The statement for the next range block; ``through`` is None, "cutoff" or "key".
+
+    Parameters: ``cutoff``, ``lookahead`` (block size + 1), ``block_size``,
+    ``block_no``, ``sealed_at``, ``prev_digest``, the header parts ``head``,
+    ``mid_final``, ``mid_open``, ``mid_last``, ``tail``; ``through_cutoff``
+    or ``through_at`` and ``through_id`` as ``through`` says.
+    """
+    after = {
+        None: "",
+        "cutoff": "AND received_at > CAST(:through_cutoff AS timestamptz)",
+        # received_at >= bounds the index scan; the row comparison does the rest.
+        "key": "AND received_at >= CAST(:through_at AS timestamptz) "
+        'AND (received_at, envelope_id COLLATE "C") '
+        '> (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
+    }[through]
+    ts = _PG_TIMESTAMP.format("received_at")
+    plain = _PG_JSON_PLAIN.format("envelope_id")
+    return sa.text(
+        f"""
+WITH picked AS MATERIALIZED (
+    SELECT envelope_id, received_at,
+           encode(sha256(convert_to(envelope_text, 'UTF8')), 'hex') AS sha
+    FROM envelopes
+    WHERE received_at <= CAST(:cutoff AS timestamptz) {after}
+    ORDER BY received_at, envelope_id COLLATE "C"
+    LIMIT :lookahead
+),
+chosen AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT (row_number() OVER (ORDER BY received_at, envelope_id COLLATE "C") - 1)::int
+                   AS position,
+               envelope_id, received_at, sha, {ts} AS ts
+        FROM picked
+    ) numbered
+    WHERE position < :block_size
+),
+summary AS (
+    SELECT count(*) AS n,
+           coalesce(bool_and({plain}
+               AND received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
+               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
+           string_agg('["' || envelope_id || '","' || ts || '","' || sha || E'"]\\n', ''
+                      ORDER BY position) AS lines,
+           max(position) AS last_position
+    FROM chosen
+),
+ends AS (
+    SELECT f.envelope_id AS first_id, f.received_at AS first_at, f.ts AS first_ts,
+           l.envelope_id AS last_id, l.received_at AS last_at, l.ts AS last_ts
+    FROM summary s
+    JOIN chosen f ON f.position = 0
+    JOIN chosen l ON l.position = s.last_position
+),
+digested AS (
+    SELECT s.n, e.*, (SELECT count(*) FROM picked) <= :block_size AS final,
+           encode(sha256(convert_to(
+               CAST(:head AS text) || s.n
+               || CASE WHEN (SELECT count(*) FROM picked) <= :block_size
+                       THEN CAST(:mid_final AS text) ELSE CAST(:mid_open AS text) END
+               || '["' || e.first_ts || '","' || e.first_id || '"]'
+               || CAST(:mid_last AS text)
+               || '["' || e.last_ts || '","' || e.last_id || '"]'
+               || CAST(:tail AS text) || E'\\n' || s.lines, 'UTF8')), 'hex') AS digest
+    FROM summary s CROSS JOIN ends e
+    WHERE s.n > 0 AND s.plain
+),
+block AS (
+    INSERT INTO seal_blocks (block_no, kind, sealed_at, cutoff, first_received_at,
+                             first_envelope_id, last_received_at, last_envelope_id,
+                             envelope_count, prev_digest, digest)
+    SELECT :block_no, 'range', CAST(:sealed_at AS timestamptz),
+           CASE WHEN final THEN CAST(:cutoff AS timestamptz) END,
+           first_at, first_id, last_at, last_id, n, :prev_digest, digest
+    FROM digested
+    RETURNING *
+),
+added AS (
+    INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
+    SELECT :block_no, position, envelope_id, received_at, sha
+    FROM chosen
+    WHERE EXISTS (SELECT 1 FROM block)
+)
+SELECT s.n, s.plain, b.*
+FROM summary s LEFT JOIN block b ON true
+"""
+    )
+
+
+# PostgreSQL verification: the per-row checks of recorder.verify in one scan.
+#
+# The SQL below certifies a row only where it is sure the Python check would
+# find nothing (recorder.envelope.stored_columns / extract_columns, jsonb
+# equality); everything it cannot certify comes back by id and is checked in
+# Python. Rows whose text has a \u escape (NUL, lone surrogates, escaped key
+# names), nesting deep enough to trouble Python's decoder, or a 4,300-digit
+# integer (Python refuses those) are never certified here. Each jsonb path is
+# read once, in lateral columns, from the parsed text.
+
+
+def _pg_text(value: str) -> str:
+    """recorder.envelope._text: a non-empty string of at most 255 characters, else NULL."""
+    return (
+        f"(CASE WHEN jsonb_typeof({value}) = 'string' "
+        f"AND length({value} #>> '{{}}') BETWEEN 1 AND {MAX_COLUMN_LENGTH} "
+        f"THEN {value} #>> '{{}}' END)"
+    )
+
+
+def _pg_id_of(value: str) -> str:
+    """recorder.envelope._id_of: an id string, or an object's ``id``."""
+    return (
+        f"(CASE WHEN jsonb_typeof({value}) = 'object' THEN {_pg_text(f'({value}) -> {chr(39)}id{chr(39)}')} "
+        f"ELSE {_pg_text(value)} END)"
+    )
+
+
+def _pg_coalesce(*values: str) -> str:
+    return "COALESCE(" + ", ".join(values) + ")"
+
+
+def _pg_by_type(events_api: str, slash_commands: str, other: str) -> str:
+    return (
+        f"(CASE e.type WHEN 'events_api' THEN {events_api} "
+        f"WHEN 'slash_commands' THEN {slash_commands} ELSE {other} END)"
+    )
+
+
+# Python truthiness of the decoded event.message (edits carry the author there).
+_PG_TRUTHY_MESSAGE = (
+    "(e.message IS NOT NULL AND e.message NOT IN ('null', 'false', '\"\"', '{}', '[]') "
+    "AND NOT (jsonb_typeof(e.message) = 'number' AND e.message = '0'))"
+)
+
+_PG_EXPECTED_COLUMNS = {
+    "envelope_type": "e.type",
+    "api_app_id": _pg_text("e.p -> 'api_app_id'"),
+    "retry_reason": _pg_text("e.c -> 'retry_reason'"),
+    "team_id": _pg_by_type(
+        _pg_coalesce(_pg_text("e.p -> 'team_id'"), _pg_text("e.auth -> 'team_id'")),
+        _pg_text("e.p -> 'team_id'"),
+        _pg_coalesce(_pg_id_of("e.team"), _pg_text("e.p -> 'team_id'")),
+    ),
+    "enterprise_id": _pg_by_type(
+        _pg_coalesce(_pg_text("e.p -> 'enterprise_id'"), _pg_text("e.auth -> 'enterprise_id'")),
+        _pg_text("e.p -> 'enterprise_id'"),
+        _pg_coalesce(
+            _pg_id_of("e.p -> 'enterprise'"),
+            _pg_text("e.team -> 'enterprise_id'"),
+            _pg_text("e.p -> 'enterprise_id'"),
+        ),
+    ),
+    "event_id": _pg_by_type(_pg_text("e.p -> 'event_id'"), "NULL", "NULL"),
+    "event_type": _pg_by_type(
+        _pg_text("e.event -> 'type'"), _pg_text("e.p -> 'command'"), _pg_text("e.p -> 'type'")
+    ),
+    "channel_id": _pg_by_type(
+        _pg_coalesce(
+            _pg_id_of("e.event -> 'channel'"),
+            _pg_text("e.event -> 'item' -> 'channel'"),
+            _pg_text("e.event -> 'channel_id'"),
+        ),
+        _pg_text("e.p -> 'channel_id'"),
+        _pg_coalesce(_pg_id_of("e.p -> 'channel'"), _pg_text("e.p -> 'channel_id'")),
+    ),
+    "user_id": _pg_by_type(
+        _pg_coalesce(
+            _pg_id_of("e.event -> 'user'"),
+            _pg_text("e.event -> 'user_id'"),
+            _pg_id_of(
+                f"(CASE WHEN {_PG_TRUTHY_MESSAGE} THEN e.message "
+                "ELSE e.event -> 'previous_message' END) -> 'user'"
+            ),
+        ),
+        _pg_text("e.p -> 'user_id'"),
+        _pg_coalesce(_pg_id_of("e.p -> 'user'"), _pg_text("e.p -> 'user_id'")),
+    ),
+}
+
+# retry_attempt: Python keeps an int literal and drops 1.0 or 1e0, which jsonb
+# cannot tell from 1; so an integer is certified only when the text spells it
+# as a plain literal, in the only "retry_attempt" key the text has.
+_PG_RETRY_OK = """(CASE
+    WHEN jsonb_typeof(e.retry) = 'number' AND (e.retry #>> '{}') ~ '^-?[0-9]+$'
+         AND (e.retry #>> '{}')::numeric BETWEEN -2147483647 AND 2147483647
+    THEN e.retry_attempt IS NOT DISTINCT FROM (e.retry #>> '{}')::int
+         AND length(e.envelope_text) - length(replace(e.envelope_text, '"retry_attempt"', '')) = 15
+         AND (strpos(e.envelope_text, '"retry_attempt":' || (e.retry #>> '{}') || ',') > 0
+              OR strpos(e.envelope_text, '"retry_attempt":' || (e.retry #>> '{}') || '}') > 0)
+    ELSE e.retry_attempt IS NULL END)"""
+
+_PG_CERTIFIABLE = f"""(strpos(e.envelope_text, '\\u') = 0
+    AND length(e.envelope_id) BETWEEN 1 AND {MAX_ENVELOPE_ID_LENGTH}
+    AND (octet_length(e.envelope_text) < 1000
+         OR (length(e.envelope_text) - length(translate(e.envelope_text, '[{{', '')) < 500
+             AND (octet_length(e.envelope_text) < 4300
+                  OR e.envelope_text !~ '[0-9]{{4300}}'))))"""
+
+_PG_REPORTING = (
+    "envelope_type",
+    "team_id",
+    "enterprise_id",
+    "api_app_id",
+    "event_id",
+    "event_type",
+    "channel_id",
+    "user_id",
+    "retry_attempt",
+    "retry_reason",
+)
+
+_PG_CONSISTENT = " AND ".join(
+    [
+        "e.c IS NOT NULL",
+        "e.envelope = e.c",
+        "jsonb_typeof(e.c) = 'object'",
+        "(e.id IS NULL OR e.id = to_jsonb(e.envelope_id))",
+        *(f"e.{name} IS NOT DISTINCT FROM {sql}" for name, sql in _PG_EXPECTED_COLUMNS.items()),
+        _PG_RETRY_OK,
+    ]
+)
+
+
+def verify_rows_postgresql(through: str | None, ranged: bool) -> sa.TextClause:
+    """Classify every envelope row (and the sealed member it matches) in one scan.
+
+    Groups by ``member_kind`` (``ok`` or ``check``, NULL for an unsealed row),
+    ``row_kind`` (``inserted`` behind the sealed range, ``future``, ``unsealed``
+    and consistent, ``check``, NULL for a sealed row behind the range) and
+    ``logged`` (the member's digest is in the prune log); each group has its
+    row count and the ids (with block and position) Python must look at.
+    ``through`` is None, "cutoff" or "key" (see :func:`sealed_through`);
+    ``ranged`` limits the scan to ``lo <= received_at < hi``.
+    """
+    behind = {
+        None: "false",
+        "cutoff": "e.received_at <= CAST(:through_cutoff AS timestamptz)",
+        "key": '(e.received_at, e.envelope_id COLLATE "C") '
+        '<= (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
+    }[through]
+    where = (
+        "WHERE e.received_at >= CAST(:lo AS timestamptz) AND e.received_at < CAST(:hi AS timestamptz)"
+        if ranged
+        else ""
+    )
+    # Each level is a subquery kept apart by OFFSET 0, so what one level
+    # computes (the digest, the parsed text, each jsonb path) is computed once
+    # per row and only referenced above it.
+    return sa.text(
+        f"""
+SELECT member_kind, row_kind, logged, count(*) AS n,
+       array_agg(envelope_id) FILTER (WHERE flagged) AS ids,
+       array_agg(block_no) FILTER (WHERE flagged) AS blocks,
+       array_agg(position) FILTER (WHERE flagged) AS positions
+FROM (
+    SELECT envelope_id, block_no, position, logged, member_kind, row_kind,
+           (member_kind = 'check' OR row_kind <> 'unsealed') IS TRUE AS flagged
+    FROM (
+        SELECT e.envelope_id, e.block_no, e.position, e.logged,
+            CASE
+                WHEN e.block_no IS NULL THEN NULL
+                WHEN e.sha = e.sealed_sha256 AND e.envelope_sha256 = e.sealed_sha256
+                     AND {_PG_CONSISTENT} THEN 'ok'
+                ELSE 'check'
+            END AS member_kind,
+            CASE
+                WHEN {behind} THEN CASE WHEN e.block_no IS NULL THEN 'inserted' END
+                WHEN e.block_no IS NOT NULL THEN 'check'
+                WHEN e.received_at > CAST(:latest_plausible AS timestamptz) THEN 'future'
+                WHEN e.sha = e.envelope_sha256 AND {_PG_CONSISTENT} THEN 'unsealed'
+                ELSE 'check'
+            END AS row_kind
+        FROM (
+            SELECT j2.*, j2.p -> 'event' AS event, j2.p -> 'team' AS team,
+                   j2.p -> 'authorizations' -> 0 AS auth, j2.p -> 'event' -> 'message' AS message
+            FROM (
+                SELECT j1.*, j1.c -> 'payload' AS p, {_pg_text("j1.c -> 'type'")} AS type,
+                       j1.c -> 'retry_attempt' AS retry, j1.c -> 'envelope_id' AS id
+                FROM (
+                    SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
+                           e.envelope_sha256, {", ".join("e." + c for c in _PG_REPORTING)},
+                           s.block_no, s.position, s.envelope_sha256 AS sealed_sha256,
+                           p.envelope_id IS NOT NULL AS logged,
+                           encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
+                           CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
+                    FROM envelopes e
+                    LEFT JOIN sealed_envelopes s
+                        ON s.envelope_id = e.envelope_id AND s.received_at = e.received_at
+                    LEFT JOIN pruned_envelopes p
+                        ON p.envelope_id = s.envelope_id AND p.received_at = s.received_at
+                       AND p.envelope_sha256 = s.envelope_sha256
+                    {where}
+                    OFFSET 0
+                ) j1 OFFSET 0
+            ) j2 OFFSET 0
+        ) e OFFSET 0
+    ) classified OFFSET 0
+) c
+GROUP BY member_kind, row_kind, logged
+"""
+    )
+
+
+def chain_block_postgresql() -> sa.TextClause:
+    """One block's member count, first and last keys, logged prunes and recomputed digest.
+
+    ``plain`` is false when an id needs JSON escapes (the digest is then
+    recomputed in Python). Parameters: ``block_no`` and the header parts
+    ``head``, ``mid``, ``mid_last``, ``tail`` (recorder.seal.header_parts).
+    """
+    ts = _PG_TIMESTAMP.format("received_at")
+    plain = _PG_JSON_PLAIN.format("envelope_id || envelope_sha256")
+    return sa.text(
+        f"""
+WITH m AS (
+    SELECT position, envelope_id, received_at, envelope_sha256, {ts} AS ts
+    FROM sealed_envelopes
+    WHERE block_no = :block_no
+),
+firsts AS (SELECT * FROM m ORDER BY position LIMIT 1),
+lasts AS (SELECT * FROM m ORDER BY position DESC LIMIT 1),
+agg AS (
+    SELECT count(*) AS n,
+           coalesce(bool_and({plain}
+               AND received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
+               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
+           string_agg('["' || envelope_id || '","' || ts || '","' || envelope_sha256 || E'"]\\n',
+                      '' ORDER BY position) AS lines,
+           count(*) FILTER (WHERE EXISTS (
+               SELECT 1 FROM pruned_envelopes p
+               WHERE p.envelope_id = m.envelope_id AND p.received_at = m.received_at
+                 AND p.envelope_sha256 = m.envelope_sha256)) AS logged
+    FROM m
+)
+SELECT a.n, a.plain, a.logged,
+       f.envelope_id AS first_id, f.received_at AS first_at,
+       l.envelope_id AS last_id, l.received_at AS last_at,
+       encode(sha256(convert_to(
+           CAST(:head AS text) || a.n || CAST(:mid AS text)
+           || '["' || f.ts || '","' || f.envelope_id || '"]' || CAST(:mid_last AS text)
+           || '["' || l.ts || '","' || l.envelope_id || '"]' || CAST(:tail AS text)
+           || E'\\n' || a.lines, 'UTF8')), 'hex') AS digest
+FROM agg a LEFT JOIN firsts f ON true LEFT JOIN lasts l ON true
+"""
+    )
+
+
+#: Sealed members with neither their row (same id and received_at) nor a matching prune log row.
+SELECT_UNACCOUNTED_MEMBERS_POSTGRESQL = sa.text(
+    """
+SELECT s.block_no, s.position, s.envelope_id, s.received_at, s.envelope_sha256
+FROM sealed_envelopes s
+WHERE NOT EXISTS (
+    SELECT 1 FROM envelopes e
+    WHERE e.envelope_id = s.envelope_id AND e.received_at = s.received_at)
+  AND NOT EXISTS (
+    SELECT 1 FROM pruned_envelopes p
+    WHERE p.envelope_id = s.envelope_id AND p.received_at = s.received_at
+      AND p.envelope_sha256 = s.envelope_sha256)
+ORDER BY s.block_no, s.position
+"""
+)

@@ -32,12 +32,11 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 
 from recorder import statements
 from recorder.engine import READ_ONLY, is_sqlite, storage_errors
-from recorder.envelope import parse_envelope
+from recorder.envelope import stored_columns
 from recorder.erasure_check import ErasureLedger
 from recorder.errors import InvalidEnvelope
 from recorder.schema import envelopes
@@ -55,8 +54,6 @@ from recorder.seal import (
 )
 
 _FETCH_CHUNK = 1_000
-# PostgreSQL regex for the JSON escapes jsonb refuses (see recorder.envelope).
-_JSONB_UNSAFE_PATTERN = r"\\u(0000|[dD][89abAB])"
 REPORTING_COLUMNS = (
     "envelope_type",
     "team_id",
@@ -123,8 +120,15 @@ def verify(
     anchors: Iterable[str] = (),
     future_tolerance: dt.timedelta = DEFAULT_MARGIN,
     now: dt.datetime | None = None,
+    server_side: bool = True,
 ) -> VerifyReport:
     """Recompute the seal chain and check every envelope against it.
+
+    On PostgreSQL the per-row work (each text's SHA-256, the comparisons of
+    its digest column, reporting columns and queryable copy with the text,
+    the join with the sealed digests, the block digests) runs in the server
+    in one pass, and only what it cannot certify comes back to be checked
+    here (:mod:`recorder.verify_postgresql`); the findings are the same.
 
     Parameters
     ----------
@@ -139,6 +143,11 @@ def verify(
         like any other.
     now
         The current time (default: the clock).
+    server_side
+        False walks every row with the per-row checks alone (slower; the
+        plain reference the fast walks are tested against). On SQLite the
+        fast walk streams each table once and rechecks only what a quick
+        test cannot pass (:mod:`recorder.verify_sqlite`).
 
     Returns
     -------
@@ -153,12 +162,23 @@ def verify(
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
         ledger = ErasureLedger.load(conn)
-        _check_chain(conn, blocks, report, ledger)
-        _check_anchors(blocks, anchors, report)
         through = sealed_through(conn)
-        if through.started:
-            _check_unsealed_behind(conn, through, report, ledger)
-        _check_beyond(conn, through, report, latest_plausible, ledger)
+        # Imported here: the fast walks use this module's per-row checks.
+        if server_side and not is_sqlite(conn):
+            from recorder import verify_postgresql
+
+            verify_postgresql.check(conn, blocks, through, report, ledger, latest_plausible)
+        elif server_side:
+            from recorder import verify_sqlite
+
+            _check_chain(conn, blocks, report, ledger, members_too=False)
+            verify_sqlite.check(conn, through, report, ledger, latest_plausible)
+        else:
+            _check_chain(conn, blocks, report, ledger)
+            if through.started:
+                _check_unsealed_behind(conn, through, report, ledger)
+            _check_beyond(conn, through, report, latest_plausible, ledger)
+        _check_anchors(blocks, anchors, report)
         check_erasure_log(conn, ledger, report)
     return report
 
@@ -202,7 +222,12 @@ def _check_anchors(blocks: list[SealBlock], anchors: Iterable[str], report: Veri
 
 
 def _check_chain(
-    conn: Connection, blocks: list[SealBlock], report: VerifyReport, ledger: ErasureLedger
+    conn: Connection,
+    blocks: list[SealBlock],
+    report: VerifyReport,
+    ledger: ErasureLedger,
+    *,
+    members_too: bool = True,
 ) -> None:
     prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
@@ -216,7 +241,8 @@ def _check_chain(
         )
         prev = block.digest
         report.sealed += len(members)
-        _check_members(conn, block, members, report, ledger)
+        if members_too:
+            _check_members(conn, block, members, report, ledger)
 
 
 def block_problems(
@@ -268,19 +294,10 @@ def _chunks(items: Sequence[Any], size: int = _FETCH_CHUNK) -> Iterator[Sequence
 
 def row_columns(conn: Connection) -> list[sa.ColumnElement[Any]]:
     """What the per-row checks read of an envelope."""
-    if is_sqlite(conn):
-        # SQLite keeps the queryable copy as the very text the recorder wrote.
-        queryable_ok: sa.ColumnElement[Any] = sa.null()
-        queryable: sa.ColumnElement[Any] = sa.cast(envelopes.c.envelope, sa.Text)
-    else:
-        # jsonb equality, in the server: a jsonb-safe text must cast to the stored copy.
-        # Texts with escapes jsonb refuses (NUL, lone surrogates) are compared in Python.
-        unsafe = envelopes.c.envelope_text.regexp_match(_JSONB_UNSAFE_PATTERN)
-        queryable_ok = sa.case(
-            (unsafe, sa.null()),
-            else_=envelopes.c.envelope == sa.cast(envelopes.c.envelope_text, JSONB),
-        )
-        queryable = sa.case((unsafe, sa.cast(envelopes.c.envelope, sa.Text)), else_=sa.null())
+    # The copy as text, compared with the text's decoding in Python: a cast of
+    # the text in the server would fail on a text that is not JSON at all.
+    queryable_ok: sa.ColumnElement[Any] = sa.null()
+    queryable: sa.ColumnElement[Any] = sa.cast(envelopes.c.envelope, sa.Text)
     return [
         envelopes.c.envelope_id,
         envelopes.c.received_at,
@@ -407,11 +424,10 @@ def check_consistent(
     ):
         problems.append(f"envelope_sha256 {row.envelope_sha256} is not the text's digest {actual}")
     try:
-        parsed = parse_envelope(row.envelope_id, row.envelope_text, max_bytes=2**62)
+        columns, queryable_text = stored_columns(row.envelope_id, row.envelope_text)
     except InvalidEnvelope as exc:
         problems.append(f"envelope_text is no longer a valid envelope ({exc})")
     else:
-        columns = parsed.columns
         for name in REPORTING_COLUMNS:
             if getattr(row, name) != columns[name]:
                 problems.append(
@@ -420,7 +436,7 @@ def check_consistent(
                 )
         same = row.queryable_ok
         if same is None:
-            same = _same_json(row.queryable, parsed.queryable_text)
+            same = _same_json(row.queryable, queryable_text)
         if not same:
             problems.append("the queryable envelope column no longer matches envelope_text")
     report.findings.extend(

@@ -31,7 +31,17 @@ Every option also reads a ``RECORDER_<COMMAND>_<OPTION>`` environment variable
 
 from __future__ import annotations
 
-from recorder.cli import archive, db, envelopes, erase, reports, retention, sealing, slack
+from recorder.cli import (
+    archive,
+    db,
+    envelopes,
+    erase,
+    reports,
+    retention,
+    sealing,
+    slack,
+    spool,
+)
 from recorder.cli.app import main
 from recorder.cli.errors import error_lines, redact
 
@@ -49,5 +59,6 @@ main.add_command(reports.report_command)
 main.add_command(slack.listen_command)
 main.add_command(slack.demo_command)
 main.add_command(archive.archive_group)
+main.add_command(spool.spool_group)
 
 __all__ = ["error_lines", "main", "redact"]

@@ -28,8 +28,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.websocket_client import SocketModeClient
 
 from recorder.adapters.sql import SQLEventBuffer
+from recorder.simulator import SocketModeSimulator
 from recorder.slack.listener import RecordingListener
-from recorder.testing.simulator import SocketModeSimulator
 
 __all__ = ["DemoReport", "run_demo"]
 

@@ -20,14 +20,11 @@ adapter that does not implement it, recovery is off. It is thread-safe.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +48,7 @@ from recorder.slack.options import (
     OnStorageError,
     RecorderOptions,
 )
+from recorder.slack.outcomes import Outcome, RecorderStats
 from recorder.slack.recent import RecentKeys, dedupe_keys, event_id_of
 from recorder.slack.spool import utc_now
 
@@ -75,43 +73,6 @@ _T = TypeVar("_T")
 BACKGROUND_WARNING_SECONDS = 30.0
 GAUGE_SECONDS = 5.0
 RECOVERY_BATCH = 100
-
-
-class Outcome(enum.Enum):
-    """What a listener does with one envelope."""
-
-    NEW = "new"
-    """Recorded in the database: ack, then dispatch."""
-    DUPLICATE = "duplicate"
-    """Seen before: ack, do not dispatch."""
-    SPOOLED = "spooled"
-    """The database was away; recorded in the local spool: ack, then dispatch."""
-    NACKED = "nacked"
-    """Not recorded anywhere: no ack (Slack redelivers), no dispatch."""
-    REJECTED = "rejected"
-    """The envelope cannot be stored (InvalidEnvelope): no ack, no dispatch; logged."""
-
-    @property
-    def ack(self) -> bool:
-        return self in (Outcome.NEW, Outcome.DUPLICATE, Outcome.SPOOLED)
-
-    @property
-    def dispatch(self) -> bool:
-        return self in (Outcome.NEW, Outcome.SPOOLED)
-
-
-@dataclass
-class RecorderStats:
-    """Counts since start, for ``recorder demo`` and for tests."""
-
-    received: int = 0
-    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
-    dispatched: int = 0
-    handled: int = 0
-    failed: int = 0
-    recovered: int = 0
-    drained: int = 0
-    storage_errors: int = 0
 
 
 class EnvelopeRecorder:

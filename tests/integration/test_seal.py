@@ -424,3 +424,24 @@ def test_a_seal_run_stopped_between_blocks_leaves_no_false_alarm(
     resumed = seal(engine, block_size=3, now=cutoff_at)
     assert [b.cutoff for b in resumed.blocks] == [None, cutoff_at - dt.timedelta(seconds=60)]
     assert verify(engine).ok
+
+
+def test_ids_json_escapes_are_sealed_and_verified_on_every_path(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    """The server renders plain ids itself; a block with any other id is sealed in Python."""
+    odd = ['quote"d', "back\\slash", "caf\u00e9", "tab\there", "emoji-\U0001f600"]
+    record_range(buffer, clock, range(3))
+    for n, envelope_id in enumerate(odd):
+        clock.tick()
+        assert buffer.record(envelope_id, {"type": "x", "n": n}) is RecordResult.NEW
+    record_range(buffer, clock, range(3, 6))
+    report = seal(engine, block_size=4, now=sealed_now(clock))
+    assert [b.envelope_count for b in report.blocks] == [4, 4, 3]
+    result = verify(engine)
+    assert result.ok, result.findings
+    assert result.sealed == 11
+    run_sql(
+        engine, "UPDATE sealed_envelopes SET envelope_sha256 = 'x' WHERE envelope_id = 'caf\u00e9'"
+    )
+    assert [f.block_no for f in verify(engine).findings if f.kind == "chain"] == [2]
