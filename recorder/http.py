@@ -13,14 +13,13 @@ A request is stored as the Socket Mode envelope Slack would have sent for
 the same delivery, so ``query``, ``stats``, ``report``, retention, holds,
 ``seal`` and ``verify`` treat both modes alike:
 
-==========================  ==============  ======================================
-request body                ``type``        ``envelope_id``
-==========================  ==============  ======================================
-JSON ``event_callback``     ``events_api``  its ``event_id`` (retries share it)
-form with ``command``       ``slash_commands``  ``slash_commands:`` + SHA-256 of the
-                                            signed base string ``v0:{timestamp}:{body}``
-form with ``payload``       ``interactive``  ``interactive:`` + the same digest
-==========================  ==============  ======================================
+* a JSON ``event_callback`` is ``events_api``, keyed by its ``event_id``
+  (so every retry is a duplicate);
+* a form with ``command`` is ``slash_commands``, keyed
+  ``slash_commands:`` + the SHA-256 of the signed base string
+  ``v0:{timestamp}:{body}`` (the same for every copy of one delivery);
+* a form with ``payload`` is ``interactive``, keyed ``interactive:`` + the
+  same digest.
 
 ``payload`` is the body itself for events (its JSON text spliced in as Slack
 sent it), the form fields as a JSON object of strings for slash commands

@@ -9,7 +9,6 @@ share one Socket Mode stream.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -18,17 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.adapter import DONE, ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
-from recorder.envelope import (
-    DEFAULT_REDACTION,
-    ParsedEnvelope,
-    Redaction,
-    decode_stored,
-    parse_envelope,
-    resolve_redaction,
-    validate_envelope_id,
-)
+from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
 from recorder.errors import ConfigurationError, StorageUnavailable
-from recorder.settings import max_envelope_bytes_from_env
+from recorder.redaction import DEFAULT_REDACTION, Redaction
+from recorder.settings import max_envelope_bytes_from_env, resolve_redaction
 
 __all__ = ["MemoryEventBuffer"]
 
@@ -69,7 +61,7 @@ class MemoryEventBuffer:
         to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
     redaction
         JSON paths masked or dropped in the stored copy
-        (:class:`~recorder.envelope.Redaction`). By default ``payload.token``
+        (:class:`~recorder.redaction.Redaction`). By default ``payload.token``
         and the response URLs are masked, or what ``RECORDER_REDACT`` says;
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
@@ -97,7 +89,7 @@ class MemoryEventBuffer:
             raise ConfigurationError(f"ttl_seconds must be positive, not {ttl_seconds!r}")
         self.ttl_seconds = float(ttl_seconds)
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
-        self.redaction = resolve_redaction(redaction, os.environ)
+        self.redaction = resolve_redaction(redaction)
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False

@@ -29,24 +29,16 @@ that every key hashes to one slot, as the scripts need.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from recorder.adapter import EnvelopeInput, RecordResult
-from recorder.envelope import (
-    DEFAULT_REDACTION,
-    ParsedEnvelope,
-    Redaction,
-    decode_stored,
-    parse_envelope,
-    resolve_redaction,
-    validate_envelope_id,
-)
+from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
 from recorder.errors import ConfigurationError, MissingDependency, StorageUnavailable
-from recorder.settings import max_envelope_bytes_from_env
+from recorder.redaction import DEFAULT_REDACTION, Redaction
+from recorder.settings import max_envelope_bytes_from_env, resolve_redaction
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -173,7 +165,7 @@ class RedisEventBuffer:
         to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
     redaction
         JSON paths masked or dropped in the stored copy
-        (:class:`~recorder.envelope.Redaction`). By default ``payload.token``
+        (:class:`~recorder.redaction.Redaction`). By default ``payload.token``
         and the response URLs are masked, or what ``RECORDER_REDACT`` says;
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
@@ -218,7 +210,7 @@ class RedisEventBuffer:
         self.ttl_seconds = float(ttl_seconds)
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
-        self.redaction = resolve_redaction(redaction, os.environ)
+        self.redaction = resolve_redaction(redaction)
         if client is not None:
             self._client: Redis[Any] = client
             self._owns_client = False

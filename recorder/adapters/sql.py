@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -13,16 +12,13 @@ from sqlalchemy.engine import URL, Engine
 from recorder import statements
 from recorder.adapter import ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
 from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
-from recorder.envelope import (
-    DEFAULT_REDACTION,
-    ParsedEnvelope,
-    Redaction,
-    decode_stored,
-    parse_envelope,
+from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
+from recorder.redaction import DEFAULT_REDACTION, Redaction
+from recorder.settings import (
+    max_envelope_bytes_from_env,
+    record_timeout_setting,
     resolve_redaction,
-    validate_envelope_id,
 )
-from recorder.settings import max_envelope_bytes_from_env, record_timeout_setting
 from recorder.writer import Writer
 
 __all__ = ["ClaimedEnvelope", "SQLEventBuffer", "utc_now"]
@@ -48,7 +44,7 @@ class SQLEventBuffer:
         to ``RECORDER_MAX_ENVELOPE_BYTES`` or 1 MiB.
     redaction
         JSON paths masked or dropped in the stored copy
-        (:class:`~recorder.envelope.Redaction`). By default ``payload.token``
+        (:class:`~recorder.redaction.Redaction`). By default ``payload.token``
         and the response URLs are masked, or what ``RECORDER_REDACT`` says;
         ``None`` or ``Redaction.none()`` stores envelopes as received. The
         caller's envelope is never modified.
@@ -85,7 +81,7 @@ class SQLEventBuffer:
             self._engine = create_engine(url_or_engine)
             self._owns_engine = True
         self.max_envelope_bytes = max_envelope_bytes or max_envelope_bytes_from_env()
-        self.redaction = resolve_redaction(redaction, os.environ)
+        self.redaction = resolve_redaction(redaction)
         self._clock = clock
         self.record_timeout = record_timeout_setting(record_timeout)
         self._writes = Writer(self._engine, record_timeout=self.record_timeout)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -36,6 +38,7 @@ from recorder.archive import deps, manifest
 from recorder.archive.errors import ArchiveError
 from recorder.archive.files import ParquetFile, chunked, file_sha256, read_ids, read_stats
 from recorder.archive.layout import (
+    MARKER,
     PARTITIONS,
     ArchiveDir,
     new_file_name,
@@ -97,9 +100,17 @@ class Archiver:
         self.engine = engine
         self.options = options
         self.run_id = run_id
-        self.archive: ArchiveDir = open_archive(options.directory, create=True)
+        marker = Path(options.directory).expanduser() / MARKER
+        # Made on first use: a run with nothing to archive leaves no trace.
+        self._archive = open_archive(options.directory) if marker.exists() else None
         self.progress = ArchiveProgress()
         self._sequence = 0
+
+    @property
+    def archive(self) -> ArchiveDir:
+        if self._archive is None:
+            self._archive = open_archive(self.options.directory, create=True)
+        return self._archive
 
     # -- finishing what an interrupted run left
 
@@ -117,19 +128,15 @@ class Archiver:
             Another archive has unfinished files (run prune with that
             directory first), or a written file's bytes changed since.
         """
-        others = [
-            e
-            for e in manifest.entries(self.engine, states=manifest.UNFINISHED)
-            if e.archive_id != self.archive.archive_id
-        ]
+        this = None if self._archive is None else self._archive.archive_id
+        unfinished = manifest.entries(self.engine, states=manifest.UNFINISHED)
+        others = [e for e in unfinished if e.archive_id != this]
         if others:
             raise ArchiveError(
                 f"archive {others[0].archive_id} has an unfinished file ({others[0].file_name}); "
                 "run `recorder prune --archive` with that archive's directory first"
             )
-        for entry in manifest.entries(
-            self.engine, archive_id=self.archive.archive_id, states=manifest.UNFINISHED
-        ):
+        for entry in unfinished:
             path = self.archive.file_path(entry.file_name)
             if entry.state == manifest.WRITING:
                 if not path.exists():
@@ -240,6 +247,12 @@ class Archiver:
                 "prune_run_id": str(self.run_id),
             },
         )
+        ahead = _ReadAhead(
+            lambda limit, key: self._list(conditions, limit, key, end),
+            after=(rows[-1].received_at, rows[-1].envelope_id),
+            room=self.options.file_rows - len(rows),
+            batch_size=batch_size,
+        )
         try:
             while True:
                 file.write(rows)
@@ -249,13 +262,15 @@ class Archiver:
                 room = self.options.file_rows - len(ids)
                 if room <= 0 or (deadline is not None and time.monotonic() >= deadline):
                     break
-                rows = self._list(conditions, min(batch_size, room), after, end)
+                rows = ahead.next()
                 if not rows:
                     break
             stats = file.commit()
         except BaseException:
             file.abort()
             raise
+        finally:
+            ahead.close()
         failpoints.reach("archive.file-renamed")
         manifest.mark_written(
             self.engine,
@@ -347,3 +362,72 @@ class Archiver:
                     at=_now(),
                 )
         return int(deleted)
+
+
+class _ReadAhead:
+    """Lists a file's next batch on a thread of its own while the caller writes this one.
+
+    The database query (mostly waiting on the server and the network) and
+    the Arrow conversion and compression (CPU in this process) overlap. At
+    most one batch waits; the keyset walks on from the last row listed, so
+    what the caller takes is exactly what a sequential loop would list.
+    """
+
+    _END: Final = None
+
+    def __init__(
+        self,
+        list_batch: Callable[[int, tuple[dt.datetime, str]], list[Any]],
+        *,
+        after: tuple[dt.datetime, str],
+        room: int,
+        batch_size: int,
+    ) -> None:
+        self._list = list_batch
+        self._after = after
+        self._room = room
+        self._batch_size = batch_size
+        self._queue: queue.Queue[list[Any] | BaseException | None] = queue.Queue(1)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recorder-archive-read", daemon=True)
+        if room > 0:
+            self._thread.start()
+        else:
+            self._queue.put(self._END)
+
+    def _run(self) -> None:
+        try:
+            while self._room > 0 and not self._closed.is_set():
+                rows = self._list(min(self._batch_size, self._room), self._after)
+                if not rows:
+                    break
+                self._room -= len(rows)
+                self._after = (rows[-1].received_at, rows[-1].envelope_id)
+                self._put(rows)
+        except BaseException as exc:  # handed to the caller's thread
+            self._put(exc)
+            return
+        self._put(self._END)
+
+    def _put(self, item: list[Any] | BaseException | None) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> list[Any]:
+        """The next batch, or an empty list when there is none."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            self._queue.put(None)  # stays at the end
+            return []
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread.is_alive():
+            self._thread.join()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,19 @@ COLUMNS: tuple[str, ...] = statements.AUDIT_COLUMNS
 _TIMESTAMP_COLUMNS = frozenset({"received_at"})
 _INTEGER_COLUMNS = frozenset({"retry_attempt"})
 COMPRESSION = "zstd"
+#: Columns with few distinct values are dictionary-encoded; the unique ones
+#: (ids, digests, texts) are not: a dictionary would only be built and dropped.
+DICTIONARY_COLUMNS = [
+    "envelope_type",
+    "event_type",
+    "team_id",
+    "enterprise_id",
+    "api_app_id",
+    "channel_id",
+    "user_id",
+    "retry_reason",
+    "status",
+]
 _HASH_CHUNK = 1 << 20
 
 
@@ -44,16 +57,15 @@ def arrow_schema() -> Any:
     return pa.schema(fields)
 
 
-def _timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class MembersDigest:
-    """SHA-256 over one JSON line ``[envelope_id, received_at, envelope_sha256]`` per row.
+    """SHA-256 over ``envelope_id NUL received_at NUL envelope_sha256 NUL`` for each row.
 
-    Kept in the manifest beside the file's own digest: the file's digest
-    proves the bytes, this one proves which envelopes (and which versions of
-    them) the file holds, whatever its encoding.
+    ``received_at`` is in whole microseconds since the Unix epoch, in
+    decimal; an envelope id never holds NUL (:mod:`recorder.envelope`
+    refuses it), so the sequence is unambiguous. Kept in the manifest beside
+    the file's own digest: the file's digest proves the bytes, this one
+    proves which envelopes (and which versions of them) the file holds,
+    whatever its encoding. Computed by Arrow, a batch at a time.
     """
 
     def __init__(self) -> None:
@@ -62,14 +74,27 @@ class MembersDigest:
         self.first: dt.datetime | None = None
         self.last: dt.datetime | None = None
 
-    def add(self, envelope_id: str, received_at: dt.datetime, sha256: str) -> None:
-        line = json.dumps([envelope_id, _timestamp(received_at), sha256], separators=(",", ":"))
-        self._hash.update(line.encode() + b"\n")
-        self.count += 1
-        if self.first is None or received_at < self.first:
-            self.first = received_at
-        if self.last is None or received_at > self.last:
-            self.last = received_at
+    def add(self, ids: Any, received_at: Any, digests: Any) -> None:
+        """One batch: Arrow arrays of envelope ids, received_at times and digests."""
+        if len(ids) == 0:
+            return
+        pa, _ = deps.pyarrow()
+        import pyarrow.compute as pc
+
+        micros = received_at.cast(pa.int64()).cast(pa.string())
+        empty = pa.array([""] * len(ids), type=pa.string())
+        # Each row becomes "id NUL micros NUL digest NUL"; a string array's
+        # data buffer holds its values back to back, between two offsets.
+        rows = pc.binary_join_element_wise(ids, micros, digests, empty, "\x00")
+        offsets, data = rows.buffers()[1:3]
+        start = struct.unpack_from("<i", offsets, 4 * rows.offset)[0]
+        end = struct.unpack_from("<i", offsets, 4 * (rows.offset + len(rows)))[0]
+        self._hash.update(memoryview(data)[start:end])
+        self.count += len(ids)
+        bounds = pc.min_max(received_at)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        self.first = low if self.first is None else min(self.first, low)
+        self.last = high if self.last is None else max(self.last, high)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -119,7 +144,11 @@ class ParquetFile:
         try:
             _make_directory(self.final.parent, archive.path)
             self._writer = pq.ParquetWriter(
-                str(self.temp), self._schema, compression=COMPRESSION, write_statistics=True
+                str(self.temp),
+                self._schema,
+                compression=COMPRESSION,
+                use_dictionary=DICTIONARY_COLUMNS,
+                write_statistics=True,
             )
         except OSError as exc:
             raise ArchiveError(f"cannot write {self.temp}: {exc}") from exc
@@ -133,16 +162,14 @@ class ParquetFile:
             self._pa.array(values, type=field.type)
             for values, field in zip(columns, self._schema, strict=True)
         ]
-        index = {name: i for i, name in enumerate(COLUMNS)}
-        for envelope_id, received_at, sha in zip(
-            columns[index["envelope_id"]],
-            columns[index["received_at"]],
-            columns[index["envelope_sha256"]],
-            strict=True,
-        ):
-            self.members.add(envelope_id, received_at, sha)
+        table = self._pa.Table.from_arrays(arrays, schema=self._schema)
+        self.members.add(
+            table.column("envelope_id").combine_chunks(),
+            table.column("received_at").combine_chunks(),
+            table.column("envelope_sha256").combine_chunks(),
+        )
         try:
-            self._writer.write_table(self._pa.Table.from_arrays(arrays, schema=self._schema))
+            self._writer.write_table(table)
         except OSError as exc:
             raise ArchiveError(f"cannot write {self.temp}: {exc}") from exc
 
@@ -190,10 +217,7 @@ def read_stats(path: Path) -> FileStats:
         for batch in parquet.iter_batches(
             columns=["envelope_id", "received_at", "envelope_sha256"]
         ):
-            for envelope_id, received_at, sha in zip(
-                *(c.to_pylist() for c in batch.columns), strict=True
-            ):
-                members.add(envelope_id, received_at, sha)
+            members.add(*batch.columns)
         size, digest = file_sha256(path)
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"cannot read {path}: {exc}") from exc

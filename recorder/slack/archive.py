@@ -20,8 +20,9 @@ from slack_sdk.socket_mode.websocket_client import SocketModeClient
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.errors import ConfigurationError, RecorderError
+from recorder.settings import DEFAULT_SPOOL_PATH, OnStorageError
 from recorder.slack.listener import RecordingListener
-from recorder.slack.recording import OnStorageError, RecorderStats
+from recorder.slack.recording import RecorderStats
 
 __all__ = ["listen"]
 
@@ -37,7 +38,7 @@ def listen(
     app_token: str | None,
     *,
     on_storage_error: OnStorageError = "spool",
-    spool_path: str | Path = "recorder-spool.db",
+    spool_path: str | Path = DEFAULT_SPOOL_PATH,
     api_url: str | None = None,
     metrics_port: int | None = None,
     stop: threading.Event | None = None,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from recorder.errors import ConfigurationError
+from recorder.settings import DEFAULT_SPOOL_PATH, STORAGE_ERROR_POLICIES, OnStorageError
 from recorder.slack.metrics import Metrics
 
 __all__ = [
@@ -25,11 +25,10 @@ __all__ = [
     "RecorderOptions",
 ]
 
-#: What a front-end does when the database does not answer a record.
-OnStorageError = Literal["spool", "nack", "raise"]
-POLICIES: tuple[str, ...] = get_args(OnStorageError)
-
-DEFAULT_SPOOL_PATH = "recorder-spool.db"
+# What a front-end does when the database does not answer a record, and the
+# spool's default file, are settings: one definition for the library, the CLI
+# and the environment (RECORDER_ON_STORAGE_ERROR, RECORDER_SPOOL_PATH).
+POLICIES: tuple[str, ...] = STORAGE_ERROR_POLICIES
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_RECOVERY_INTERVAL = 30.0
 DEFAULT_MAX_ATTEMPTS = 5

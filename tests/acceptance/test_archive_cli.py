@@ -116,6 +116,22 @@ def test_query_export_and_verify_from_the_command_line(
     assert {f["kind"] for f in report["archive"]["findings"]} == {"missing-file", "missing"}
 
 
+def test_archive_export_reimports_with_received_at_and_digests(
+    pruned: tuple[str, Path, list[audit.AuditRow]], tmp_path: Path
+) -> None:
+    url, directory, before = pruned
+    exported = ok(url, "archive", "export", str(directory), "--format", "archive")
+    (tmp_path / "cold.jsonl").write_text(exported)
+    fresh = f"sqlite:///{tmp_path / 'restored.db'}"
+    out = ok(fresh, "import", str(tmp_path / "cold.jsonl"))
+    assert "30 new" in out
+    assert ok(fresh, "query", "--format", "archive") == exported
+    records = [json.loads(line) for line in exported.splitlines()]
+    assert [(r["envelope_id"], r["envelope_sha256"]) for r in records] == [
+        (b.envelope_id, b.envelope_sha256) for b in before
+    ]
+
+
 def test_mistakes_are_one_line_errors(
     pruned: tuple[str, Path, list[audit.AuditRow]], tmp_path: Path
 ) -> None:

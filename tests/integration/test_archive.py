@@ -183,3 +183,11 @@ def test_files_hold_at_most_file_rows_even_with_bigger_batches(
     retention.prune(engine, batch_size=100, archive=ArchiveOptions(directory, file_rows=8))
     sizes = Counter(r["_file"] for r in archived_rows(directory))
     assert sorted(sizes.values()) == [6, 8, 8, 8]
+
+
+def test_a_run_with_nothing_to_archive_makes_no_directory(engine: Engine, tmp_path: Path) -> None:
+    fill(engine, 3)
+    retention.set_policy(engine, "default", keep="3650d")
+    report = retention.prune(engine, archive=ArchiveOptions(tmp_path / "a"))
+    assert report.status == "completed"
+    assert not (tmp_path / "a").exists()

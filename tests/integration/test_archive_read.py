@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import shutil
@@ -78,6 +79,25 @@ def test_exported_jsonl_reimports_the_exact_texts(
         target.dispose()
     key = {r.envelope_id: (r.envelope_text, r.envelope_sha256) for r in before}
     assert {r.envelope_id: (r.envelope_text, r.envelope_sha256) for r in again} == key
+
+
+def test_exported_archive_records_reimport_exactly_on_either_engine(
+    archived: tuple[Path, list[audit.AuditRow]], tmp_path: Path, pg_url: str
+) -> None:
+    """`archive export --format archive` keeps received_at and digests through `recorder import`."""
+    directory, before = archived
+    out = io.BytesIO()
+    audit.export(query_archive(open_archive(directory), audit.QuerySpec()), "archive", out)
+    for target_url in (f"sqlite:///{tmp_path / 'fresh.db'}", pg_url):
+        with SQLEventBuffer(target_url, upgrade=True) as buffer:
+            report = importer.import_envelopes(buffer, io.BytesIO(out.getvalue()))
+        assert (report.new, report.rejected) == (len(before), 0)
+        target = create_engine(target_url)
+        try:
+            again = list(audit.query_envelopes(target, audit.QuerySpec()))
+        finally:
+            target.dispose()
+        assert [dataclasses.replace(r, status="done") for r in before] == again
 
 
 def test_sql_over_the_archive_is_read_only_and_confined_to_it(
@@ -182,3 +202,37 @@ def test_verify_names_deleted_truncated_edited_and_planted_files(
 def test_verify_refuses_a_directory_that_is_not_an_archive(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="no archive at"):
         verify_archive(engine, tmp_path)
+
+
+def test_verify_names_an_envelope_planted_in_a_file_whose_manifest_row_was_redigested(
+    engine: Engine, archived: tuple[Path, list[audit.AuditRow]]
+) -> None:
+    """Attack: someone who can write the archive and the manifest (the pruner keeps writes on
+    ``archive_files`` for ``prune --archive``) adds a self-consistent envelope to a file and
+    puts the file's new size and digest in the manifest; re-import would bring it to life."""
+    import sqlalchemy as sa
+
+    from recorder.archive.files import file_sha256
+    from recorder.schema import archive_files
+
+    directory, _ = archived
+    archive = open_archive(directory)
+    name = archive.parquet_files()[0]
+    path = archive.file_path(name)
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    text = '{"envelope_id":"Ev-PLANTED","payload":{"event":{"text":"never sent"}}}'
+    planted = dict(rows[0], envelope_id="Ev-PLANTED", envelope_text=text)
+    planted["envelope_sha256"] = seal.text_sha256(text)
+    pq.write_table(pa.Table.from_pylist([*rows, planted], schema=table.schema), path)
+    size, digest = file_sha256(path)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(archive_files)
+            .where(archive_files.c.file_name == name)
+            .values(file_bytes=size, file_sha256=digest, row_count=len(rows) + 1)
+        )
+
+    report = verify_archive(engine, directory)
+    assert report.of_kind("unaccounted") == {"Ev-PLANTED"}, [f.line() for f in report.findings]
+    assert not report.ok

@@ -14,9 +14,9 @@ from recorder.envelope import (
     Redaction,
     parse_envelope,
     parse_envelope_text,
-    resolve_redaction,
 )
 from recorder.errors import ConfigurationError
+from recorder.settings import resolve_redaction
 
 SLASH = {
     "envelope_id": "e1",

@@ -7,6 +7,7 @@ import pytest
 from recorder.cli import error_lines, redact
 from recorder.envelope import DEFAULT_MAX_ENVELOPE_BYTES
 from recorder.errors import ConfigurationError, StorageUnavailable
+from recorder.redaction import DEFAULT_MASKED_PATHS, Redaction
 from recorder.settings import Settings
 
 
@@ -38,11 +39,53 @@ def test_environment_then_explicit_values_win() -> None:
         ({"RECORDER_MAX_ENVELOPE_BYTES": "-5"}, "RECORDER_MAX_ENVELOPE_BYTES"),
         ({"RECORDER_DATABASE_URL": "mysql://u:pw@h/db"}, "RECORDER_DATABASE_URL"),
         ({"RECORDER_DATABASE_URL": "::not a url::"}, "RECORDER_DATABASE_URL"),
+        ({"RECORDER_REDACT": "hide:payload.token"}, "RECORDER_REDACT"),
+        ({"RECORDER_RECORD_TIMEOUT": "soon"}, "RECORDER_RECORD_TIMEOUT"),
+        ({"RECORDER_ON_STORAGE_ERROR": "ignore"}, "RECORDER_ON_STORAGE_ERROR"),
     ],
 )
 def test_malformed_values_name_their_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigurationError, match=names):
         Settings.load(environ=env)
+
+
+def test_every_variable_is_read_in_one_place() -> None:
+    env = {
+        "RECORDER_REDACT": "default,drop:payload.event.text",
+        "RECORDER_RECORD_TIMEOUT": "0.4",
+        "RECORDER_ON_STORAGE_ERROR": "nack",
+        "RECORDER_SPOOL_PATH": "/var/spool/recorder.db",
+    }
+    settings = Settings.load(environ=env)
+    assert settings.redaction == Redaction(mask=DEFAULT_MASKED_PATHS, drop=("payload.event.text",))
+    assert settings.record_timeout == 0.4
+    assert settings.on_storage_error == "nack"
+    assert settings.spool_path == "/var/spool/recorder.db"
+    defaults = Settings.load(environ={})
+    assert defaults.redaction == Redaction.default()
+    assert defaults.record_timeout == 1.0
+    assert (defaults.on_storage_error, defaults.spool_path) == ("spool", "recorder-spool.db")
+    explicit = Settings.load(
+        redaction=None, record_timeout=0, on_storage_error="raise", spool_path="s.db", environ=env
+    )
+    assert explicit.redaction == Redaction.none()
+    assert explicit.record_timeout is None
+    assert (explicit.on_storage_error, explicit.spool_path) == ("raise", "s.db")
+
+
+def test_the_cli_choices_are_the_library_types() -> None:
+    from typing import get_args
+
+    import click
+
+    from recorder.cli.slack import listen_command
+    from recorder.settings import STORAGE_ERROR_POLICIES, OnStorageError
+    from recorder.slack.options import POLICIES
+
+    option = next(p for p in listen_command.params if p.name == "on_storage_error")
+    assert isinstance(option.type, click.Choice)
+    assert tuple(option.type.choices) == STORAGE_ERROR_POLICIES == get_args(OnStorageError)
+    assert POLICIES == STORAGE_ERROR_POLICIES
 
 
 def test_a_bad_option_names_the_option() -> None:
