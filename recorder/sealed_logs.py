@@ -1,8 +1,9 @@
 """The recorder's own logs, sealed with the envelopes: which logs, and each entry's digest.
 
 A seal block covers, beside its envelopes, every log entry that became final
-since the previous block: today each finished prune run with the
-``pruned_envelopes`` rows it wrote. The entry's digest goes into
+since the previous block: each finished prune run with the ``pruned_envelopes``
+rows it wrote, each erased envelope that is no longer deferred (with the
+request that erased it), and each complete archive manifest row. The entry's digest goes into
 ``sealed_log_entries`` and the digest of the block's entries into the block's
 header (:func:`logs_digest`), so an owner who rewrites the deletion log after
 it was sealed breaks the entry's digest, and one who also rewrites the seal
@@ -25,7 +26,14 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recorder.schema import prune_runs, pruned_envelopes, sealed_log_entries
+from recorder.schema import (
+    archive_files,
+    erased_envelopes,
+    erasures,
+    prune_runs,
+    pruned_envelopes,
+    sealed_log_entries,
+)
 
 _DIGEST_VERSION = 1
 _FETCH_CHUNK = 5_000
@@ -143,8 +151,132 @@ class PruneRunsLog:
             after = rows[-1].envelope_id
 
 
+class _RowLog:
+    """A log whose entries are single rows (joined to what they depend on), keyed by columns."""
+
+    name: str
+    _key_columns: tuple[sa.ColumnElement[Any], ...]
+    _columns: tuple[sa.ColumnElement[Any], ...]
+
+    def _select(self) -> sa.Select[Any]:
+        raise NotImplementedError
+
+    def _final(self) -> sa.ColumnElement[bool]:
+        raise NotImplementedError
+
+    def _key_text(self) -> sa.ColumnElement[str]:
+        key: sa.ColumnElement[str] = sa.cast(self._key_columns[0], sa.Text)
+        for column in self._key_columns[1:]:
+            key = key.concat("/").concat(sa.cast(column, sa.Text))
+        return key
+
+    def _key(self, row: Any) -> str:
+        return "/".join(str(row[i]) for i in range(len(self._key_columns)))
+
+    def _digest(self, row: Any) -> str:
+        digest = hashlib.sha256()
+        digest.update(_line([_DIGEST_VERSION, self.name]))
+        digest.update(_line(list(row)))
+        return digest.hexdigest()
+
+    def _rows(self, stmt: sa.Select[Any], conn: Connection) -> list[Any]:
+        return list(conn.execute(stmt).all())
+
+    def unsealed(self, conn: Connection) -> list[LogEntry]:
+        sealed = sa.exists().where(
+            sealed_log_entries.c.log_name == self.name,
+            sealed_log_entries.c.entry_key == self._key_text(),
+        )
+        stmt = self._select().where(self._final(), ~sealed)
+        return [
+            LogEntry(self.name, self._key(row), self._digest(row)) for row in self._rows(stmt, conn)
+        ]
+
+    def current(self, conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        found: dict[str, str] = {}
+        for row in self._rows(self._select(), conn):
+            key = self._key(row)
+            if key in wanted:
+                found[key] = self._digest(row)
+        return found
+
+
+class ErasuresLog(_RowLog):
+    """Each erased, scrubbed or gone envelope (not deferred), with the request that erased it.
+
+    A deferred row still changes (to done when its holds are released), so it
+    is sealed once it is final; the request's fields that never change (who,
+    why, whose data, what to do) are in every entry's digest.
+    """
+
+    name = "erasures"
+    _key_columns = (erased_envelopes.c.erasure_id, erased_envelopes.c.envelope_id)
+    _columns = (
+        erased_envelopes.c.received_at,
+        erased_envelopes.c.kind,
+        erased_envelopes.c.action,
+        erased_envelopes.c.state,
+        erased_envelopes.c.held_by,
+        erased_envelopes.c.original_sha256,
+        erased_envelopes.c.replacement_sha256,
+        erased_envelopes.c.erased_at,
+        erasures.c.requested_at,
+        erasures.c.user_id,
+        erasures.c.team_id,
+        erasures.c.reason,
+        erasures.c.actor,
+        erasures.c.db_user,
+        erasures.c.subject_action,
+        erasures.c.mention_action,
+    )
+
+    def _select(self) -> sa.Select[Any]:
+        return sa.select(*self._key_columns, *self._columns).select_from(
+            erased_envelopes.join(erasures, erasures.c.id == erased_envelopes.c.erasure_id)
+        )
+
+    def _final(self) -> sa.ColumnElement[bool]:
+        return erased_envelopes.c.state != "deferred"
+
+
+class ArchiveFilesLog(_RowLog):
+    """Each complete archive manifest row: which envelopes a file holds, from which prune.
+
+    The file's own bytes and digest are left out: a logged erasure rewrites
+    them (``erase --archive``). What the file holds is fixed by
+    ``members_sha256`` (each row's id, time and sealed digest), and
+    ``verify --archive`` checks every row's text against its digest.
+    """
+
+    name = "archive_files"
+    _key_columns = (archive_files.c.archive_id, archive_files.c.file_name)
+    _columns = (
+        archive_files.c.state,
+        archive_files.c.policy_name,
+        archive_files.c.prune_run_id,
+        archive_files.c.deleted_by_run_id,
+        archive_files.c.created_at,
+        archive_files.c.written_at,
+        archive_files.c.completed_at,
+        archive_files.c.row_count,
+        archive_files.c.deleted_count,
+        archive_files.c.first_received_at,
+        archive_files.c.last_received_at,
+        archive_files.c.members_sha256,
+    )
+
+    def _select(self) -> sa.Select[Any]:
+        return sa.select(*self._key_columns, *self._columns)
+
+    def _final(self) -> sa.ColumnElement[bool]:
+        return archive_files.c.state == "complete"
+
+
 #: The logs every seal block covers.
-COVERED_LOGS: tuple[CoveredLog, ...] = (PruneRunsLog(),)
+COVERED_LOGS: tuple[CoveredLog, ...] = (PruneRunsLog(), ErasuresLog(), ArchiveFilesLog())
 
 
 def unsealed_entries(conn: Connection) -> list[LogEntry]:
