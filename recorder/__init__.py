@@ -1,5 +1,7 @@
 """envelope-recorder: exactly-once dispatch and an audit trail for Slack Socket Mode bots."""
 
+from typing import Any
+
 from recorder.adapter import EnvelopeInput, EventBufferAdapter, RecordResult
 from recorder.errors import (
     ConfigurationError,
@@ -16,6 +18,17 @@ protect_recorder_loggers()
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # ``recorder.replay`` (see recorder.replaying) is loaded on first use, so
+    # that ``import recorder`` stays light for bots that never replay.
+    if name == "replay":
+        from recorder.replaying import replay
+
+        return replay
+    raise AttributeError(f"module 'recorder' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigurationError",
     "EnvelopeInput",
@@ -27,4 +40,5 @@ __all__ = [
     "SchemaMissing",
     "StorageUnavailable",
     "__version__",
+    "replay",
 ]

@@ -227,15 +227,21 @@ def _legend(series: list[str], colours: dict[str, str]) -> str:
     return f'<ul class="legend">{items}</ul>'
 
 
+def _share(count: int, total: int) -> float:
+    return min(100.0, 100 * count / max(total, 1))
+
+
 def _top_table(title: str, rows: list[tuple[str, int]], total: int) -> str:
     if not rows:
         body = '<tr><td colspan="3" class="empty">none</td></tr>'
     else:
-        peak = rows[0][1]
+        # Each bar is drawn to its share of the total, on a track that is
+        # 100%, with its label beside it (never over it).
         body = "".join(
             f"<tr><td><code>{_e(key)}</code></td><td class=num>{count:,}</td>"
-            f'<td class="barcell"><div class="bar" style="width:{100 * count / peak:.1f}%">'
-            f"</div><span>{100 * count / max(total, 1):.1f}%</span></td></tr>"
+            f'<td class="barcell"><div class="track"><div class="bar" '
+            f'style="width:{_share(count, total):.1f}%"></div></div>'
+            f"<span>{_share(count, total):.1f}%</span></td></tr>"
             for key, count in rows
         )
     return (
@@ -274,8 +280,9 @@ svg .axis { font-size: 11px; fill: #5a6375; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid #eef0f4; }
 th { font-weight: 600; color: #5a6375; } .num { text-align: right; }
-.barcell { position: relative; width: 40%; } .bar { background: #cfe0f5; height: 14px; }
-.barcell span { position: absolute; left: 10px; top: 3px; font-size: 11px; }
+.barcell { width: 40%; } .barcell > * { display: inline-block; vertical-align: middle; }
+.track { width: calc(100% - 56px); height: 14px; } .bar { background: #cfe0f5; height: 14px; }
+.barcell span { width: 48px; margin-left: 6px; font-size: 11px; text-align: right; }
 .empty { color: #8a93a3; } code { font-size: 12px; }
 footer { color: #8a93a3; margin-top: 28px; font-size: 12px; }
 """

@@ -456,3 +456,39 @@ Index(
     postgresql_where=text("state = 'deferred'"),
     sqlite_where=text("state = 'deferred'"),
 )
+
+REPLAY_STATUSES = ("running", "completed", "interrupted")
+
+replay_runs = Table(
+    "replay_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column(
+        "status",
+        Text,
+        nullable=False,
+        comment="running (or killed while running), completed, interrupted; "
+        "an unfinished run is resumed by the next replay with the same handler and filters",
+    ),
+    Column("actor", Text, nullable=False),
+    Column("host", Text),
+    Column("handler", Text, nullable=False, comment="module:function"),
+    Column("filters", Text, nullable=False, comment="the query filters, as canonical JSON"),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in REPLAY_STATUSES) + ")", name="status"
+    ),
+    Index("ix_replay_runs_handler_filters", "handler", "filters"),
+    comment="`recorder replay` runs: who replayed what through which handler, and when",
+)
+
+replayed_envelopes = Table(
+    "replayed_envelopes",
+    metadata,
+    Column("run_id", Integer, ForeignKey("replay_runs.id"), primary_key=True),
+    Column("envelope_id", Text, primary_key=True),
+    Column("replayed_at", UTCDateTime, nullable=False),
+    Column("error", Text, comment="the handler's exception; NULL when it succeeded"),
+    comment="each envelope a replay run handed to its handler, and how that went",
+)

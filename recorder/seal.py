@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from recorder import statements
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import RecorderError
+from recorder.wording import counted
 
 GENESIS_DIGEST = "0" * 64
 DEFAULT_MARGIN = dt.timedelta(seconds=60)
@@ -114,7 +115,9 @@ class SealReport:
 
     def summary(self) -> str:
         late = sum(b.envelope_count for b in self.blocks if b.kind == "late")
-        text = f"sealed {self.sealed} envelopes in {len(self.blocks)} new blocks"
+        text = (
+            f"sealed {counted(self.sealed, 'envelope')} in {counted(len(self.blocks), 'new block')}"
+        )
         if late:
             text += f" ({late} adopted late)"
         if self.latest is None:

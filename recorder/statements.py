@@ -28,6 +28,8 @@ from recorder.schema import (
     legal_holds,
     prune_runs,
     pruned_envelopes,
+    replay_runs,
+    replayed_envelopes,
     retention_policies,
     seal_blocks,
     sealed_envelopes,
@@ -970,6 +972,48 @@ def select_pruned_log(envelope_ids: list[str]) -> sa.Select[Any]:
         pruned_envelopes.c.received_at,
         pruned_envelopes.c.prune_run_id,
     ).where(pruned_envelopes.c.envelope_id.in_(envelope_ids))
+
+
+# -- replay (recorder.replaying): the run log and the envelopes each run replayed
+
+
+def select_unfinished_replay(handler: str, filters: str) -> sa.Select[Any]:
+    """The newest run of ``handler`` over ``filters`` that did not complete, if any."""
+    return (
+        sa.select(replay_runs.c.id)
+        .where(
+            replay_runs.c.handler == handler,
+            replay_runs.c.filters == filters,
+            replay_runs.c.status != "completed",
+        )
+        .order_by(replay_runs.c.id.desc())
+        .limit(1)
+    )
+
+
+def select_replayed_ids(run_id: int) -> sa.Select[Any]:
+    return sa.select(replayed_envelopes.c.envelope_id).where(replayed_envelopes.c.run_id == run_id)
+
+
+def insert_replay_run(values: dict[str, Any]) -> Any:
+    return sa.insert(replay_runs).values(values).returning(replay_runs.c.id)
+
+
+def insert_replayed_envelope(
+    *, run_id: int, envelope_id: str, replayed_at: dt.datetime, error: str | None
+) -> Insert:
+    return sa.insert(replayed_envelopes).values(
+        run_id=run_id, envelope_id=envelope_id, replayed_at=replayed_at, error=error
+    )
+
+
+def finish_replay_run(run_id: int, status: str, finished_at: dt.datetime) -> Update:
+    """Close a run; a resumed run that completes is marked completed too."""
+    return (
+        sa.update(replay_runs)
+        .where(replay_runs.c.id == run_id)
+        .values(status=status, finished_at=finished_at)
+    )
 
 
 # PostgreSQL: a whole range block in one statement. The server reads the next

@@ -52,6 +52,7 @@ from recorder.seal import (
     timestamp_text,
     utc_now,
 )
+from recorder.wording import counted
 
 _FETCH_CHUNK = 1_000
 REPORTING_COLUMNS = (
@@ -105,9 +106,10 @@ class VerifyReport:
         return {f.envelope_id for f in self.findings if f.kind == kind and f.envelope_id}
 
     def summary(self) -> str:
-        verdict = "OK" if self.ok else f"FAILED: {len(self.findings)} problems"
+        verdict = "OK" if self.ok else f"FAILED: {counted(len(self.findings), 'problem')}"
         return (
-            f"{verdict}; {self.blocks} blocks, {self.sealed} sealed envelopes "
+            f"{verdict}; {counted(self.blocks, 'block')}, "
+            f"{counted(self.sealed, 'sealed envelope')} "
             f"({self.pruned} since pruned by logged prunes), {self.unsealed} not yet sealed, "
             f"{self.erased} erased by logged erasures; "
             f"latest digest {self.latest_digest or 'none'}"

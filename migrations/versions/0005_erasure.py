@@ -333,6 +333,20 @@ BEGIN
         RAISE EXCEPTION 'only archived envelopes (pruned, logged) can be logged as archived'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- The manifest's digest changes only with the envelopes the rewrite erased
+    -- in that file (pruned at the time they name, inside the file's range):
+    -- otherwise the eraser could re-digest any file it had altered.
+    IF jsonb_array_length(p_entries) = 0 OR EXISTS (
+        SELECT 1 FROM jsonb_to_recordset(p_entries) AS j(envelope_id text, received_at timestamptz)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {s}.pruned_envelopes p, {s}.archive_files f
+            WHERE p.envelope_id = j.envelope_id AND p.received_at = j.received_at
+              AND f.archive_id = p_archive_id AND f.file_name = p_file_name
+              AND j.received_at BETWEEN f.first_received_at AND f.last_received_at)
+    ) THEN
+        RAISE EXCEPTION 'archive file % is rewritten only for the archived envelopes erased in it',
+            p_file_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
     UPDATE {s}.archive_files f SET file_bytes = p_file_bytes, file_sha256 = p_file_sha256
     WHERE f.archive_id = p_archive_id AND f.file_name = p_file_name AND f.state = 'complete';
     IF NOT FOUND THEN

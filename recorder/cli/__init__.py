@@ -36,6 +36,7 @@ from recorder.cli import (
     db,
     envelopes,
     erase,
+    replay,
     reports,
     retention,
     sealing,
@@ -59,6 +60,7 @@ main.add_command(reports.report_command)
 main.add_command(slack.listen_command)
 main.add_command(slack.demo_command)
 main.add_command(archive.archive_group)
+main.add_command(replay.replay_command)
 main.add_command(spool.spool_group)
 
 __all__ = ["error_lines", "main", "redact"]

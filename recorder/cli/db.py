@@ -89,6 +89,10 @@ def db_grant(
     first loses every privilege on the recorder's tables, then gets its own,
     so running it again is harmless. Create the roles (with their passwords)
     yourself first.
+
+    \b
+    Example:
+      recorder db grant --writer recorder_bot --reader auditor --print-sql
     """
     names = roles.RoleNames(
         writer=writer, reader=reader, pruner=pruner, sealer=sealer, eraser=eraser

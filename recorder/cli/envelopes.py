@@ -71,10 +71,13 @@ def import_command(
     def on_error(line_no: int, reason: str) -> None:
         click.echo(f"line {line_no}: {reason}", err=True)
 
+    # On a terminal the progress bar owns the last line of stderr: rejected
+    # lines are shown after it finishes rather than written over it.
+    bar_shown = stderr_is_terminal()
     run = functools.partial(
         importer.import_envelopes,
         batch_size=batch_size,
-        on_error=on_error,
+        on_error=None if bar_shown else on_error,
         pending=pending,
         received_at=received_at,  # type: ignore[arg-type]  # one of the Choice's values
     )
@@ -92,6 +95,11 @@ def import_command(
             # A pipe has no size: count lines instead.
             with click.progressbar(file, label="importing", file=sys.stderr) as lines:
                 report = run(buffer, lines)
+    if bar_shown:
+        for line_no, reason in report.errors:
+            on_error(line_no, reason)
+        if report.rejected > len(report.errors):
+            click.echo(f"... and {report.rejected - len(report.errors):,} more", err=True)
     click.echo(report.summary())
     if report.rejected:
         sys.exit(EXIT_ERROR)
@@ -146,7 +154,12 @@ def query_command(
     limit: int | None,
     fmt: str,
 ) -> None:
-    """Print recorded envelopes, oldest first, streaming (constant memory)."""
+    """Print recorded envelopes, oldest first, streaming (constant memory).
+
+    \b
+    Example:
+      recorder query --channel C0123ABCD --since 7d --format csv > week.csv
+    """
     spec = audit.QuerySpec(
         team_id=team,
         channel_id=channel,

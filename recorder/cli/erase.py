@@ -82,6 +82,10 @@ def erase_command(
     have the mentions replaced. Every change is logged for `recorder verify`.
     Envelopes under a legal hold are deferred: `recorder erase --resume`
     (safe to schedule next to `recorder prune`) completes them once released.
+
+    \b
+    Example:
+      recorder erase --user U0123ABCD --reason "DSR-42" --dry-run
     """
     if resume:
         if user_id or reason or dry_run:

@@ -39,7 +39,12 @@ def stats_command(
     until: dt.datetime | None,
     fmt: str,
 ) -> None:
-    """Envelopes per UTC day, by type, event type, channel or user."""
+    """Envelopes per UTC day, by type, event type, channel or user.
+
+    \b
+    Example:
+      recorder stats --by channel --since 7d --format csv
+    """
     if since is None:
         since = (until or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=30)
     with open_engine(settings, must_exist=True) as engine:
@@ -68,7 +73,12 @@ def stats_command(
 def report_command(
     settings: Settings, html_path: str, since: dt.datetime | None, until: dt.datetime | None
 ) -> None:
-    """Write a self-contained HTML report (inline CSS and SVG; works offline)."""
+    """Write a self-contained HTML report (inline CSS and SVG; works offline).
+
+    \b
+    Example:
+      recorder report --html report.html --since 30d
+    """
     if since is None:
         since = (until or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=30)
     with open_engine(settings, must_exist=True) as engine:

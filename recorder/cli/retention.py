@@ -21,6 +21,7 @@ from recorder.cli.options import (
     with_type_match,
     without_type_match,
 )
+from recorder.cli.output import table_lines
 from recorder.cli.storage import open_engine, stderr_is_terminal
 from recorder.settings import Settings
 
@@ -103,10 +104,17 @@ def retention_set(
 
 
 @retention_group.command("list")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_obj
 def retention_list(settings: Settings, fmt: str) -> None:
-    """List policies, the one that decides first."""
+    """List policies, the one that decides first.
+
+    \b
+    Example:
+      recorder retention list --format json
+    """
     with open_engine(settings, must_exist=True) as engine:
         policies = retention.list_policies(engine)
     if fmt == "json":
@@ -115,11 +123,12 @@ def retention_list(settings: Settings, fmt: str) -> None:
     if not policies:
         click.echo("no retention policies: every envelope is kept")
         return
-    for p in policies:
-        click.echo(
-            f"{p.name}\tkeep {_format_keep(p.keep)}\tpriority {p.priority}\t"
-            f"{_describe_match(p.match())}"
-        )
+    rows = [
+        (p.name, _format_keep(p.keep), str(p.priority), _describe_match(p.match()))
+        for p in policies
+    ]
+    for line in table_lines(("NAME", "KEEP", "PRIORITY", "MATCH"), rows):
+        click.echo(line)
 
 
 @retention_group.command("remove")
@@ -127,7 +136,12 @@ def retention_list(settings: Settings, fmt: str) -> None:
 @actor_option
 @click.pass_obj
 def retention_remove(settings: Settings, name: str, actor: str | None) -> None:
-    """Remove the retention policy NAME."""
+    """Remove the retention policy NAME.
+
+    \b
+    Example:
+      recorder retention remove dms --actor alice
+    """
     with open_engine(settings) as engine:
         retention.remove_policy(engine, name, actor=actor)
     click.echo(f"removed policy {name}")
@@ -137,7 +151,12 @@ def retention_remove(settings: Settings, name: str, actor: str | None) -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.pass_obj
 def retention_log(settings: Settings, limit: int) -> None:
-    """Show the latest changes to policies and holds, and the latest prune runs."""
+    """Show the latest changes to policies and holds, and the latest prune runs.
+
+    \b
+    Example:
+      recorder retention log --limit 10
+    """
     with open_engine(settings, must_exist=True) as engine:
         changes = retention.read_change_log(engine, limit=limit)
         runs = retention.read_prune_log(engine, limit=limit)
@@ -151,7 +170,8 @@ def retention_log(settings: Settings, limit: int) -> None:
     for r in runs:
         click.echo(
             f"  #{r.id} {r.started_at.isoformat()}  {r.status}{' (dry run)' if r.dry_run else ''}"
-            f"  deleted {r.deleted_total}  held {r.held_count}  skipped {r.skipped_count}"
+            f"  {'would delete' if r.dry_run else 'deleted'} {r.deleted_total}"
+            f"  held {r.held_count}  skipped {r.skipped_count}"
             f"  by {r.actor}@{r.host}{'  error: ' + r.error if r.error else ''}"
         )
 
@@ -184,7 +204,12 @@ def hold_add(
     until: dt.datetime | None,
     actor: str | None,
 ) -> None:
-    """Place the legal hold NAME."""
+    """Place the legal hold NAME.
+
+    \b
+    Example:
+      recorder hold add case-1 --reason "preservation notice" --channel C0123ABCD --since 2026-01-01
+    """
     with open_engine(settings) as engine:
         hold = retention.add_hold(
             engine,
@@ -212,10 +237,17 @@ def _describe_hold(hold: retention.LegalHold) -> str:
 
 
 @hold_group.command("list")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_obj
 def hold_list(settings: Settings, fmt: str) -> None:
-    """List legal holds, released ones included (with their release time)."""
+    """List legal holds, released ones included (with their release time).
+
+    \b
+    Example:
+      recorder hold list --format json
+    """
     with open_engine(settings, must_exist=True) as engine:
         holds = retention.list_holds(engine)
     if fmt == "json":
@@ -223,13 +255,20 @@ def hold_list(settings: Settings, fmt: str) -> None:
         return
     if not holds:
         click.echo("no legal holds")
-    for h in holds:
-        state = (
+        return
+    rows = [
+        (
+            h.name,
             "in force"
             if h.in_force
-            else f"released {h.released_at.isoformat() if h.released_at else ''} by {h.released_by}"
+            else f"released {h.released_at.isoformat() if h.released_at else ''} by {h.released_by}",
+            _describe_hold(h),
+            h.reason,
         )
-        click.echo(f"{h.name}\t{state}\t{_describe_hold(h)}\t{h.reason}")
+        for h in holds
+    ]
+    for line in table_lines(("NAME", "STATE", "COVERS", "REASON"), rows):
+        click.echo(line)
 
 
 @hold_group.command("release")
@@ -237,7 +276,12 @@ def hold_list(settings: Settings, fmt: str) -> None:
 @actor_option
 @click.pass_obj
 def hold_release(settings: Settings, name: str, actor: str | None) -> None:
-    """Release the legal hold NAME (its row stays, with the release time)."""
+    """Release the legal hold NAME (its row stays, with the release time).
+
+    \b
+    Example:
+      recorder hold release case-1 --actor legal
+    """
     with open_engine(settings) as engine:
         hold = retention.release_hold(engine, name, actor=actor)
     click.echo(

@@ -16,6 +16,7 @@ from recorder.cli.errors import EXIT_ERROR
 from recorder.cli.options import YEAR_SECONDS, Seconds, anchor_digest
 from recorder.cli.storage import open_engine
 from recorder.settings import Settings
+from recorder.wording import counted
 
 
 @click.command("seal")
@@ -66,6 +67,10 @@ def seal_command(
     and publish the printed digest somewhere the database's administrators
     cannot rewrite, for `recorder verify --anchor`. A row dated inside the
     range already sealed is never sealed unless named with --adopt-late.
+
+    \b
+    Example:
+      recorder seal --format json
     """
     adopt = list(adopt_ids)
     if adopt_file is not None:
@@ -169,7 +174,7 @@ def verify_command(
     if failed:
         if latest and fmt != "json":
             problems = len(report.findings) + (len(archived.findings) if archived else 0)
-            click.echo(f"verification failed: {problems} problems", err=True)
+            click.echo(f"verification failed: {counted(problems, 'problem')}", err=True)
         sys.exit(EXIT_ERROR)
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+from pathlib import Path
+
 import click
 
+from recorder.cli.errors import EXIT_ERROR
+from recorder.engine import DEFAULT_DATABASE_URL, database_url
 from recorder.settings import (
     DEFAULT_ON_STORAGE_ERROR,
     DEFAULT_SPOOL_PATH,
+    ENV_DATABASE_URL,
     ENV_ON_STORAGE_ERROR,
     ENV_SPOOL_PATH,
     STORAGE_ERROR_POLICIES,
@@ -54,6 +62,10 @@ def listen_command(
 
     For an app dedicated to archiving: each envelope is stored before it is
     acked, and nothing else is done with it.
+
+    \b
+    Example:
+      SLACK_APP_TOKEN=xapp-... recorder listen --metrics-port 9108
     """
     from recorder.slack.archive import listen
 
@@ -87,7 +99,12 @@ def listen_command(
 )
 @click.pass_obj
 def demo_command(settings: Settings, over_http: bool) -> None:
-    """Play a simulated Slack stream into the database and show what was recorded."""
+    """Play a simulated Slack stream into the database and show what was recorded.
+
+    \b
+    Example:
+      recorder demo && recorder query --type slash_commands
+    """
     if over_http:
         from recorder.slack.http_demo import render_http, run_http_demo
 
@@ -100,5 +117,23 @@ def demo_command(settings: Settings, over_http: bool) -> None:
 
     click.echo("starting a local Socket Mode simulator and a recording bot ...")
     result = run_demo(settings.database_url)
-    for line in render(result, settings.masked_database_url):
+    for line in render(result, settings.masked_database_url, follow_up_command(settings)):
         click.echo(line)
+    if not result.exactly_once:
+        sys.exit(EXIT_ERROR)
+
+
+def follow_up_command(settings: Settings) -> str:
+    """How to run ``recorder`` again as this process was run, for the suggested commands.
+
+    ``.venv/bin/recorder`` stays ``.venv/bin/recorder`` (the README's set-up,
+    no venv activated); the database is repeated when it was not the default
+    and has no password to print.
+    """
+    program = Path(sys.argv[0])
+    command = str(program) if program.name == "recorder" else f"{sys.executable} -m recorder"
+    url = settings.database_url
+    explicit = url != DEFAULT_DATABASE_URL and os.environ.get(ENV_DATABASE_URL) != url
+    if explicit and database_url(url).password is None:
+        command += f" --database-url {shlex.quote(url)}"
+    return command

@@ -46,7 +46,12 @@ def spool_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--show-envelope", is_flag=True, help="Print each envelope's text too (JSON).")
 def spool_list(spool_path: str, fmt: str, show_envelope: bool) -> None:
-    """List quarantined envelopes, oldest first, with the reason."""
+    """List quarantined envelopes, oldest first, with the reason.
+
+    \b
+    Example:
+      recorder spool list --show-envelope
+    """
     spool = _open(spool_path)
     try:
         held = spool.quarantined()
@@ -81,7 +86,12 @@ def spool_list(spool_path: str, fmt: str, show_envelope: bool) -> None:
 @click.argument("envelope_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Retry every quarantined envelope.")
 def spool_retry(spool_path: str, envelope_ids: tuple[str, ...], every: bool) -> None:
-    """Put quarantined envelopes back in line for the next drain (after fixing the cause)."""
+    """Put quarantined envelopes back in line for the next drain (after fixing the cause).
+
+    \b
+    Example:
+      recorder spool retry --all
+    """
     count = _resolve(spool_path, envelope_ids, every, drop=False)
     click.echo(f"{count} envelopes back in line for the next drain")
 
@@ -91,7 +101,12 @@ def spool_retry(spool_path: str, envelope_ids: tuple[str, ...], every: bool) -> 
 @click.argument("envelope_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Drop every quarantined envelope.")
 def spool_drop(spool_path: str, envelope_ids: tuple[str, ...], every: bool) -> None:
-    """Delete quarantined envelopes from the spool for good (list --show-envelope keeps a copy)."""
+    """Delete quarantined envelopes from the spool for good (list --show-envelope keeps a copy).
+
+    \b
+    Example:
+      recorder spool drop ENVELOPE_ID
+    """
     count = _resolve(spool_path, envelope_ids, every, drop=True)
     click.echo(f"{count} quarantined envelopes dropped")
 

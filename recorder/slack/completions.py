@@ -23,8 +23,12 @@ __all__ = ["COMPLETION_BATCH_SECONDS", "Completions"]
 
 logger = logging.getLogger("recorder.slack")
 
-#: How long the completer gathers finished envelopes into one statement.
-COMPLETION_BATCH_SECONDS = 0.02
+#: How long the completer gathers finished envelopes into one statement. Every
+#: completion statement is a write the next record may queue behind (SQLite
+#: admits one writer; PostgreSQL flushes each commit): at 200 envelopes/s under
+#: load, 0.25 s instead of 0.02 s halved the SQLite recorder's ack p99 (see
+#: BENCHMARKS.md, "Ack latency"). Only recovery sees the delay, after a lease.
+COMPLETION_BATCH_SECONDS = 0.25
 
 
 class Completions:

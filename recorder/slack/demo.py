@@ -6,14 +6,21 @@ submission) to a real slack_sdk client with a
 :class:`~recorder.slack.RecordingListener`, including what makes
 exactly-once hard: exact retransmits, Slack's retries in new envelopes, a
 ``disconnect`` and reconnect, and a handler that fails once and is
-recovered. Everything lands in the configured database, ready for
-``recorder query``.
+recovered.
+
+The bot records into a scratch SQLite database of its own, so that its
+recovery never touches (or runs the demo's handler on) envelopes already in
+the configured database. Its envelopes are then copied into the configured
+database as an archive (already handled: no bot ever dispatches them), ready
+for ``recorder query``; the printout counts this run's envelopes only.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import io
 import logging
 import statistics
 import tempfile
@@ -27,6 +34,7 @@ from typing import Any
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.websocket_client import SocketModeClient
 
+from recorder import audit, importer
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.simulator import SocketModeSimulator
 from recorder.slack.listener import RecordingListener
@@ -60,6 +68,21 @@ class DemoReport:
     ack_p99_ms: float
     pending: int
     by_type: dict[str, int]
+    copied: int = 0
+    """Envelopes added to the configured database (as handled)."""
+    already_there: int = 0
+    """Envelopes the configured database held already (same ids)."""
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every envelope recorded once, handled once, nothing pending or unacked."""
+        return (
+            self.recorded == self.envelopes
+            and self.handled == self.envelopes
+            and self.pending == 0
+            and self.duplicates == self.frames - self.envelopes
+            and self.acked_frames == self.frames
+        )
 
 
 class _Handler:
@@ -134,18 +157,40 @@ def _close_client(client: SocketModeClient) -> None:
 
 
 def run_demo(database_url: str, *, lease_seconds: float = 1.0) -> DemoReport:
-    """Play the demo stream into ``database_url`` (migrated first if SQLite); return the report."""
-    buffer = SQLEventBuffer(database_url, upgrade=database_url.startswith("sqlite"))
-    handler = _Handler()
+    """Play the demo stream, then copy its envelopes into ``database_url``; return the report.
+
+    An SQLite ``database_url`` is created and migrated on first use; a
+    PostgreSQL one needs ``recorder db upgrade`` first.
+    """
     with (
         tempfile.TemporaryDirectory(prefix="recorder-demo-") as scratch,
+        SQLEventBuffer(f"sqlite:///{Path(scratch) / 'demo.db'}") as buffer,
+    ):
+        report = _play(buffer, Path(scratch), lease_seconds)
+        copied, already_there = _copy_into(buffer, database_url)
+    return dataclasses.replace(report, copied=copied, already_there=already_there)
+
+
+def _copy_into(buffer: SQLEventBuffer, database_url: str) -> tuple[int, int]:
+    """This run's envelopes into ``database_url``, exactly and as handled (an archive)."""
+    archive = io.BytesIO()
+    audit.export(audit.query_envelopes(buffer.engine, audit.QuerySpec()), "archive", archive)
+    archive.seek(0)
+    with SQLEventBuffer(database_url) as target:
+        result = importer.import_envelopes(target, archive)
+    return result.new, result.duplicate
+
+
+def _play(buffer: SQLEventBuffer, scratch: Path, lease_seconds: float) -> DemoReport:
+    handler = _Handler()
+    with (
         SocketModeSimulator(redeliver_after=None, close_after=0.5) as sim,
         _quiet_expected_failure(),
     ):
         listener = RecordingListener(
             buffer,
             handler,
-            spool_path=Path(scratch) / "spool.db",
+            spool_path=scratch / "spool.db",
             lease_seconds=lease_seconds,
             recovery_interval=lease_seconds / 4,
         )
@@ -187,7 +232,6 @@ def run_demo(database_url: str, *, lease_seconds: float = 1.0) -> DemoReport:
         reconnects = sim.total_connections - 1
     stats = listener.stats
     pending = buffer.count_pending()
-    buffer.close()
     return DemoReport(
         envelopes=len(envelopes),
         frames=stats.received,
@@ -210,8 +254,8 @@ def run_demo(database_url: str, *, lease_seconds: float = 1.0) -> DemoReport:
     )
 
 
-def render(report: DemoReport, database: str) -> list[str]:
-    """The demo's printout."""
+def render(report: DemoReport, database: str, command: str = "recorder") -> list[str]:
+    """The demo's printout; ``command`` starts the suggested follow-up commands."""
     types = ", ".join(f"{count} {name}" for name, count in sorted(report.by_type.items()))
     return [
         f"A simulated Slack workspace sent {report.envelopes} envelopes ({types})",
@@ -220,7 +264,8 @@ def render(report: DemoReport, database: str) -> list[str]:
         f"{report.reconnects} reconnect, and a handler that fails once.",
         "",
         f"  frames received        {report.frames:4d}",
-        f"  recorded (new)         {report.recorded:4d}   stored in {database}",
+        f"  recorded (new)         {report.recorded:4d}   stored in {database}"
+        + (f" ({report.already_there} already there)" if report.already_there else ""),
         f"  dropped as duplicate   {report.duplicates:4d}   acked, never dispatched",
         f"  dispatched to handler  {report.dispatched:4d}",
         f"  handler failures       {report.failed:4d}   left pending, then recovered: "
@@ -229,9 +274,11 @@ def render(report: DemoReport, database: str) -> list[str]:
         f"  frames acked           {report.acked_frames:4d}   ack latency p50 "
         f"{report.ack_p50_ms:.1f} ms, p99 {report.ack_p99_ms:.1f} ms",
         "",
-        "Every envelope was stored before its ack, and handled exactly once.",
+        "Every envelope was stored before its ack, and handled exactly once."
+        if report.exactly_once
+        else "NOT exactly once: the counts above disagree (see the lines that differ).",
         "Query the audit trail:",
-        f"  recorder --database-url {database} query --limit 10",
-        f"  recorder --database-url {database} query --type slash_commands",
-        f"  recorder --database-url {database} query --event-type app_mention --format jsonl",
+        f"  {command} query --limit 10",
+        f"  {command} query --type slash_commands",
+        f"  {command} query --event-type app_mention --format jsonl",
     ]

@@ -176,7 +176,9 @@ def test_retention_hold_and_prune_commands(database_url: str) -> None:
         "--actor",
         "legal",
     )
-    assert "case-7\tin force\tuser_id=U2" in ok(database_url, "hold", "list")
+    holds = ok(database_url, "hold", "list").splitlines()
+    assert holds[0].split() == ["NAME", "STATE", "COVERS", "REASON"]
+    assert holds[1].split()[:4] == ["case-7", "in", "force", "user_id=U2"]
 
     before = len(table_rows(database_url))
     dry = ok(database_url, "prune", "--dry-run")
@@ -212,7 +214,9 @@ def test_retention_hold_and_prune_commands(database_url: str) -> None:
     assert "alice  create retention_policy all" in log
     assert "legal  release legal_hold case-7" in log
     assert log.count("completed") == 3
-    assert "(dry run)" in log
+    assert "(dry run)  would delete" in log
+    policies = ok(database_url, "retention", "list").splitlines()
+    assert policies[0].split() == ["NAME", "KEEP", "PRIORITY", "MATCH"]
 
     missing = run(database_url, "hold", "release", "nope")
     assert missing.returncode == 1

@@ -50,7 +50,7 @@ def test_seal_then_verify_then_tamper_fails_naming_the_envelope(database_url: st
     failed = run(database_url, "verify")
     assert failed.returncode == 1
     assert "DELETED e3: sealed in block 2" in failed.stdout
-    assert "FAILED: 1 problems" in failed.stdout
+    assert "FAILED: 1 problem;" in failed.stdout
     assert "Traceback" not in failed.stderr
 
     as_json = run(database_url, "verify", "--format", "json")
@@ -124,7 +124,7 @@ def test_a_backdated_row_fails_verify_and_is_sealed_only_when_named(
     assert run(sqlite_url, "verify").returncode == 1
 
     adopted = run(sqlite_url, "seal", "--adopt-late", "late-1")
-    assert adopted.stdout.startswith("sealed 1 envelopes in 1 new blocks (1 adopted late)")
+    assert adopted.stdout.startswith("sealed 1 envelope in 1 new block (1 adopted late)")
     listed = tmp_path / "late.txt"
     listed.write_text("late-2\n\n")
     assert run(sqlite_url, "seal", "--adopt-late-from", str(listed)).returncode == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import signal
 import subprocess
 import time
@@ -45,6 +47,45 @@ def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> Non
             )
     assert types == {"events_api": 35, "interactive": 4, "slash_commands": 4}
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("demo.db")) == []
+
+
+def test_demo_on_a_used_database_touches_only_its_own_envelopes(tmp_path: Path) -> None:
+    """A bot's pending work in the database is neither recovered nor counted by the demo."""
+    url = f"sqlite:///{tmp_path / 'used.db'}"
+    long_ago = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    with SQLEventBuffer(url, clock=lambda: long_ago) as buffer:
+        buffer.record("bot-work-1", {"type": "slash_commands", "payload": {"command": "/deploy"}})
+    env = clean_env()
+    venv_script = os.path.relpath(CONSOLE_SCRIPT, tmp_path)
+    for run in range(2):
+        result = subprocess.run(
+            [venv_script, "--database-url", url, "demo"],
+            capture_output=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        out = result.stdout.decode()
+        assert result.returncode == 0, out + result.stderr.decode()
+        assert "handled successfully     43   still pending: 0" in out
+        assert "handled exactly once" in out
+        # The follow-up commands run as the demo was run (no venv activated).
+        suggested = [line.strip() for line in out.splitlines() if "query --type" in line]
+        assert suggested == [f"{venv_script} --database-url {url} query --type slash_commands"]
+        follow = subprocess.run(
+            suggested[0].split(), capture_output=True, env=env, cwd=tmp_path, timeout=60
+        )
+        assert follow.returncode == 0, follow.stderr.decode()
+        assert f"({4 * (run + 1) + 1} rows)" in follow.stdout.decode()  # and the bot's own
+    with SQLEventBuffer(url) as buffer, buffer.engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT status, attempts, claimed_at FROM envelopes "
+                "WHERE envelope_id = 'bot-work-1'"
+            )
+        ).one()
+        assert tuple(row) == ("pending", 1, None), "the demo never claims others' envelopes"
+        assert buffer.count_pending() == 1
 
 
 def test_demo_over_http_records_each_delivery_once(tmp_path: Path) -> None:

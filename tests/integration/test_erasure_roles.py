@@ -261,3 +261,69 @@ def test_eraser_erases_in_the_archive_and_cannot_log_live_envelopes_as_archived(
             {"id": started, "entries": json.dumps([entry])},
         )
     assert verify(connect_as(roles["reader"])).ok
+
+
+def test_eraser_cannot_redigest_an_archive_file_it_altered(
+    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], tmp_path: Path
+) -> None:
+    """Attack: the eraser (who may write the archive directory) adds a fabricated envelope to
+    an archive file, then has the erasure logging function put the altered file's digest in
+    the manifest, naming no envelope (or one outside that file) as erased."""
+    import hashlib
+
+    from recorder.archive import ArchiveOptions, deps, manifest
+    from recorder.archive.files import file_sha256
+    from recorder.archive.layout import open_archive
+    from recorder.archive.verify import verify_archive
+
+    generated = generate(30)
+    old = dt.datetime.now(UTC) - dt.timedelta(days=90)
+    buffer = SQLEventBuffer(owner, clock=lambda: old)
+    for g in generated:
+        buffer.record(g.envelope_id, g.envelope)
+    seal(owner)
+    retention.set_policy(owner, "short", keep="30d")
+    retention.prune(owner, archive=ArchiveOptions(tmp_path / "archive"))
+    archive = open_archive(tmp_path / "archive")
+    entry = manifest.entries(owner, archive_id=archive.archive_id, states=(manifest.COMPLETE,))[0]
+    path = archive.file_path(entry.file_name)
+    pa, pq = deps.pyarrow()
+    table = pq.read_table(str(path))
+    rows = table.to_pylist()
+    forged = dict(rows[0], envelope_id="Ev-FORGED", envelope_text='{"payload":{"forged":1}}')
+    forged["envelope_sha256"] = hashlib.sha256(forged["envelope_text"].encode()).hexdigest()
+    pq.write_table(pa.Table.from_pylist([*rows, forged], schema=table.schema), str(path))
+    size, digest = file_sha256(path)
+
+    eraser = connect_as(roles["eraser"])
+    started = erasure._start(eraser, "U0NOBODY", None, "r", "a", "erase", "scrub")
+    outside = {
+        "envelope_id": rows[0]["envelope_id"],
+        "received_at": "2001-01-01T00:00:00+00:00",  # not when it was pruned, not in the file
+        "kind": "subject",
+        "action": "erase",
+        "original_sha256": "a",
+        "replacement_sha256": "b",
+    }
+    for entries in ([], [outside]):
+        with (
+            pytest.raises(sa.exc.ProgrammingError, match="rewritten only for") as info,
+            eraser.begin() as conn,
+        ):
+            conn.execute(
+                sa.text(
+                    "SELECT recorder_erasure_log_archived(:id, :archive_id, :file_name, :size, "
+                    ":digest, CAST(:entries AS jsonb))"
+                ),
+                {
+                    "id": started,
+                    "archive_id": archive.archive_id,
+                    "file_name": entry.file_name,
+                    "size": size,
+                    "digest": digest,
+                    "entries": json.dumps(entries),
+                },
+            )
+        assert isinstance(info.value.orig, psycopg.errors.InsufficientPrivilege)
+    report = verify_archive(connect_as(roles["reader"]), tmp_path / "archive")
+    assert entry.file_name in report.of_kind("altered-file")

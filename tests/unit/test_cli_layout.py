@@ -8,11 +8,16 @@ from pathlib import Path
 import recorder.cli
 
 CLI_DIR = Path(recorder.cli.__file__).parent
-SHARED = {"recorder.cli.errors", "recorder.cli.options", "recorder.cli.storage"}
+SHARED = {
+    "recorder.cli.errors",
+    "recorder.cli.options",
+    "recorder.cli.output",
+    "recorder.cli.storage",
+}
 COMMAND_MODULES = sorted(
     p
     for p in CLI_DIR.glob("*.py")
-    if p.stem not in {"__init__", "app", "errors", "options", "storage"}
+    if p.stem not in {"__init__", "app", "errors", "options", "output", "storage"}
 )
 
 
@@ -36,7 +41,7 @@ def test_command_modules_import_only_the_shared_helpers() -> None:
 
 
 def test_the_group_and_helpers_import_no_command_module() -> None:
-    for name in ("app", "errors", "options", "storage"):
+    for name in ("app", "errors", "options", "output", "storage"):
         assert _cli_imports(CLI_DIR / f"{name}.py") <= SHARED, name
 
 
