@@ -34,7 +34,7 @@ from recorder.archive.files import file_sha256
 from recorder.archive.layout import ArchiveDir, open_archive
 from recorder.archive.reader import connect
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.schema import erased_envelopes, pruned_envelopes, sealed_envelopes
+from recorder.schema import pruned_envelopes, sealed_envelopes
 
 _FETCH = 5000
 
@@ -61,8 +61,6 @@ class ArchiveVerifyReport:
     """Envelopes read from the archive's readable files."""
     pruned: int = 0
     """Envelopes removed by archiving prune runs, checked against the archive."""
-    erased: int = 0
-    """Archived envelopes whose text a logged erasure replaced."""
     still_live: int = 0
     """Archived envelopes no prune removed (a hold placed while they were being archived)."""
     seconds: float = 0.0
@@ -80,7 +78,6 @@ class ArchiveVerifyReport:
         return (
             f"archive {verdict}; {self.files} files, {self.envelopes} archived envelopes, "
             f"{self.pruned} pruned envelopes accounted for"
-            + (f", {self.erased} erased as logged" if self.erased else "")
             + (f", {self.still_live} archived and still live" if self.still_live else "")
         )
 
@@ -105,7 +102,7 @@ def verify_archive(engine: Engine, directory: str | Path) -> ArchiveVerifyReport
     runs = sorted({e.deleted_by_run_id for e in listed.values() if e.deleted_by_run_id is not None})
     con = connect(archive, files=readable)
     try:
-        _check_texts(con, _archived_erasures(engine), report)
+        _check_texts(con, report)
         _check_pruned(engine, con, runs, report)
     finally:
         con.close()
@@ -164,28 +161,8 @@ def _parquet_readable(path: Path) -> bool:
     return True
 
 
-def _archived_erasures(engine: Engine) -> dict[str, set[tuple[str, str]]]:
-    """Logged erasures in the archive: id -> {(original digest, replacement digest)}."""
-    e = erased_envelopes.c
-    stmt = sa.select(e.envelope_id, e.original_sha256, e.replacement_sha256).where(
-        e.state == "archived", e.replacement_sha256.is_not(None)
-    )
-    with storage_errors("reading the erasure log"), read_only(engine) as conn:
-        found: dict[str, set[tuple[str, str]]] = {}
-        for envelope_id, original, replacement in conn.execute(stmt):
-            found.setdefault(envelope_id, set()).add((original, replacement))
-    return found
-
-
-def _check_texts(
-    con: Any, erasures: dict[str, set[tuple[str, str]]], report: ArchiveVerifyReport
-) -> None:
-    """Every archived text still has the digest stored beside it (computed inside DuckDB).
-
-    An erasure (``recorder erase --archive``) rewrites a text and keeps the
-    original's digest beside it; that is accepted exactly when the erasure
-    log has the pair (original digest, digest of the text now there).
-    """
+def _check_texts(con: Any, report: ArchiveVerifyReport) -> None:
+    """Every archived text still has the digest stored beside it (computed inside DuckDB)."""
     duckdb = deps.duckdb()
     try:
         report.envelopes = int(con.execute("SELECT count(*) FROM envelopes").fetchone()[0])
@@ -196,9 +173,6 @@ def _check_texts(
     except duckdb.Error as exc:
         raise ArchiveError(f"reading the archive: {exc}") from exc
     for envelope_id, stored, actual in bad:
-        if (stored, actual) in erasures.get(envelope_id, set()):
-            report.erased += 1
-            continue
         report.findings.append(
             ArchiveFinding(
                 "modified",

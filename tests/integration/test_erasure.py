@@ -491,22 +491,6 @@ def test_erasure_covers_the_cold_archive(engine: Engine, clock: Clock, tmp_path:
         )
     assert states == {"archived": report.archived}
     assert verify(engine).ok
-    # verify --archive accepts exactly the logged erasures: a text changed
-    # any other way is still named.
-    from recorder.archive.verify import verify_archive
-
-    checked = verify_archive(engine, directory)
-    assert checked.ok, [f.line() for f in checked.findings]
-    assert checked.erased == report.archived
-    with engine.begin() as conn:
-        victim = conn.execute(
-            sa.text("SELECT envelope_id FROM erased_envelopes ORDER BY envelope_id LIMIT 1")
-        ).scalar_one()
-        conn.execute(
-            sa.text("UPDATE erased_envelopes SET replacement_sha256 = :d WHERE envelope_id = :i"),
-            {"d": "0" * 64, "i": victim},
-        )
-    assert verify_archive(engine, directory).of_kind("modified") == {victim}
 
 
 def archived_rows(archive: Any, entries: Any) -> dict[str, dict[str, Any]]:
