@@ -29,6 +29,18 @@ What it does, in one run (a few minutes; not part of CI):
    compared with a writer-alone baseline. Targets: >= 20,000 rows/s and a
    writer p99 < 50 ms.
 
+5. **Seal and verify** (before pruning): a warm in-database SHA-256 scan of
+   every stored text (``SELECT ... sha256(convert_to(envelope_text, 'UTF8'))``,
+   the baseline: what the server itself needs to hash the archive once), then
+   ``recorder.seal.seal`` of every row, an incremental seal with nothing new,
+   and ``recorder.verify.verify`` of everything; each as rows/s and as a ratio
+   to the baseline in the same run. ``--walk`` also times verify's row-by-row
+   Python walk (``server_side=False``; slow, for small runs).
+
+``--sections`` picks what runs (default all: ``query,stats,seal,prune``);
+``--database NAME`` reuses a database an earlier ``--keep`` run loaded (no
+load, kept afterwards), so one costly load serves several runs.
+
 The scratch databases are dropped afterwards unless ``--keep`` is given.
 """
 
@@ -51,7 +63,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from recorder import audit, db, retention, statements, stats
+from recorder import audit, db, retention, seal, statements, stats, verify
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.importer import import_envelopes
@@ -216,6 +228,8 @@ def timed(fn: Callable[[], Any], runs: int) -> list[float]:
 
 
 def pct(values: list[float], q: float) -> float:
+    if not values:  # a writer that got no call in before the contender finished
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -271,7 +285,7 @@ class Writer:
             "calls": len(lat),
             "p50_ms": 1000 * pct(lat, 0.50),
             "p99_ms": 1000 * pct(lat, 0.99),
-            "max_ms": 1000 * max(lat),
+            "max_ms": 1000 * max(lat, default=float("nan")),
         }
 
 
@@ -371,6 +385,56 @@ def run_single_logged_statement(url: str) -> dict[str, Any]:
     }
 
 
+def run_seal_and_verify(url: str, now: dt.datetime, walk: bool) -> dict[str, Any]:
+    """Seal and verify everything, as ratios to a warm in-database SHA-256 scan."""
+    out: dict[str, Any] = {}
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        scan = (
+            "SELECT count(*) FROM envelopes WHERE sha256(convert_to(envelope_text, 'UTF8')) <> ''"
+        )
+        conn.execute(scan)  # warm the cache
+        t = time.perf_counter()
+        row = conn.execute(scan).fetchone()
+        elapsed = time.perf_counter() - t
+    rows = int(row[0]) if row else 0
+    base = rows / elapsed
+    out["sha256_scan"] = {"rows": rows, "seconds": elapsed, "rows_per_s": base}
+    print(f"in-database SHA-256 scan: {base:,.0f} rows/s", flush=True)
+    engine = create_engine(url)
+    at = now + dt.timedelta(seconds=1)
+    t = time.perf_counter()
+    sealed = seal.seal(engine, margin=dt.timedelta(0), now=at)
+    elapsed = time.perf_counter() - t
+    out["seal"] = {
+        "sealed": sealed.sealed,
+        "blocks": len(sealed.blocks),
+        "seconds": elapsed,
+        "rows_per_s": sealed.sealed / elapsed,
+        "ratio": sealed.sealed / elapsed / base,
+    }
+    print(f"seal: {out['seal']}", flush=True)
+    t = time.perf_counter()
+    again = seal.seal(engine, margin=dt.timedelta(0), now=at)
+    out["seal_nothing_new_ms"] = 1000 * (time.perf_counter() - t)
+    assert again.sealed == 0
+    for name, server_side in (("verify", True), ("verify_walk", False)):
+        if name == "verify_walk" and not walk:
+            continue
+        t = time.perf_counter()
+        report = verify.verify(engine, now=at, server_side=server_side)
+        elapsed = time.perf_counter() - t
+        assert report.ok, report.findings[:3]
+        out[name] = {
+            "rows": report.sealed + report.unsealed,
+            "seconds": elapsed,
+            "rows_per_s": (report.sealed + report.unsealed) / elapsed,
+            "ratio": (report.sealed + report.unsealed) / elapsed / base,
+        }
+        print(f"{name}: {out[name]}", flush=True)
+    engine.dispose()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -381,96 +445,118 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated batch sizes to prune with, each on its own clone",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
+    parser.add_argument("--database", help="reuse this loaded database (implies --keep)")
+    parser.add_argument("--sections", default="query,stats,seal,prune")
+    parser.add_argument("--walk", action="store_true", help="also time verify's Python walk")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    if args.database:
+        args.keep = True
 
-    name = f"recorder_scale_{os.getpid()}"
+    name = args.database or f"recorder_scale_{os.getpid()}"
     clone = f"{name}_clone"
     url, clone_url = database_url(args.postgres, name), database_url(args.postgres, clone)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     results: dict[str, Any] = {"rows": args.rows}
-    admin(args.postgres, f'CREATE DATABASE "{name}"')
+    if not args.database:
+        admin(args.postgres, f'CREATE DATABASE "{name}"')
     try:
         db.upgrade(url)
         now = dt.datetime.now(UTC)
-        print(f"loading {args.rows:,} envelopes through the import path ...", flush=True)
-        seconds = load(url, args.rows, now)
-        results["load"] = {"seconds": seconds, "rows_per_s": args.rows / seconds}
-        print(f"  {seconds:.1f} s, {args.rows / seconds:,.0f} rows/s", flush=True)
+        if not args.database:
+            print(f"loading {args.rows:,} envelopes through the import path ...", flush=True)
+            seconds = load(url, args.rows, now)
+            results["load"] = {"seconds": seconds, "rows_per_s": args.rows / seconds}
+            print(f"  {seconds:.1f} s, {args.rows / seconds:,.0f} rows/s", flush=True)
         with psycopg.connect(libpq(url), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE envelopes")
+            results["rows"] = conn.execute("SELECT count(*) FROM envelopes").fetchone()[0]  # type: ignore[index]
             size = conn.execute(
                 "SELECT pg_size_pretty(pg_database_size(current_database()))"
             ).fetchone()
         results["database_size"] = size[0] if size else "?"
 
         engine = create_engine(url)
-        day = (now - 10 * DAY).replace(hour=0, minute=0, second=0, microsecond=0)
-        spec = audit.QuerySpec(channel_id="C00042", since=day, until=day + DAY)
-        found = len(list(audit.query_envelopes(engine, spec)))
-        runs = timed(lambda: list(audit.query_envelopes(engine, spec)), 20)
-        results["query_one_channel_one_day"] = {
-            "rows": found,
-            "median_ms": 1000 * statistics.median(runs),
-            "p95_ms": 1000 * pct(runs, 0.95),
-        }
-        print(f"query: {results['query_one_channel_one_day']}", flush=True)
-
-        since = now - 30 * DAY
-        for by in ("type", "channel"):
-            rows = stats.daily_counts(engine, by=by, since=since)
-            runs = timed(lambda by=by: stats.daily_counts(engine, by=by, since=since), 3)
-            results[f"stats_30d_by_{by}"] = {
-                "groups": len(rows),
-                "envelopes": sum(r.count for r in rows),
-                "median_s": statistics.median(runs),
+        if "query" in sections:
+            day = (now - 10 * DAY).replace(hour=0, minute=0, second=0, microsecond=0)
+            spec = audit.QuerySpec(channel_id="C00042", since=day, until=day + DAY)
+            found = len(list(audit.query_envelopes(engine, spec)))
+            runs = timed(lambda: list(audit.query_envelopes(engine, spec)), 20)
+            results["query_one_channel_one_day"] = {
+                "rows": found,
+                "median_ms": 1000 * statistics.median(runs),
+                "p95_ms": 1000 * pct(runs, 0.95),
             }
-            print(f"stats by {by}: {results[f'stats_30d_by_{by}']}", flush=True)
-        env = {**os.environ, "RECORDER_DATABASE_URL": url}
-        t = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "recorder", "stats", "--since", "30d", "--format", "csv"],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        results["recorder_stats_command_s"] = time.perf_counter() - t
-        print(f"recorder stats (process): {results['recorder_stats_command_s']:.2f} s", flush=True)
+            print(f"query: {results['query_one_channel_one_day']}", flush=True)
 
-        retention.set_policy(engine, "all", keep="30d", actor="bench")
-        retention.add_hold(engine, "bench-hold", reason="bench", channel_id="C00007", actor="bench")
-        with engine.connect() as conn:
-            expired = conn.execute(
-                statements.count_expired(
-                    statements.expired_under({}, [], now - 30 * DAY), is_held=False
-                )
-            ).scalar_one()
-        results["expired_unheld"] = expired
-        engine.dispose()
-        print(f"expired and unheld: {expired:,}", flush=True)
-
-        def fresh_clone() -> None:
+        if "stats" in sections:
+            since = now - 30 * DAY
+            for by in ("type", "channel"):
+                rows = stats.daily_counts(engine, by=by, since=since)
+                runs = timed(lambda by=by: stats.daily_counts(engine, by=by, since=since), 3)
+                results[f"stats_30d_by_{by}"] = {
+                    "groups": len(rows),
+                    "envelopes": sum(r.count for r in rows),
+                    "median_s": statistics.median(runs),
+                }
+                print(f"stats by {by}: {results[f'stats_30d_by_{by}']}", flush=True)
+            env = {**os.environ, "RECORDER_DATABASE_URL": url}
             t = time.perf_counter()
-            admin(
-                args.postgres,
-                f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)',
-                f'CREATE DATABASE "{clone}" TEMPLATE "{name}"',
+            subprocess.run(
+                [sys.executable, "-m", "recorder", "stats", "--since", "30d", "--format", "csv"],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
             )
-            results["clone_s"] = time.perf_counter() - t
+            results["recorder_stats_command_s"] = time.perf_counter() - t
+            print(
+                f"recorder stats (process): {results['recorder_stats_command_s']:.2f} s", flush=True
+            )
 
-        fresh_clone()
-        results["writer_alone"] = writer_alone(clone_url, 5)
-        print(f"writer alone: {results['writer_alone']}", flush=True)
-        for size in batch_sizes:
-            if f"batched_prune_{size}" in results:
-                continue
+        if "seal" in sections:
+            results["seal"] = run_seal_and_verify(url, now, args.walk)
+        if "prune" not in sections:
+            engine.dispose()
+        else:
+            retention.set_policy(engine, "all", keep="30d", actor="bench")
+            retention.add_hold(
+                engine, "bench-hold", reason="bench", channel_id="C00007", actor="bench"
+            )
+            with engine.connect() as conn:
+                expired = conn.execute(
+                    statements.count_expired(
+                        statements.expired_under({}, [], now - 30 * DAY), is_held=False
+                    )
+                ).scalar_one()
+            results["expired_unheld"] = expired
+            engine.dispose()
+            print(f"expired and unheld: {expired:,}", flush=True)
+
+            def fresh_clone() -> None:
+                t = time.perf_counter()
+                admin(
+                    args.postgres,
+                    f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)',
+                    f'CREATE DATABASE "{clone}" TEMPLATE "{name}"',
+                )
+                results["clone_s"] = time.perf_counter() - t
+
             fresh_clone()
-            results[f"batched_prune_{size}"] = run_batched_prune(clone_url, size)
-            print(f"batched prune, batch {size}: {results[f'batched_prune_{size}']}", flush=True)
-        fresh_clone()
-        results["single_logged_statement"] = run_single_logged_statement(clone_url)
-        print(f"one logged statement: {results['single_logged_statement']}", flush=True)
-        results["naive_delete"] = run_naive_delete(url)
-        print(f"naive DELETE: {results['naive_delete']}", flush=True)
+            results["writer_alone"] = writer_alone(clone_url, 5)
+            print(f"writer alone: {results['writer_alone']}", flush=True)
+            for size in batch_sizes:
+                if f"batched_prune_{size}" in results:
+                    continue
+                fresh_clone()
+                results[f"batched_prune_{size}"] = run_batched_prune(clone_url, size)
+                print(
+                    f"batched prune, batch {size}: {results[f'batched_prune_{size}']}", flush=True
+                )
+            fresh_clone()
+            results["single_logged_statement"] = run_single_logged_statement(clone_url)
+            print(f"one logged statement: {results['single_logged_statement']}", flush=True)
+            results["naive_delete"] = run_naive_delete(url)
+            print(f"naive DELETE: {results['naive_delete']}", flush=True)
     finally:
         if not args.keep:
             admin(

@@ -64,7 +64,8 @@ class ErasureLedger:
     """Erasure id -> the user it erased."""
 
     @classmethod
-    def load(cls, conn: Connection) -> ErasureLedger:
+    def load(cls, conn: Connection, states: Sequence[str] = ("done", "spooled")) -> ErasureLedger:
+        """The entries in ``states`` (``archived`` too for the cold archive's own check)."""
         ledger = cls()
         q = erased_envelopes.c
         stmt = (
@@ -76,7 +77,7 @@ class ErasureLedger:
                 q.replacement_sha256,
                 q.state,
             )
-            .where(q.state.in_(("done", "spooled")))
+            .where(q.state.in_(tuple(states)))
             .order_by(q.envelope_id, q.erasure_id)
         )
         for row in conn.execute(stmt):

@@ -27,16 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recorder import statements
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.errors import StorageUnavailable
+from recorder.errors import SchemaMissing, StorageUnavailable
 from recorder.policies import (
     UTC,
     RetentionError,
-    RetentionPolicy,
     default_actor,
     list_policies,
     resolve_now,
@@ -169,29 +169,219 @@ def _sqlite_prune_lock(database: str | None) -> Iterator[None]:
         handle.close()
 
 
-def _start_run(engine: Engine, row: dict[str, Any]) -> int:
-    with engine.begin() as conn:
-        run_id = conn.execute(statements.insert_prune_run(row)).scalar_one()
-    return int(run_id)
+class _Run:
+    """One prune run's calls into the database: the same steps on either engine."""
+
+    def __init__(self, engine: Engine, report: PruneReport, actor: str, host: str) -> None:
+        self.engine = engine
+        self.report = report
+        self.actor = actor
+        self.host = host
+        self.conditions: dict[str, list[sa.ColumnElement[bool]]] = {}
+        """Policy name -> the run's rules as SQL conditions (what the archiver lists by)."""
+
+    def begin(self, as_of: dt.datetime | None) -> list[str]:
+        """Record the run, fix its cutoffs; the policy names in the order to apply them."""
+        raise NotImplementedError
+
+    def locked_out(self, error: str) -> int:
+        raise NotImplementedError
+
+    def count(self, policy: str, *, held: bool) -> int:
+        raise NotImplementedError
+
+    def batch(
+        self, policy: str, after: statements.Keyset | None, size: int
+    ) -> tuple[int, statements.Keyset | None]:
+        """Remove one batch: how many went, and the batch's last key (None: nothing left)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
 
 
-def _finish_run(engine: Engine, run_id: int, report: PruneReport) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            statements.finish_prune_run(
-                run_id,
-                {
-                    "finished_at": report.finished_at,
-                    "status": report.status,
-                    "cutoffs": {k: v.isoformat() for k, v in report.cutoffs.items()},
-                    "deleted_per_policy": report.deleted,
-                    "deleted_total": report.deleted_total,
-                    "held_count": report.held,
-                    "skipped_count": report.skipped,
-                    "error": report.error,
-                },
-            )
+class _PostgresRun(_Run):
+    """Through the database-side functions (migration 0007): the database applies the rules.
+
+    The role running this needs EXECUTE on them and nothing more: the
+    functions, owned by the schema owner, re-check every policy cutoff and
+    legal hold, delete, log and count.
+    """
+
+    def _call(self, stmt: sa.Executable) -> sa.Result[Any]:
+        """Run one function call in its own transaction, translating what the function refuses."""
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(stmt).freeze()()
+        except sa.exc.DBAPIError as exc:
+            orig = exc.orig
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            if isinstance(orig, psycopg.errors.InvalidParameterValue):
+                raise RetentionError(first) from exc
+            if isinstance(orig, psycopg.errors.UndefinedFunction):
+                raise SchemaMissing(
+                    "the database has no prune functions; run `recorder db upgrade` "
+                    f"(and `recorder db grant` again) ({first})"
+                ) from exc
+            raise
+
+    def begin(self, as_of: dt.datetime | None) -> list[str]:
+        stmt = statements.prune_begin(
+            dry_run=self.report.dry_run, actor=self.actor, host=self.host, as_of=as_of
         )
+        row = self._call(stmt).one()
+        self.report.run_id = int(row.run_id)
+        self.report.started_at = row.started_at
+        snapshot = self._call(statements.select_prune_run_policies(self.report.run_id)).scalar()
+        outranking: list[statements.Match] = []
+        for policy in snapshot or []:
+            cutoff = dt.datetime.fromisoformat(policy["cutoff"])
+            match = {name: policy.get(name) for name in statements.POLICY_MATCH_COLUMNS}
+            self.report.cutoffs[policy["name"]] = cutoff
+            self.conditions[policy["name"]] = statements.expired_under(
+                match, list(outranking), cutoff
+            )
+            outranking.append(match)
+        return list(self.report.cutoffs)
+
+    def locked_out(self, error: str) -> int:
+        stmt = statements.prune_locked_out(
+            dry_run=self.report.dry_run, actor=self.actor, host=self.host, error=error
+        )
+        return int(self._call(stmt).scalar_one())
+
+    def count(self, policy: str, *, held: bool) -> int:
+        assert self.report.run_id is not None
+        stmt = statements.prune_count(run_id=self.report.run_id, policy_name=policy, held=held)
+        return int(self._call(stmt).scalar_one())
+
+    def batch(
+        self, policy: str, after: statements.Keyset | None, size: int
+    ) -> tuple[int, statements.Keyset | None]:
+        assert self.report.run_id is not None
+        stmt = statements.prune_batch(
+            run_id=self.report.run_id, policy_name=policy, after=after, limit=size
+        )
+        last = self._call(stmt).first()
+        if last is None:
+            return 0, None
+        return int(last.n), (last.received_at, last.envelope_id)
+
+    def finish(self) -> None:
+        report = self.report
+        assert report.run_id is not None
+        stmt = statements.prune_finish(
+            run_id=report.run_id,
+            status=report.status,
+            held=report.held,
+            skipped=report.skipped,
+            error=report.error,
+            would_delete=report.deleted if report.dry_run else None,
+        )
+        report.finished_at = self._call(stmt).scalar_one()
+
+
+class _SQLiteRun(_Run):
+    """The rules as SQL built in Python (statements.expired_under, held): SQLite has no roles."""
+
+    def begin(self, as_of: dt.datetime | None) -> list[str]:
+        report = self.report
+        report.started_at = resolve_now(as_of)
+        outranking: list[statements.Match] = []
+        snapshot: list[dict[str, Any]] = []
+        for policy in list_policies(self.engine):
+            cutoff = policy_cutoff(report.started_at, policy.keep)
+            report.cutoffs[policy.name] = cutoff
+            self.conditions[policy.name] = statements.expired_under(
+                policy.match(), list(outranking), cutoff
+            )
+            outranking.append(policy.match())
+            snapshot.append({**policy.describe(), "cutoff": cutoff.isoformat()})
+        row = {
+            "started_at": report.started_at,
+            "status": "running",
+            "dry_run": report.dry_run,
+            "actor": self.actor,
+            "host": self.host,
+            "cutoffs": {k: v.isoformat() for k, v in report.cutoffs.items()},
+            "policies": snapshot,
+        }
+        if not report.dry_run:
+            row["deleted_per_policy"] = {name: 0 for name in report.cutoffs}
+        with self.engine.begin() as conn:
+            report.run_id = int(conn.execute(statements.insert_prune_run(row)).scalar_one())
+        return list(report.cutoffs)
+
+    def locked_out(self, error: str) -> int:
+        at = dt.datetime.now(UTC)
+        row = {
+            "started_at": at,
+            "finished_at": at,
+            "status": "locked_out",
+            "dry_run": self.report.dry_run,
+            "actor": self.actor,
+            "host": self.host,
+            "error": error,
+        }
+        with self.engine.begin() as conn:
+            return int(conn.execute(statements.insert_prune_run(row)).scalar_one())
+
+    def count(self, policy: str, *, held: bool) -> int:
+        stmt = statements.count_expired(self.conditions[policy], is_held=held)
+        with read_only(self.engine) as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def batch(
+        self, policy: str, after: statements.Keyset | None, size: int
+    ) -> tuple[int, statements.Keyset | None]:
+        report = self.report
+        assert report.run_id is not None
+        # BEGIN IMMEDIATE (the engine's begin hook): the select, the log, the
+        # delete and the run's counts see one state and commit together.
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                statements.select_prune_batch(self.conditions[policy], batch_size=size, after=after)
+            ).all()
+            if not rows:
+                return 0, None
+            ids = {"ids": json.dumps([r.envelope_id for r in rows])}
+            conn.execute(
+                statements.log_pruned_sqlite(
+                    prune_run_id=report.run_id,
+                    policy_name=policy,
+                    pruned_at=dt.datetime.now(UTC),
+                ),
+                ids,
+            )
+            conn.execute(statements.delete_pruned_sqlite(), ids)
+            deleted = {**report.deleted, policy: report.deleted.get(policy, 0) + len(rows)}
+            conn.execute(
+                statements.finish_prune_run(
+                    report.run_id,
+                    {"deleted_per_policy": deleted, "deleted_total": sum(deleted.values())},
+                )
+            )
+            return len(rows), max((r.received_at, r.envelope_id) for r in rows)
+
+    def finish(self) -> None:
+        report = self.report
+        assert report.run_id is not None
+        report.finished_at = dt.datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                statements.finish_prune_run(
+                    report.run_id,
+                    {
+                        "finished_at": report.finished_at,
+                        "status": report.status,
+                        "deleted_per_policy": report.deleted,
+                        "deleted_total": report.deleted_total,
+                        "held_count": report.held,
+                        "skipped_count": report.skipped,
+                        "error": report.error,
+                    },
+                )
+            )
 
 
 def prune(
@@ -206,6 +396,10 @@ def prune(
     archive: ArchiveOptions | None = None,
 ) -> PruneReport:
     """Delete expired, unheld records in batches; record the run in ``prune_runs``.
+
+    On PostgreSQL every step is a call of the database-side prune functions,
+    which apply the policies and holds themselves; on SQLite the same steps
+    run as statements built here.
 
     Parameters
     ----------
@@ -223,7 +417,8 @@ def prune(
     on_progress
         Called after every batch.
     now
-        The time cutoffs are measured from (default: the current time).
+        The time cutoffs are measured from (default: the current time). On
+        PostgreSQL it cannot be later than the database's clock.
     archive
         Write every envelope to a Parquet file in this archive, fsynced and
         recorded in the manifest, before deleting it (see
@@ -246,42 +441,29 @@ def prune(
         raise RetentionError(f"batch size must be between 1 and {MAX_BATCH_SIZE}")
     if max_seconds is not None and max_seconds <= 0:
         raise RetentionError("max seconds must be more than zero")
-    started = resolve_now(now)
-    actor = actor or default_actor()
-    report = PruneReport(run_id=None, dry_run=dry_run, status="running", started_at=started)
-    base_row = {
-        "started_at": started,
-        "dry_run": dry_run,
-        "actor": actor,
-        "host": socket.gethostname(),
-    }
+    as_of = None if now is None else resolve_now(now)
+    report = PruneReport(
+        run_id=None, dry_run=dry_run, status="running", started_at=as_of or dt.datetime.now(UTC)
+    )
+    kind = _SQLiteRun if is_sqlite(engine) else _PostgresRun
+    run = kind(engine, report, actor or default_actor(), socket.gethostname())
     with storage_errors("pruning"):
         try:
             with _prune_lock(engine):
-                report.run_id = _start_run(engine, {**base_row, "status": "running"})
+                policies = run.begin(as_of)
                 try:
-                    _prune_locked(engine, report, batch_size, max_seconds, on_progress, archive)
+                    _prune_locked(run, policies, batch_size, max_seconds, on_progress, archive)
                 except BaseException as exc:
                     report.status = "failed"
                     report.error = _error_text(exc)
-                    report.finished_at = dt.datetime.now(UTC)
-                    _record_failure(engine, report)
+                    _record_failure(run)
                     raise
-                report.finished_at = dt.datetime.now(UTC)
-                _finish_run(engine, report.run_id, report)
+                run.finish()
         except _LockedOut:
             report.status = "locked_out"
             report.error = "another prune run holds the lock"
+            report.run_id = run.locked_out(report.error)
             report.finished_at = dt.datetime.now(UTC)
-            report.run_id = _start_run(
-                engine,
-                {
-                    **base_row,
-                    "status": "locked_out",
-                    "finished_at": report.finished_at,
-                    "error": report.error,
-                },
-            )
     return report
 
 
@@ -292,43 +474,38 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _record_failure(engine: Engine, report: PruneReport) -> None:
-    assert report.run_id is not None
+def _record_failure(run: _Run) -> None:
     try:
-        _finish_run(engine, report.run_id, report)
+        run.finish()
     except Exception:
         # The database that failed the run may refuse this too; the row then
         # stays "running" with no finish time, which says as much.
-        log.warning("could not record the failure of prune run %s", report.run_id, exc_info=True)
+        run.report.finished_at = dt.datetime.now(UTC)
+        log.warning(
+            "could not record the failure of prune run %s", run.report.run_id, exc_info=True
+        )
 
 
 def _prune_locked(
-    engine: Engine,
-    report: PruneReport,
+    run: _Run,
+    policies: list[str],
     batch_size: int,
     max_seconds: float | None,
     on_progress: Callable[[PruneProgress], None] | None,
     archive: ArchiveOptions | None = None,
 ) -> None:
+    report = run.report
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    policies = list_policies(engine)
-    outranking: list[statements.Match] = []
-    plans: list[tuple[RetentionPolicy, list[sa.ColumnElement[bool]]]] = []
-    for policy in policies:
-        cutoff = policy_cutoff(report.started_at, policy.keep)
-        report.cutoffs[policy.name] = cutoff
-        plans.append((policy, statements.expired_under(policy.match(), list(outranking), cutoff)))
-        outranking.append(policy.match())
-    expected = {p.name: _count(engine, c, is_held=False) for p, c in plans}
+    expected = {name: run.count(name, held=False) for name in policies}
     if report.dry_run:
         report.deleted = expected
-        report.held = sum(_count(engine, c, is_held=True) for _, c in plans)
+        report.held = sum(run.count(name, held=True) for name in policies)
         report.status = "completed"
         return
     total_expected = sum(expected.values())
     deleted_so_far = 0
     stopped = False
-    report.deleted = {policy.name: 0 for policy, _ in plans}
+    report.deleted = dict.fromkeys(policies, 0)
 
     def on_deleted(policy_name: str, removed: int) -> None:
         nonlocal deleted_so_far
@@ -340,20 +517,22 @@ def _prune_locked(
     archiver = None
     if archive is not None:
         # The integration point of the cold tier: between listing what has
-        # expired and deleting it, the archiver writes and records the files.
+        # expired and deleting it, the archiver writes and records the files
+        # (on PostgreSQL it deletes through recorder_prune_delete, which
+        # re-checks every row).
         from recorder.archive.archiver import Archiver
 
         assert report.run_id is not None
-        archiver = Archiver(engine, archive, run_id=report.run_id)
+        archiver = Archiver(run.engine, archive, run_id=report.run_id)
         report.archive = archiver.progress
-        archiver.recover({p.name: c for p, c in plans}, batch_size, on_deleted)
-    for policy, conditions in plans:
-        if stopped or expected[policy.name] == 0:
+        archiver.recover(run.conditions, batch_size, on_deleted)
+    for name in policies:
+        if stopped or expected[name] == 0:
             continue
         if archiver is not None:
             stopped = archiver.prune_policy(
-                policy.name,
-                conditions,
+                name,
+                run.conditions[name],
                 batch_size=batch_size,
                 deadline=deadline,
                 on_deleted=on_deleted,
@@ -364,60 +543,14 @@ def _prune_locked(
             if deadline is not None and time.monotonic() >= deadline:
                 stopped = True
                 break
-            removed, last = _prune_batch(engine, report, policy.name, conditions, batch_size, after)
+            removed, last = run.batch(name, after, batch_size)
             if last is None:
                 break
             after = last
-            on_deleted(policy.name, removed)
-    report.held = sum(_count(engine, c, is_held=True) for _, c in plans)
-    report.skipped = sum(_count(engine, c, is_held=False) for _, c in plans)
+            on_deleted(name, removed)
+    report.held = sum(run.count(name, held=True) for name in policies)
+    report.skipped = sum(run.count(name, held=False) for name in policies)
     report.status = "stopped" if stopped else "completed"
-
-
-def _count(engine: Engine, conditions: list[sa.ColumnElement[bool]], *, is_held: bool) -> int:
-    with read_only(engine) as conn:
-        return int(conn.execute(statements.count_expired(conditions, is_held=is_held)).scalar_one())
-
-
-def _prune_batch(
-    engine: Engine,
-    report: PruneReport,
-    policy_name: str,
-    conditions: list[sa.ColumnElement[bool]],
-    batch_size: int,
-    after: statements.Keyset | None,
-) -> tuple[int, statements.Keyset | None]:
-    """Delete one batch in its own transaction: how many rows went, and the last one's keyset."""
-    assert report.run_id is not None
-    if is_sqlite(engine):
-        # BEGIN IMMEDIATE (the engine's begin hook): the select, the log and
-        # the delete see one state and commit together.
-        with engine.begin() as conn:
-            rows = conn.execute(
-                statements.select_prune_batch(conditions, batch_size=batch_size, after=after)
-            ).all()
-            if not rows:
-                return 0, None
-            ids = {"ids": json.dumps([r.envelope_id for r in rows])}
-            conn.execute(
-                statements.log_pruned_sqlite(prune_run_id=report.run_id, policy_name=policy_name),
-                ids,
-            )
-            conn.execute(statements.delete_pruned_sqlite(), ids)
-            return len(rows), max((r.received_at, r.envelope_id) for r in rows)
-    with engine.begin() as conn:
-        last = conn.execute(
-            statements.prune_batch_postgresql(
-                conditions,
-                prune_run_id=report.run_id,
-                policy_name=policy_name,
-                batch_size=batch_size,
-                after=after,
-            )
-        ).first()
-    if last is None:
-        return 0, None
-    return int(last.n), (last.received_at, last.envelope_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +570,8 @@ class PruneRun:
     error: str | None
     actor: str | None
     host: str | None
+    policies: list[dict[str, Any]] | None = None
+    """The policies the run applied, in precedence order, each with its cutoff."""
 
 
 def read_prune_log(engine: Engine, *, limit: int | None = None) -> list[PruneRun]:

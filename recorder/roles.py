@@ -17,17 +17,17 @@ writer (the bot)
 reader (auditors, reports, ``recorder verify``)
     ``SELECT`` on every recorder table, nothing else.
 pruner (``recorder prune``)
-    ``SELECT`` and ``DELETE`` on ``envelopes`` (plus ``UPDATE`` of
-    ``claimed_at`` alone, which PostgreSQL requires for the ``FOR UPDATE SKIP
-    LOCKED`` row locks of a prune batch); reads policies and holds;
-    writes its run in ``prune_runs`` and what it removed in
-    ``pruned_envelopes`` (insert only: it cannot erase that log). A deferred
-    constraint trigger checks, at commit, that every envelope a role other
-    than the table owner deletes has its ``pruned_envelopes`` row written in
-    the same transaction: a deletion outside a logged prune is refused, not
-    only detected later by ``recorder verify``.
+    ``EXECUTE`` on the database-side prune functions (``recorder_prune_*``,
+    installed by migration 0007, owned by the schema owner, ``SECURITY
+    DEFINER``) and ``SELECT`` on policies, holds and the prune log; no
+    ``DELETE`` on ``envelopes``, no write on any log (``SELECT`` on
+    ``envelopes`` and writes on the archive manifest serve ``prune
+    --archive``). The functions apply the retention policies and legal holds
+    in the database and log each removal, so a stolen pruner credential can
+    remove only what the policies already allow.
 sealer (``recorder seal``), optional
-    Reads envelopes, inserts into ``seal_blocks`` and ``sealed_envelopes``.
+    Reads envelopes and the prune log, inserts into ``seal_blocks``,
+    ``sealed_envelopes`` and ``sealed_log_entries``.
 eraser (``recorder erase``)
     No privilege on ``envelopes`` at all: it may only ``EXECUTE`` the erasure
     functions (:data:`ERASER_FUNCTIONS`, ``SECURITY DEFINER``, created by
@@ -38,11 +38,10 @@ eraser (``recorder erase``)
     always logged, and nothing else; writers, readers and pruners cannot
     call the functions (``EXECUTE`` is revoked from ``PUBLIC``).
 
-Why grants plus a trigger rather than a ``SECURITY DEFINER`` prune function:
-pruning (policy precedence, legal holds, batches) is Python in
-:mod:`recorder.retention`; re-implementing it in PL/pgSQL would give two
-copies of the rules to keep in step. The trigger enforces the one property
-the audit trail needs (no unlogged deletion) whatever code deletes.
+A deferred constraint trigger (also from migration 0007, every name
+schema-qualified and ``search_path`` pinned) still refuses, at commit, any
+deletion by a role other than the owner that has no ``pruned_envelopes`` row:
+defence in depth should a DBA ever grant ``DELETE`` by hand.
 """
 
 from __future__ import annotations
@@ -67,15 +66,20 @@ from recorder.schema import (
     retention_policies,
     seal_blocks,
     sealed_envelopes,
+    sealed_log_entries,
 )
+from recorder.statements import PRUNER_FUNCTIONS
 
 #: The processing-state columns the writer may update; nothing else.
 WRITER_UPDATABLE_COLUMNS = ("status", "completed_at", "attempts", "claimed_at")
-#: The one column the pruner may update, only so that it can lock rows.
-PRUNER_LOCKING_COLUMN = "claimed_at"
 ALEMBIC_VERSION_TABLE = "alembic_version"
 DELETE_GUARD_FUNCTION = "recorder_deletion_is_logged"
 DELETE_GUARD_TRIGGER = "envelopes_deletion_is_logged"
+#: Functions no role is granted: what the pruner's functions call inside.
+INTERNAL_FUNCTIONS = (
+    "recorder_prune_check_run(integer, boolean)",
+    "recorder_prune_where(integer, text)",
+)
 
 RECORDER_TABLES = (
     envelopes.name,
@@ -86,6 +90,7 @@ RECORDER_TABLES = (
     change_log.name,
     seal_blocks.name,
     sealed_envelopes.name,
+    sealed_log_entries.name,
     erasures.name,
     erased_envelopes.name,
     archive_files.name,
@@ -129,18 +134,6 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sequence_of(table: sa.Table) -> str | None:
-    """The sequence PostgreSQL made for a serial or identity primary key."""
-    for column in table.primary_key.columns:
-        if column.autoincrement is True or (
-            column.autoincrement == "auto"
-            and len(table.primary_key.columns) == 1
-            and isinstance(column.type, sa.Integer)
-        ):
-            return f"{table.name}_{column.name}_seq"
-    return None
-
-
 def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     """The SQL ``recorder db grant`` runs, in order, one statement per item.
 
@@ -158,10 +151,11 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     sch = quote_identifier(schema)
     every = ", ".join([*RECORDER_TABLES, ALEMBIC_VERSION_TABLE])
     sql: list[str] = []
+    prune_functions = ", ".join(f"{sch}.{f}" for f in PRUNER_FUNCTIONS)
+    functions = ", ".join(f"{sch}.{f}" for f in (*PRUNER_FUNCTIONS, *ERASER_FUNCTIONS))
     for part, role in q.items():
         sql.append(f"-- {part}: {assigned[part]}")
         sql.append(f"REVOKE ALL ON TABLE {every} FROM {role}")
-        functions = ", ".join(f"{sch}.{f}" for f in ERASER_FUNCTIONS)
         sql.append(f"REVOKE ALL ON FUNCTION {functions} FROM {role}")
         sql.append(f"GRANT USAGE ON SCHEMA {sch} TO {role}")
     if "writer" in q:
@@ -179,27 +173,24 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     if "pruner" in q:
         p = q["pruner"]
         sql += [
-            "-- pruner: delete envelopes, logging each in pruned_envelopes (insert only)",
-            f"GRANT SELECT, DELETE ON TABLE {envelopes.name} TO {p}",
-            "-- (SELECT ... FOR UPDATE SKIP LOCKED, which keeps prune batches off rows a",
-            "-- writer holds, needs UPDATE on some column: claimed_at is state, not evidence)",
-            f"GRANT UPDATE ({PRUNER_LOCKING_COLUMN}) ON TABLE {envelopes.name} TO {p}",
-            f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name} TO {p}",
-            f"GRANT SELECT, INSERT, UPDATE ON TABLE {prune_runs.name} TO {p}",
-            f"GRANT SELECT, INSERT ON TABLE {pruned_envelopes.name} TO {p}",
-            "-- (prune --archive: the manifest of the files it writes before deleting)",
+            "-- pruner: only through the prune functions, which apply policies and holds",
+            f"GRANT EXECUTE ON FUNCTION {prune_functions} TO {p}",
+            "-- reads the rules and the prune log (never writes them)",
+            f"GRANT SELECT ON TABLE {retention_policies.name}, {legal_holds.name}, "
+            f"{prune_runs.name}, {pruned_envelopes.name} TO {p}",
+            "-- (prune --archive: reads the rows it writes to files, before the functions",
+            "-- delete them, and keeps the manifest of those files)",
+            f"GRANT SELECT ON TABLE {envelopes.name} TO {p}",
             f"GRANT SELECT, INSERT, UPDATE ON TABLE {archive_files.name} TO {p}",
         ]
-        sequence = _sequence_of(prune_runs)
-        if sequence:
-            sql.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {p}")
-        sql += delete_guard_statements()
     if "sealer" in q:
         s = q["sealer"]
         sql += [
-            "-- sealer: read envelopes, append to the seal chain",
-            f"GRANT SELECT ON TABLE {envelopes.name}, {pruned_envelopes.name} TO {s}",
-            f"GRANT SELECT, INSERT ON TABLE {seal_blocks.name}, {sealed_envelopes.name} TO {s}",
+            "-- sealer: read envelopes and the prune log, append to the seal chain",
+            f"GRANT SELECT ON TABLE {envelopes.name}, {prune_runs.name}, "
+            f"{pruned_envelopes.name} TO {s}",
+            f"GRANT SELECT, INSERT ON TABLE {seal_blocks.name}, {sealed_envelopes.name}, "
+            f"{sealed_log_entries.name} TO {s}",
         ]
     if "eraser" in q:
         e = q["eraser"]
@@ -210,39 +201,6 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
             f"GRANT SELECT ON TABLE {legal_holds.name}, {archive_files.name} TO {e}",
         ]
     return sql
-
-
-def delete_guard_statements() -> list[str]:
-    """The trigger that refuses, at commit, a deletion no ``pruned_envelopes`` row logs.
-
-    The table owner (and superusers) are exempt: they own the schema and can
-    drop the trigger anyway; ``recorder verify`` still catches what they delete.
-    """
-    return [
-        "-- every deletion by a non-owner must be logged in pruned_envelopes by commit",
-        f"""CREATE OR REPLACE FUNCTION {DELETE_GUARD_FUNCTION}() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
-        RETURN NULL;
-    END IF;
-    IF NOT EXISTS (
-        SELECT 1 FROM {pruned_envelopes.name}
-        WHERE envelope_id = OLD.envelope_id AND received_at = OLD.received_at
-    ) THEN
-        RAISE EXCEPTION 'envelope % was deleted without a pruned_envelopes row', OLD.envelope_id
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'only recorder prune may delete envelopes';
-    END IF;
-    RETURN NULL;
-END
-$$""",
-        f"DROP TRIGGER IF EXISTS {DELETE_GUARD_TRIGGER} ON {envelopes.name}",
-        f"""CREATE CONSTRAINT TRIGGER {DELETE_GUARD_TRIGGER}
-AFTER DELETE ON {envelopes.name}
-DEFERRABLE INITIALLY DEFERRED
-FOR EACH ROW EXECUTE FUNCTION {DELETE_GUARD_FUNCTION}()""",
-    ]
 
 
 def render_sql(statements: Sequence[str]) -> str:
@@ -282,8 +240,7 @@ def grant(engine: Engine, roles: RoleNames, *, schema: str = "public") -> list[s
                 f"no such role: {', '.join(missing)}; create it first, e.g. "
                 f"CREATE ROLE {quote_identifier(missing[0])} LOGIN PASSWORD '...'"
             )
-        # The DB-API cursor with no parameters: the trigger body's '%' is
-        # PL/pgSQL's placeholder, not the driver's.
+        # The DB-API cursor with no parameters: nothing here is a placeholder.
         cursor = conn.connection.cursor()
         try:
             for statement in statements:

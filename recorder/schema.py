@@ -250,6 +250,11 @@ prune_runs = Table(
     Column("error", Text),
     Column("actor", Text),
     Column("host", Text),
+    Column(
+        "policies",
+        JSONDocument,
+        comment="the policies the run applies, in precedence order, each with its cutoff",
+    ),
     CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in PRUNE_STATUSES) + ")", name="status"
     ),
@@ -269,6 +274,10 @@ pruned_envelopes = Table(
     Column("envelope_sha256", Text, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("policy_name", Text, nullable=False),
+    Column("team_id", Text, comment="the removed envelope's, for checking legal holds later"),
+    Column("channel_id", Text),
+    Column("user_id", Text),
+    Column("pruned_at", UTCDateTime, comment="when the deleting transaction ran"),
     comment="one row per envelope a prune run removed, written in the deleting transaction",
 )
 Index("ix_pruned_envelopes_envelope_id", pruned_envelopes.c.envelope_id)
@@ -339,6 +348,22 @@ sealed_envelopes = Table(
 )
 Index("ix_sealed_envelopes_envelope_id", sealed_envelopes.c.envelope_id)
 
+sealed_log_entries = Table(
+    "sealed_log_entries",
+    metadata,
+    Column(
+        "block_no",
+        Integer,
+        ForeignKey("seal_blocks.block_no"),
+        nullable=False,
+    ),
+    Column("log_name", Text, primary_key=True, comment="which log: prune_runs, ..."),
+    Column("entry_key", Text, primary_key=True, comment="the entry's key in its log"),
+    Column("digest", Text, nullable=False, comment="hex SHA-256 of the entry as sealed"),
+    comment="entries of the recorder's own logs (prune runs and what each removed, ...) "
+    "sealed with a block; the block digest covers them",
+)
+Index("ix_sealed_log_entries_block_no", sealed_log_entries.c.block_no)
 
 # -- the cold archive: Parquet files written before a prune deletes (recorder.archive)
 

@@ -33,9 +33,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from recorder import statements
+from recorder import sealed_logs, statements
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import RecorderError
+from recorder.sealed_logs import LogEntry
 from recorder.wording import counted
 
 GENESIS_DIGEST = "0" * 64
@@ -163,6 +164,7 @@ def block_header(
     count: Any,
     first: Any,
     last: Any,
+    logs: str | None = None,
 ) -> str:
     """The header line of a block's digest, without its newline.
 
@@ -181,6 +183,10 @@ def block_header(
         "first": first,
         "last": last,
     }
+    if logs is not None:
+        # Log entries sealed with the block (recorder.sealed_logs); absent
+        # from blocks that sealed none, so their digests stay as they were.
+        header["logs"] = logs
     return json.dumps(header, sort_keys=True, separators=(",", ":"))
 
 
@@ -195,6 +201,7 @@ def header_parts(
     sealed_at: dt.datetime,
     cutoff: dt.datetime | None,
     prev_digest: str,
+    logs: str | None = None,
 ) -> tuple[str, str, str, str]:
     """The header line split around its count, first key and last key.
 
@@ -210,6 +217,7 @@ def header_parts(
         count=_HOLES[0],
         first=_HOLES[1],
         last=_HOLES[2],
+        logs=logs,
     )
     head, rest = text.split(json.dumps(_HOLES[0]))
     mid, rest = rest.split(json.dumps(_HOLES[1]))
@@ -225,6 +233,7 @@ def block_digest(
     cutoff: dt.datetime | None,
     prev_digest: str,
     members: Sequence[Member],
+    logs: Sequence[LogEntry] = (),
 ) -> str:
     """Hex SHA-256 of a block: a JSON header line, then one JSON line per member."""
     if not members:
@@ -238,6 +247,7 @@ def block_digest(
         count=len(members),
         first=[timestamp_text(members[0].received_at), members[0].envelope_id],
         last=[timestamp_text(members[-1].received_at), members[-1].envelope_id],
+        logs=sealed_logs.logs_digest(logs) if logs else None,
     )
     digest = hashlib.sha256(header.encode() + b"\n")
     for m in members:
@@ -369,9 +379,17 @@ def _seal_range_block_postgresql(
     last = _last_block(conn)
     block_no = 1 if last is None else last.block_no + 1
     prev = GENESIS_DIGEST if last is None else last.digest
+    # The covered logs' entries that became final since the last block ride on this one.
+    logs = sealed_logs.unsealed_entries(conn)
+    logs_digest = sealed_logs.logs_digest(logs) if logs else None
     parts = {
         name: header_parts(
-            block_no=block_no, kind="range", sealed_at=now, cutoff=at, prev_digest=prev
+            block_no=block_no,
+            kind="range",
+            sealed_at=now,
+            cutoff=at,
+            prev_digest=prev,
+            logs=logs_digest,
         )
         for name, at in (("final", cutoff), ("open", None))
     }
@@ -399,6 +417,7 @@ def _seal_range_block_postgresql(
         return None, True
     if row.block_no is None:  # an id JSON escapes: the Python path renders it
         return None, False
+    sealed_logs.insert_entries(conn, block_no, logs)
     return SealBlock(**{name: getattr(row, name) for name in SealBlock.__slots__}), True
 
 
@@ -446,6 +465,8 @@ def _append(
     last = _last_block(conn)
     block_no = 1 if last is None else last.block_no + 1
     prev = GENESIS_DIGEST if last is None else last.digest
+    # The covered logs' entries that became final since the last block ride on this one.
+    logs = sealed_logs.unsealed_entries(conn)
     digest = block_digest(
         block_no=block_no,
         kind=kind,
@@ -453,6 +474,7 @@ def _append(
         cutoff=cutoff,
         prev_digest=prev,
         members=members,
+        logs=logs,
     )
     block = SealBlock(
         block_no=block_no,
@@ -469,6 +491,7 @@ def _append(
     )
     conn.execute(statements.insert_block().values(_block_row(block)))
     _insert_members(conn, block_no, members)
+    sealed_logs.insert_entries(conn, block_no, logs)
     return block
 
 

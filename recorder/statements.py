@@ -473,6 +473,11 @@ def finish_prune_run(run_id: int, values: dict[str, Any]) -> Update:
     return sa.update(prune_runs).where(prune_runs.c.id == run_id).values(values)
 
 
+def select_prune_run_policies(run_id: int) -> sa.Select[Any]:
+    """The policies a run applies, in precedence order, each with its cutoff."""
+    return sa.select(prune_runs.c.policies).where(prune_runs.c.id == run_id)
+
+
 def select_prune_runs(limit: int | None) -> sa.Select[Any]:
     """Prune runs, newest first (the newest ``limit`` when given)."""
     stmt = sa.select(prune_runs).order_by(prune_runs.c.id.desc())
@@ -563,15 +568,26 @@ def select_prune_batch(
 
 
 def _pruned_row(
-    source: Any, prune_run_id: int, policy_name: str
+    source: Any, prune_run_id: int, policy_name: str, pruned_at: sa.ColumnElement[Any]
 ) -> tuple[list[str], sa.Select[Any]]:
-    columns = ["prune_run_id", "envelope_id", "envelope_sha256", "received_at", "policy_name"]
+    """The ``pruned_envelopes`` row of each envelope in ``source``."""
+    columns = [
+        "prune_run_id",
+        "envelope_id",
+        "envelope_sha256",
+        "received_at",
+        "policy_name",
+        *HOLD_MATCH_COLUMNS,
+        "pruned_at",
+    ]
     return columns, sa.select(
         sa.literal(prune_run_id, sa.Integer),
         source.c.envelope_id,
         source.c.envelope_sha256,
         source.c.received_at,
         sa.literal(policy_name, sa.Text),
+        *(source.c[name] for name in HOLD_MATCH_COLUMNS),
+        pruned_at,
     )
 
 
@@ -583,7 +599,9 @@ def prune_batch_postgresql(
     batch_size: int,
     after: Keyset | None,
 ) -> sa.Select[Any]:
-    """One statement that deletes a batch and logs each removed row in ``pruned_envelopes``.
+    """One statement that deletes a batch and logs it: the benchmark's one-statement baseline.
+
+    (`recorder prune` calls the database-side functions on PostgreSQL now.)
 
     ``WITH batch AS (SELECT ... FOR UPDATE SKIP LOCKED), d AS (DELETE ...
     RETURNING ...), logged AS (INSERT INTO pruned_envelopes SELECT ... FROM d
@@ -602,10 +620,15 @@ def prune_batch_postgresql(
     removed = (
         sa.delete(envelopes)
         .where(envelopes.c.envelope_id == batch.c.envelope_id)
-        .returning(envelopes.c.envelope_id, envelopes.c.envelope_sha256, envelopes.c.received_at)
+        .returning(
+            envelopes.c.envelope_id,
+            envelopes.c.envelope_sha256,
+            envelopes.c.received_at,
+            *(envelopes.c[name] for name in HOLD_MATCH_COLUMNS),
+        )
         .cte("d")
     )
-    columns, rows = _pruned_row(removed, prune_run_id, policy_name)
+    columns, rows = _pruned_row(removed, prune_run_id, policy_name, sa.func.now())
     logged = (
         sa.insert(pruned_envelopes)
         .from_select(columns, rows)
@@ -630,13 +653,15 @@ def _ids_param() -> sa.Select[Any]:
     return sa.select(ids.c.value)
 
 
-def log_pruned_sqlite(*, prune_run_id: int, policy_name: str) -> Insert:
+def log_pruned_sqlite(*, prune_run_id: int, policy_name: str, pruned_at: dt.datetime) -> Insert:
     """Copy the batch's rows (ids as a JSON array in ``:ids``) into ``pruned_envelopes``.
 
     Runs in the same ``BEGIN IMMEDIATE`` transaction as
     :func:`delete_pruned_sqlite`, which follows it.
     """
-    columns, rows = _pruned_row(envelopes, prune_run_id, policy_name)
+    columns, rows = _pruned_row(
+        envelopes, prune_run_id, policy_name, sa.literal(pruned_at, UTCDateTime)
+    )
     return sa.insert(pruned_envelopes).from_select(
         columns, rows.where(envelopes.c.envelope_id.in_(_ids_param()))
     )
@@ -645,6 +670,120 @@ def log_pruned_sqlite(*, prune_run_id: int, policy_name: str) -> Insert:
 def delete_pruned_sqlite() -> Delete:
     """Delete the batch whose ids are the JSON array ``:ids``."""
     return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(_ids_param()))
+
+
+# -- prune on PostgreSQL: calls of the database-side functions (migration 0007)
+#
+# They run as the schema owner (SECURITY DEFINER) and apply the run's policies
+# and the legal holds themselves, so a pruner role needs EXECUTE on them and
+# no DELETE on envelopes, no write on the logs.
+
+#: Signatures of the functions ``recorder db grant --pruner`` grants EXECUTE on.
+PRUNER_FUNCTIONS: tuple[str, ...] = (
+    "recorder_prune_begin(boolean, text, text, timestamp with time zone)",
+    "recorder_prune_locked_out(boolean, text, text, text)",
+    "recorder_prune_candidates(integer, text, timestamp with time zone, text, integer)",
+    "recorder_prune_delete(integer, text, text[])",
+    "recorder_prune_batch(integer, text, timestamp with time zone, text, integer)",
+    "recorder_prune_count(integer, text, boolean)",
+    "recorder_prune_finish(integer, text, bigint, bigint, text, jsonb)",
+)
+
+
+def _ts(name: str, value: dt.datetime | None) -> sa.BindParameter[dt.datetime]:
+    return sa.bindparam(name, value, type_=UTCDateTime)
+
+
+def prune_begin(
+    *, dry_run: bool, actor: str, host: str, as_of: dt.datetime | None
+) -> sa.Select[Any]:
+    """Start a run: ``run_id, started_at, cutoffs`` (policy name -> ISO cutoff)."""
+    call = sa.func.recorder_prune_begin(dry_run, actor, host, _ts("as_of", as_of))
+    run = call.table_valued(
+        sa.column("run_id", sa.Integer),
+        sa.column("started_at", UTCDateTime),
+        sa.column("cutoffs", postgresql.JSONB),
+    )
+    return sa.select(run.c.run_id, run.c.started_at, run.c.cutoffs)
+
+
+def prune_locked_out(*, dry_run: bool, actor: str, host: str, error: str) -> sa.Select[Any]:
+    """Record a run that found another holding the lock; returns its id."""
+    return sa.select(sa.func.recorder_prune_locked_out(dry_run, actor, host, error))
+
+
+def prune_candidates(
+    *, run_id: int, policy_name: str, after: Keyset | None, limit: int
+) -> sa.Select[Any]:
+    """The next envelopes the run may remove under a policy (keyset order); removes nothing."""
+    call = sa.func.recorder_prune_candidates(
+        run_id,
+        policy_name,
+        _ts("after_at", after[0] if after else None),
+        sa.bindparam("after_id", after[1] if after else None, type_=sa.Text),
+        limit,
+    ).table_valued(
+        sa.column("envelope_id", sa.Text),
+        sa.column("received_at", UTCDateTime),
+        sa.column("envelope_sha256", sa.Text),
+    )
+    return sa.select(call.c.envelope_id, call.c.received_at, call.c.envelope_sha256)
+
+
+def prune_delete(*, run_id: int, policy_name: str, envelope_ids: list[str]) -> sa.Select[Any]:
+    """Remove those of ``envelope_ids`` the run's policy allows; returns the removed ones."""
+    call = sa.func.recorder_prune_delete(
+        run_id,
+        policy_name,
+        sa.bindparam("ids", envelope_ids, type_=postgresql.ARRAY(sa.Text)),
+    ).table_valued(sa.column("envelope_id", sa.Text), sa.column("received_at", UTCDateTime))
+    return sa.select(call.c.envelope_id, call.c.received_at)
+
+
+def prune_batch(
+    *, run_id: int, policy_name: str, after: Keyset | None, limit: int
+) -> sa.Select[Any]:
+    """One batch, one round trip: ``n, received_at, envelope_id`` (the last key), or no row."""
+    call = sa.func.recorder_prune_batch(
+        run_id,
+        policy_name,
+        _ts("after_at", after[0] if after else None),
+        sa.bindparam("after_id", after[1] if after else None, type_=sa.Text),
+        limit,
+    ).table_valued(
+        sa.column("n", sa.BigInteger),
+        sa.column("received_at", UTCDateTime),
+        sa.column("envelope_id", sa.Text),
+    )
+    return sa.select(call.c.n, call.c.received_at, call.c.envelope_id)
+
+
+def prune_count(*, run_id: int, policy_name: str, held: bool) -> sa.Select[Any]:
+    """Envelopes the run's policy has expired that are (``held``) or are not held."""
+    return sa.select(sa.func.recorder_prune_count(run_id, policy_name, held))
+
+
+def prune_finish(
+    *,
+    run_id: int,
+    status: str,
+    held: int,
+    skipped: int,
+    error: str | None,
+    would_delete: dict[str, int] | None,
+) -> sa.Select[Any]:
+    """End a running run; returns its finish time (the database's clock)."""
+    return sa.select(
+        sa.func.recorder_prune_finish(
+            run_id,
+            status,
+            sa.bindparam("held", held, type_=sa.BigInteger),
+            sa.bindparam("skipped", skipped, type_=sa.BigInteger),
+            sa.bindparam("error", error, type_=sa.Text),
+            sa.bindparam("would_delete", would_delete, type_=postgresql.JSONB),
+            type_=UTCDateTime,
+        )
+    )
 
 
 # -- archive before delete (recorder.archive): list whole rows, then delete the listed ids
@@ -674,60 +813,32 @@ def select_archive_batch(
     )
 
 
-def _listed_ids(dialect_name: str) -> sa.ColumnElement[bool]:
-    if dialect_name == "postgresql":
-        ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))
-        return envelopes.c.envelope_id == sa.any_(ids)
+def _listed_ids() -> sa.ColumnElement[bool]:
     return envelopes.c.envelope_id.in_(_ids_param())
 
 
-def archived_delete_postgresql(
-    conditions: list[sa.ColumnElement[bool]], *, prune_run_id: int, policy_name: str
-) -> sa.Select[Any]:
-    """Delete and log the archived ids in ``:ids`` (an array) that are still expired and unheld.
-
-    One statement, like :func:`prune_batch_postgresql`, but over a given list
-    of ids, re-checked: a hold placed since the rows were archived keeps them.
-    Rows a writer holds locked are waited for, not skipped, so that an
-    archived row is not left live by a passing update. Returns the count.
-    """
-    batch = (
-        sa.select(envelopes.c.envelope_id)
-        .where(_listed_ids("postgresql"), *conditions, sa.not_(held()))
-        .with_for_update()
-        .cte("batch")
-    )
-    removed = (
-        sa.delete(envelopes)
-        .where(envelopes.c.envelope_id == batch.c.envelope_id)
-        .returning(envelopes.c.envelope_id, envelopes.c.envelope_sha256, envelopes.c.received_at)
-        .cte("d")
-    )
-    columns, rows = _pruned_row(removed, prune_run_id, policy_name)
-    logged = (
-        sa.insert(pruned_envelopes)
-        .from_select(columns, rows)
-        .returning(pruned_envelopes.c.envelope_id)
-        .cte("logged")
-    )
-    return sa.select(sa.func.count()).select_from(logged)
-
-
 def log_archived_sqlite(
-    conditions: list[sa.ColumnElement[bool]], *, prune_run_id: int, policy_name: str
+    conditions: list[sa.ColumnElement[bool]],
+    *,
+    prune_run_id: int,
+    policy_name: str,
+    pruned_at: dt.datetime,
 ) -> Insert:
     """Log the archived ids in ``:ids`` (a JSON array) that are still expired and unheld.
 
     Runs in one ``BEGIN IMMEDIATE`` transaction with :func:`delete_archived_sqlite`.
+    On PostgreSQL the archiver calls :func:`prune_delete` instead.
     """
-    columns, rows = _pruned_row(envelopes, prune_run_id, policy_name)
+    columns, rows = _pruned_row(
+        envelopes, prune_run_id, policy_name, sa.literal(pruned_at, UTCDateTime)
+    )
     return sa.insert(pruned_envelopes).from_select(
-        columns, rows.where(_listed_ids("sqlite"), *conditions, sa.not_(held()))
+        columns, rows.where(_listed_ids(), *conditions, sa.not_(held()))
     )
 
 
 def delete_archived_sqlite(conditions: list[sa.ColumnElement[bool]]) -> Delete:
-    return sa.delete(envelopes).where(_listed_ids("sqlite"), *conditions, sa.not_(held()))
+    return sa.delete(envelopes).where(_listed_ids(), *conditions, sa.not_(held()))
 
 
 def naive_prune_delete(conditions: list[sa.ColumnElement[bool]]) -> Delete:

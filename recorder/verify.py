@@ -34,11 +34,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from recorder import statements
+from recorder import sealed_logs, statements
 from recorder.engine import READ_ONLY, is_sqlite, storage_errors
 from recorder.envelope import stored_columns
 from recorder.erasure_check import ErasureLedger
 from recorder.errors import InvalidEnvelope
+from recorder.prune_checks import check_deletion_log
 from recorder.schema import envelopes
 from recorder.seal import (
     DEFAULT_MARGIN,
@@ -52,6 +53,7 @@ from recorder.seal import (
     timestamp_text,
     utc_now,
 )
+from recorder.sealed_logs import LogEntry
 from recorder.wording import counted
 
 _FETCH_CHUNK = 1_000
@@ -74,12 +76,16 @@ class Finding:
     """One problem :func:`verify` found."""
 
     kind: str
-    """``modified``, ``deleted``, ``inserted``, ``chain``, ``anchor`` or ``erasure``."""
+    """``modified``, ``deleted``, ``inserted``, ``chain``, ``anchor``, ``erasure``,
+    ``prune_log`` (a logged deletion its run does not account for) or
+    ``sealed_log`` (a sealed log entry that changed)."""
     envelope_id: str | None
     detail: str
     block_no: int | None = None
 
     def line(self) -> str:
+        if self.envelope_id is None and self.block_no is None:
+            return f"{self.kind.upper()}: {self.detail}"
         subject = self.envelope_id if self.envelope_id is not None else f"block {self.block_no}"
         return f"{self.kind.upper()} {subject}: {self.detail}"
 
@@ -164,6 +170,7 @@ def verify(
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
         ledger = ErasureLedger.load(conn)
+        sealed = sealed_logs.entries_by_block(conn)
         through = sealed_through(conn)
         # Imported here: the fast walks use this module's per-row checks.
         if server_side and not is_sqlite(conn):
@@ -173,15 +180,16 @@ def verify(
         elif server_side:
             from recorder import verify_sqlite
 
-            _check_chain(conn, blocks, report, ledger, members_too=False)
+            _check_chain(conn, blocks, report, ledger, sealed, members_too=False)
             verify_sqlite.check(conn, through, report, ledger, latest_plausible)
         else:
-            _check_chain(conn, blocks, report, ledger)
+            _check_chain(conn, blocks, report, ledger, sealed)
             if through.started:
                 _check_unsealed_behind(conn, through, report, ledger)
             _check_beyond(conn, through, report, latest_plausible, ledger)
         _check_anchors(blocks, anchors, report)
         check_erasure_log(conn, ledger, report)
+        check_covered_logs(conn, report, sealed)
     return report
 
 
@@ -190,6 +198,20 @@ def check_erasure_log(conn: Connection, ledger: ErasureLedger, report: VerifyRep
     report.erased = len(ledger)
     report.findings.extend(
         Finding("erasure", envelope_id, problem) for envelope_id, problem in ledger.findings(conn)
+    )
+
+
+def check_covered_logs(
+    conn: Connection, report: VerifyReport, sealed: dict[int, list[LogEntry]]
+) -> None:
+    """Every logged deletion against its run; every sealed log entry against its log."""
+    report.findings.extend(
+        Finding("prune_log", problem.envelope_id, problem.detail)
+        for problem in check_deletion_log(conn)
+    )
+    report.findings.extend(
+        Finding("sealed_log", None, problem.detail, problem.block_no or None)
+        for problem in sealed_logs.check_sealed(conn, sealed)
     )
 
 
@@ -228,6 +250,7 @@ def _check_chain(
     blocks: list[SealBlock],
     report: VerifyReport,
     ledger: ErasureLedger,
+    sealed: dict[int, list[LogEntry]],
     *,
     members_too: bool = True,
 ) -> None:
@@ -237,7 +260,8 @@ def _check_chain(
             Member(r.envelope_id, r.received_at, r.envelope_sha256)
             for r in conn.execute(statements.select_block_members(block.block_no))
         ]
-        problems = block_problems(block, expected_no, prev, members)
+        logs = sealed.get(block.block_no, [])
+        problems = block_problems(block, expected_no, prev, members, logs)
         report.findings.extend(
             Finding("chain", None, problem, block.block_no) for problem in problems
         )
@@ -248,7 +272,11 @@ def _check_chain(
 
 
 def block_problems(
-    block: SealBlock, expected_no: int, prev: str, members: Sequence[Member]
+    block: SealBlock,
+    expected_no: int,
+    prev: str,
+    members: Sequence[Member],
+    logs: Sequence[LogEntry] = (),
 ) -> list[str]:
     """What is wrong with one block, given the digest of the block before it."""
     problems = []
@@ -277,6 +305,7 @@ def block_problems(
         cutoff=block.cutoff,
         prev_digest=block.prev_digest,
         members=members,
+        logs=logs,
     )
     if digest != block.digest:
         problems.append(

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
-from recorder import statements
+from recorder import sealed_logs, statements
 from recorder.erasure_check import ErasureLedger
 from recorder.schema import envelopes, pruned_envelopes, sealed_envelopes
 from recorder.seal import GENESIS_DIGEST, Member, SealBlock, SealedThrough, header_parts
@@ -105,13 +105,16 @@ def _check_chain(
     """Check every block; return how many members the prune log accounts for."""
     prev = GENESIS_DIGEST
     logged = 0
+    sealed = sealed_logs.entries_by_block(conn)
     for expected_no, block in enumerate(blocks, start=1):
+        logs = sealed.get(block.block_no, [])
         head, mid, mid_last, tail = header_parts(
             block_no=block.block_no,
             kind=block.kind,
             sealed_at=block.sealed_at,
             cutoff=block.cutoff,
             prev_digest=block.prev_digest,
+            logs=sealed_logs.logs_digest(logs) if logs else None,
         )
         row = conn.execute(
             statements.chain_block_postgresql(),
@@ -138,7 +141,7 @@ def _check_chain(
                 Member(r.envelope_id, r.received_at, r.envelope_sha256)
                 for r in conn.execute(statements.select_block_members(block.block_no))
             ]
-            problems = block_problems(block, expected_no, prev, members)
+            problems = block_problems(block, expected_no, prev, members, logs)
         report.findings.extend(
             Finding("chain", None, problem, block.block_no) for problem in problems
         )

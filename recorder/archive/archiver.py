@@ -338,7 +338,10 @@ class Archiver:
                 params: dict[str, Any] = {"ids": json.dumps(ids)}
                 conn.execute(
                     statements.log_archived_sqlite(
-                        conditions, prune_run_id=self.run_id, policy_name=policy_name
+                        conditions,
+                        prune_run_id=self.run_id,
+                        policy_name=policy_name,
+                        pruned_at=_now(),
                     ),
                     params,
                 )
@@ -346,12 +349,15 @@ class Archiver:
                     statements.delete_archived_sqlite(conditions), params
                 ).rowcount
             else:
-                deleted = conn.execute(
-                    statements.archived_delete_postgresql(
-                        conditions, prune_run_id=self.run_id, policy_name=policy_name
-                    ),
-                    {"ids": ids},
-                ).scalar_one()
+                # The database-side function re-checks each id against the
+                # run's policy and the holds, deletes, logs and counts it.
+                deleted = len(
+                    conn.execute(
+                        statements.prune_delete(
+                            run_id=self.run_id, policy_name=policy_name, envelope_ids=ids
+                        )
+                    ).all()
+                )
             if complete_after is not None:
                 manifest.mark_complete(
                     conn,

@@ -7,10 +7,13 @@ Names, each on a line of its own:
   (truncated, edited, replaced);
 * **UNKNOWN FILE** -- a Parquet file the manifest does not list;
 * **MODIFIED** envelope -- its archived text no longer has the digest beside
-  it, or that digest is not the one the prune log (and, once sealed, the
+  it (and no logged erasure leads from that digest to the text's), or that digest is not the one the prune log (and, once sealed, the
   seal) recorded when it was deleted;
 * **MISSING** envelope -- removed by an archiving prune run but in no
-  readable file of the archive.
+  readable file of the archive;
+* **UNACCOUNTED** envelope -- in the archive, but no prune logged its removal
+  and the live database does not hold it (planted: a file and its manifest
+  row rewritten together).
 
 The manifest rows themselves are tamper-evident through the prune log and
 the seal: an envelope's digest is checked against what was recorded when it
@@ -34,7 +37,8 @@ from recorder.archive.files import file_sha256
 from recorder.archive.layout import ArchiveDir, open_archive
 from recorder.archive.reader import connect
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.schema import pruned_envelopes, sealed_envelopes
+from recorder.erasure_check import ErasureLedger
+from recorder.schema import envelopes, pruned_envelopes, sealed_envelopes
 
 _FETCH = 5000
 
@@ -42,7 +46,8 @@ _FETCH = 5000
 @dataclass(frozen=True, slots=True)
 class ArchiveFinding:
     kind: str
-    """``missing-file``, ``altered-file``, ``unknown-file``, ``modified`` or ``missing``."""
+    """``missing-file``, ``altered-file``, ``unknown-file``, ``modified``, ``missing`` or
+    ``unaccounted``."""
     subject: str
     """The file name, or the envelope id."""
     detail: str
@@ -102,7 +107,7 @@ def verify_archive(engine: Engine, directory: str | Path) -> ArchiveVerifyReport
     runs = sorted({e.deleted_by_run_id for e in listed.values() if e.deleted_by_run_id is not None})
     con = connect(archive, files=readable)
     try:
-        _check_texts(con, report)
+        _check_texts(engine, con, report)
         _check_pruned(engine, con, runs, report)
     finally:
         con.close()
@@ -161,8 +166,9 @@ def _parquet_readable(path: Path) -> bool:
     return True
 
 
-def _check_texts(con: Any, report: ArchiveVerifyReport) -> None:
-    """Every archived text still has the digest stored beside it (computed inside DuckDB)."""
+def _check_texts(engine: Engine, con: Any, report: ArchiveVerifyReport) -> None:
+    """Every archived text still has the digest stored beside it (computed inside DuckDB),
+    or logged erasures lead from that digest (the original's, which a row keeps) to it."""
     duckdb = deps.duckdb()
     try:
         report.envelopes = int(con.execute("SELECT count(*) FROM envelopes").fetchone()[0])
@@ -172,7 +178,13 @@ def _check_texts(con: Any, report: ArchiveVerifyReport) -> None:
         ).fetchall()
     except duckdb.Error as exc:
         raise ArchiveError(f"reading the archive: {exc}") from exc
+    ledger = None
     for envelope_id, stored, actual in bad:
+        if ledger is None:
+            with storage_errors("reading the erasure log"), read_only(engine) as conn:
+                ledger = ErasureLedger.load(conn, ("done", "spooled", "archived"))
+        if ledger.accounts_for(envelope_id, stored, actual):
+            continue
         report.findings.append(
             ArchiveFinding(
                 "modified",
@@ -188,10 +200,11 @@ def _check_pruned(engine: Engine, con: Any, runs: list[int], report: ArchiveVeri
     archived = _archived_digests(con)
     current = next(archived, None)
     previous: tuple[str, set[str]] = ("", set())
+    unpruned: list[str] = []
     for envelope_id, logged, sealed in _pruned_digests(engine, runs):
         report.pruned += 1
         while current is not None and current[0] < envelope_id:
-            report.still_live += 1
+            unpruned.append(current[0])
             current = next(archived, None)
         # An id pruned twice (recorded again after its first removal) meets
         # the same archived rows again.
@@ -218,8 +231,39 @@ def _check_pruned(engine: Engine, con: Any, runs: list[int], report: ArchiveVeri
                 )
             )
     while current is not None:
-        report.still_live += 1
+        unpruned.append(current[0])
         current = next(archived, None)
+    _check_unpruned(engine, unpruned, report)
+
+
+def _check_unpruned(engine: Engine, ids: list[str], report: ArchiveVerifyReport) -> None:
+    """An archived envelope no archiving run removed must still be live (or pruned later).
+
+    Only a hold placed while its batch was being archived leaves one legitimately
+    (few rows); anything else was planted, whatever the manifest now says.
+    """
+    report.still_live += len(ids)
+    known: set[str] = set()
+    with storage_errors("reading envelopes the archive holds"), read_only(engine) as conn:
+        for start in range(0, len(ids), _FETCH):
+            chunk = sorted(set(ids[start : start + _FETCH]))
+            for table in (envelopes, pruned_envelopes):
+                known.update(
+                    conn.execute(
+                        sa.select(table.c.envelope_id).where(table.c.envelope_id.in_(chunk))
+                    ).scalars()
+                )
+    for envelope_id in dict.fromkeys(ids):
+        if envelope_id not in known:
+            report.still_live -= 1
+            report.findings.append(
+                ArchiveFinding(
+                    "unaccounted",
+                    envelope_id,
+                    "in the archive, but no prune logged its removal and the database "
+                    "does not hold it",
+                )
+            )
 
 
 def _archived_digests(con: Any) -> Iterator[tuple[str, str]]:

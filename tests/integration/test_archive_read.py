@@ -202,3 +202,37 @@ def test_verify_names_deleted_truncated_edited_and_planted_files(
 def test_verify_refuses_a_directory_that_is_not_an_archive(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="no archive at"):
         verify_archive(engine, tmp_path)
+
+
+def test_verify_names_an_envelope_planted_in_a_file_whose_manifest_row_was_redigested(
+    engine: Engine, archived: tuple[Path, list[audit.AuditRow]]
+) -> None:
+    """Attack: someone who can write the archive and the manifest (the pruner keeps writes on
+    ``archive_files`` for ``prune --archive``) adds a self-consistent envelope to a file and
+    puts the file's new size and digest in the manifest; re-import would bring it to life."""
+    import sqlalchemy as sa
+
+    from recorder.archive.files import file_sha256
+    from recorder.schema import archive_files
+
+    directory, _ = archived
+    archive = open_archive(directory)
+    name = archive.parquet_files()[0]
+    path = archive.file_path(name)
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    text = '{"envelope_id":"Ev-PLANTED","payload":{"event":{"text":"never sent"}}}'
+    planted = dict(rows[0], envelope_id="Ev-PLANTED", envelope_text=text)
+    planted["envelope_sha256"] = seal.text_sha256(text)
+    pq.write_table(pa.Table.from_pylist([*rows, planted], schema=table.schema), path)
+    size, digest = file_sha256(path)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(archive_files)
+            .where(archive_files.c.file_name == name)
+            .values(file_bytes=size, file_sha256=digest, row_count=len(rows) + 1)
+        )
+
+    report = verify_archive(engine, directory)
+    assert report.of_kind("unaccounted") == {"Ev-PLANTED"}, [f.line() for f in report.findings]
+    assert not report.ok

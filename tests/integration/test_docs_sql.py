@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from recorder import retention
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
+from tests.integration.conftest import ConnectAs
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 UTC = dt.timezone.utc
@@ -101,11 +103,15 @@ def test_docs_name_only_real_columns(name: str) -> None:
         assert column in columns
 
 
-def test_the_pg_cron_procedure_prunes_like_recorder_prune(pg_url: str) -> None:
+def test_the_pg_cron_procedure_prunes_like_recorder_prune(
+    pg_url: str, owner: Engine, roles: dict[str, str], connect_as: ConnectAs
+) -> None:
     (procedure,) = [b for b in sql_blocks("retention.md") if "CREATE OR REPLACE PROCEDURE" in b]
     now = dt.datetime.now(UTC)
     day = dt.timedelta(days=1)
     engine = create_engine(pg_url)
+    # Scheduled as the pruner: it needs nothing but the prune functions.
+    pruner = connect_as(roles["pruner"])
     try:
         retention.set_policy(engine, "default", keep="90d")
         retention.set_policy(engine, "c1", keep="10d", channel_id="C1", priority=5)
@@ -153,11 +159,11 @@ def test_the_pg_cron_procedure_prunes_like_recorder_prune(pg_url: str) -> None:
         # A run that finds the lock taken logs itself and touches nothing.
         with engine.connect() as holder:
             holder.execute(sa.select(sa.func.pg_advisory_lock(retention.PRUNE_LOCK_KEY)))
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with pruner.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(sa.text("CALL recorder_prune(4)"))
             holder.execute(sa.select(sa.func.pg_advisory_unlock(retention.PRUNE_LOCK_KEY)))
             holder.commit()
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with pruner.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("CALL recorder_prune(4)"))
         with engine.connect() as conn:
             remaining = set(conn.execute(sa.text("SELECT envelope_id FROM envelopes")).scalars())

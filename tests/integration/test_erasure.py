@@ -491,6 +491,11 @@ def test_erasure_covers_the_cold_archive(engine: Engine, clock: Clock, tmp_path:
         )
     assert states == {"archived": report.archived}
     assert verify(engine).ok
+    # the archive's own check accepts exactly the logged erasures too
+    from recorder.archive.verify import verify_archive
+
+    checked = verify_archive(engine, directory)
+    assert checked.ok, [f.line() for f in checked.findings]
 
 
 def archived_rows(archive: Any, entries: Any) -> dict[str, dict[str, Any]]:

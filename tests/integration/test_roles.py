@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import Iterator
 
-import psycopg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from recorder import retention
 from recorder.adapter import RecordResult
@@ -19,62 +16,11 @@ from recorder.errors import ConfigurationError, StorageUnavailable
 from recorder.roles import RoleNames, grant, grant_statements, render_sql
 from recorder.seal import seal
 from recorder.verify import verify
+from tests.integration.conftest import denied
 
 pytestmark = pytest.mark.postgres
 
 UTC = dt.timezone.utc
-PARTS = ("writer", "reader", "pruner", "sealer", "eraser")
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def roles(pg_url: str) -> Iterator[dict[str, str]]:
-    """Four LOGIN roles with unique names, granted their parts, dropped afterwards."""
-    suffix = uuid.uuid4().hex[:8]
-    names = {part: f"rec_{part}_{suffix}" for part in PARTS}
-    with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(f'CREATE ROLE "{name}" LOGIN')  # type: ignore[arg-type]
-    try:
-        yield names
-    finally:
-        with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
-            for name in names.values():
-                conn.execute(f'DROP OWNED BY "{name}"')  # type: ignore[arg-type]
-                conn.execute(f'DROP ROLE "{name}"')  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def owner(pg_url: str, roles: dict[str, str]) -> Iterator[Engine]:
-    engine = create_engine(pg_url)
-    grant(engine, RoleNames(**roles))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def connect_as(pg_url: str) -> Iterator[object]:
-    engines: list[Engine] = []
-
-    def make(role: str) -> Engine:
-        engine = create_engine(make_url(pg_url).set(username=role))
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
-
-
-def denied(engine: Engine, statement: str, **params: object) -> str:
-    """Run ``statement`` and return the database's refusal (failing if it was allowed)."""
-    with pytest.raises(sa.exc.ProgrammingError) as info, engine.begin() as conn:
-        conn.execute(sa.text(statement), params)
-    assert isinstance(info.value.orig, psycopg.errors.InsufficientPrivilege)
-    return str(info.value.orig)
 
 
 def envelope(n: int) -> dict[str, object]:
@@ -140,7 +86,7 @@ def test_reader_only_selects_and_can_verify(
         SQLEventBuffer(reader).record("e2", envelope(2))
 
 
-def test_pruner_deletes_only_through_a_logged_prune(
+def test_pruner_deletes_only_through_the_prune_functions(
     owner: Engine, roles: dict[str, str], connect_as: object
 ) -> None:
     start = dt.datetime.now(UTC) - dt.timedelta(days=10)
@@ -156,8 +102,10 @@ def test_pruner_deletes_only_through_a_logged_prune(
     assert report.deleted_total == 5
     assert verify(owner).ok
 
-    refusal = denied(pruner, "DELETE FROM envelopes WHERE envelope_id = 'e99'")
-    assert "without a pruned_envelopes row" in refusal
+    # No DELETE, no writes on the logs: only the functions.
+    assert "permission denied" in denied(pruner, "DELETE FROM envelopes WHERE envelope_id = 'e99'")
+    denied(pruner, "INSERT INTO pruned_envelopes VALUES (1, 'e99', 'x', now(), 'week')")
+    denied(pruner, "UPDATE prune_runs SET deleted_total = 0")
     denied(pruner, "UPDATE envelopes SET envelope_text = '{}'")
     denied(pruner, "INSERT INTO envelopes (envelope_id) VALUES ('x')")
     denied(pruner, "DELETE FROM pruned_envelopes")
