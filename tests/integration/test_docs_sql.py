@@ -11,8 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+import recorder
 from recorder import retention
 from recorder.adapters.sql import SQLEventBuffer
+from recorder.audit import QuerySpec
 from recorder.engine import create_engine
 from tests.integration.conftest import ConnectAs
 
@@ -62,6 +64,8 @@ def seed(url: str) -> None:
             engine, "case-1", reason="inquiry", channel_id="C0123ABCD", actor="legal"
         )
         assert retention.prune(engine).deleted_total == 1
+        # one replay run, so the replay-log query has a row to show
+        recorder.replay(engine, lambda envelope: None, QuerySpec(), handler_name="docs:noop")
     finally:
         engine.dispose()
 
