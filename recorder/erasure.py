@@ -31,6 +31,10 @@ SQLite the same steps run here, in Python, each batch in one ``BEGIN
 IMMEDIATE`` transaction. Steps are serialised (an advisory lock on
 PostgreSQL, the write lock on SQLite), and each batch commits on its own: an
 interrupted erasure stays ``running`` and :func:`resume` finishes it.
+
+Over 450 lines: planning, erasing, deferring and resuming share one batch
+loop and its statements on both engines; the spool and archive variants live
+in :mod:`recorder.erasure_spool` and :mod:`recorder.erasure_archive`.
 """
 
 from __future__ import annotations

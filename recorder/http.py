@@ -34,6 +34,9 @@ redaction masks ``payload.token`` and the response URLs, and
 
 ``url_verification`` and ``ssl_check`` requests are answered, not recorded;
 so are other JSON callbacks without an event (``app_rate_limited``).
+
+Over 450 lines: the request-to-envelope mapping for events, commands and
+interactions is one decision, documented here beside its code.
 """
 
 from __future__ import annotations

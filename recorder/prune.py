@@ -11,6 +11,10 @@ never old enough to go. One run at a time: PostgreSQL takes
 ``<database>-prune.lock``; a run that finds the lock taken records a
 ``locked_out`` row and returns without touching anything. Every prune run,
 dry, failed or locked out, writes a ``prune_runs`` row.
+
+Over 450 lines: the PostgreSQL path (database-side functions) and the
+SQLite path (Python) share one run loop, its logging and the
+archive-before-delete steps; policies and holds live in their own modules.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ inserted; ``seal(adopt_late=[...])`` seals the rows an operator names, in a
 (the run may stop between blocks; the next continues after its last key).
 
 :mod:`recorder.verify` recomputes the chain and checks every envelope.
+
+Over 450 lines: the block format and both sealing paths (Python, and one
+statement per block on PostgreSQL), which must agree byte for byte.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@
 Verification reads one snapshot (REPEATABLE READ on PostgreSQL, one read
 transaction on SQLite), so prunes and writes running meanwhile never show up
 as half-done.
+
+Over 450 lines: the findings model and the row-by-row reference walk that
+the engine fast paths (:mod:`recorder.verify_postgresql`,
+:mod:`recorder.verify_sqlite`) fall back to and are tested against.
 """
 
 from __future__ import annotations
