@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -138,3 +139,17 @@ def generate(count: int, *, seed: int = 12) -> list[Generated]:
             env = _message(n, other, channel, f"ordinary message {n} for <@U0CAROL>")
         out.append(Generated(f"env-{n:05d}", env, subject, mentions, channel))
     return out
+
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class Clock:
+    """A clock for SQLEventBuffer that ticks one second per call, from T0."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        self.now += dt.timedelta(seconds=1)
+        return self.now

@@ -23,20 +23,10 @@ from recorder.schema import envelopes
 from recorder.seal import seal, text_sha256
 from recorder.tombstone import TOMBSTONE_KEY, scrub, tombstone_text
 from recorder.verify import verify
-from tests.integration.erasure_envelopes import LOOKALIKE, SUBJECT, Generated, generate
+from tests.integration.erasure_envelopes import LOOKALIKE, SUBJECT, Clock, Generated, generate
 
 UTC = dt.timezone.utc
-T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
 COUNT = 2000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        self.now += dt.timedelta(seconds=1)
-        return self.now
 
 
 @pytest.fixture

@@ -5,78 +5,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from recorder import erasure, retention
 from recorder.adapters.sql import SQLEventBuffer
-from recorder.engine import create_engine
 from recorder.errors import StorageUnavailable
-from recorder.roles import RoleNames, grant, grant_statements
+from recorder.roles import RoleNames, grant_statements
 from recorder.seal import seal
 from recorder.slack.spool import Spool
 from recorder.verify import verify
+from tests.integration.conftest import ConnectAs, denied
 from tests.integration.erasure_envelopes import SUBJECT, generate
 
 pytestmark = pytest.mark.postgres
 
 UTC = dt.timezone.utc
-PARTS = ("writer", "reader", "pruner", "sealer", "eraser")
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def roles(pg_url: str) -> Iterator[dict[str, str]]:
-    suffix = uuid.uuid4().hex[:8]
-    names = {part: f"rec_{part}_{suffix}" for part in PARTS}
-    with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(f'CREATE ROLE "{name}" LOGIN')  # type: ignore[arg-type]
-    try:
-        yield names
-    finally:
-        with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
-            for name in names.values():
-                conn.execute(f'DROP OWNED BY "{name}"')  # type: ignore[arg-type]
-                conn.execute(f'DROP ROLE "{name}"')  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def owner(pg_url: str, roles: dict[str, str]) -> Iterator[Engine]:
-    engine = create_engine(pg_url)
-    grant(engine, RoleNames(**roles))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def connect_as(pg_url: str) -> Iterator[Callable[[str], Engine]]:
-    engines: list[Engine] = []
-
-    def make(role: str) -> Engine:
-        engine = create_engine(make_url(pg_url).set(username=role))
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
-
-
-def denied(engine: Engine, statement: str, **params: object) -> str:
-    with pytest.raises(sa.exc.ProgrammingError) as info, engine.begin() as conn:
-        conn.execute(sa.text(statement), params)
-    assert isinstance(info.value.orig, psycopg.errors.InsufficientPrivilege)
-    return str(info.value.orig)
 
 
 @pytest.fixture
@@ -91,7 +39,7 @@ def recorded(owner: Engine) -> list[str]:
 
 
 def test_eraser_erases_plans_and_resumes_through_the_functions(
-    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, recorded: list[str]
 ) -> None:
     eraser = connect_as(roles["eraser"])
     retention.add_hold(owner, "case", reason="r", channel_id="C0PROJECT")
@@ -109,7 +57,7 @@ def test_eraser_erases_plans_and_resumes_through_the_functions(
 
 
 def test_eraser_cannot_touch_envelopes_or_the_log_directly(
-    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, recorded: list[str]
 ) -> None:
     eraser = connect_as(roles["eraser"])
     victim = recorded[0]
@@ -136,7 +84,7 @@ def test_eraser_cannot_touch_envelopes_or_the_log_directly(
 
 
 def test_eraser_functions_refuse_what_the_erasure_does_not_name(
-    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, recorded: list[str]
 ) -> None:
     eraser = connect_as(roles["eraser"])
     with owner.connect() as conn:
@@ -172,7 +120,7 @@ def test_eraser_functions_refuse_what_the_erasure_does_not_name(
 
 
 def test_other_roles_cannot_erase(
-    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], recorded: list[str]
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, recorded: list[str]
 ) -> None:
     for part in ("writer", "reader", "pruner", "sealer"):
         engine = connect_as(roles[part])
@@ -186,7 +134,7 @@ def test_other_roles_cannot_erase(
 def test_eraser_erases_in_a_spool_and_verify_holds_after_it_drains(
     owner: Engine,
     roles: dict[str, str],
-    connect_as: Callable[[str], Engine],
+    connect_as: ConnectAs,
     recorded: list[str],
     tmp_path: Path,
 ) -> None:
@@ -221,7 +169,7 @@ def test_grant_names_the_eraser_functions_only_for_the_eraser() -> None:
 
 
 def test_eraser_erases_in_the_archive_and_cannot_log_live_envelopes_as_archived(
-    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], tmp_path: Path
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, tmp_path: Path
 ) -> None:
     from recorder.archive import ArchiveOptions
 
@@ -264,7 +212,7 @@ def test_eraser_erases_in_the_archive_and_cannot_log_live_envelopes_as_archived(
 
 
 def test_eraser_cannot_redigest_an_archive_file_it_altered(
-    owner: Engine, roles: dict[str, str], connect_as: Callable[[str], Engine], tmp_path: Path
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, tmp_path: Path
 ) -> None:
     """Attack: the eraser (who may write the archive directory) adds a fabricated envelope to
     an archive file, then has the erasure logging function put the altered file's digest in

@@ -22,19 +22,9 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.seal import seal
 from recorder.verify import verify
-from tests.integration.erasure_envelopes import SUBJECT, generate
+from tests.integration.erasure_envelopes import SUBJECT, Clock, generate
 
 UTC = dt.timezone.utc
-T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        self.now += dt.timedelta(seconds=1)
-        return self.now
 
 
 @pytest.fixture
