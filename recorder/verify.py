@@ -375,6 +375,23 @@ def _check_members(
             check_member(block.block_no, m, current.get(m.envelope_id), pruned, report, ledger)
 
 
+def judge_members(
+    conn: Connection, members: Sequence[Any], report: VerifyReport, ledger: ErasureLedger
+) -> None:
+    """Judge sealed members the fast paths could not settle in the database, in seal order."""
+    ids = sorted({m.envelope_id for m in members})
+    current = {
+        r.envelope_id: r
+        for r in conn.execute(sa.select(*row_columns(conn)).where(envelopes.c.envelope_id.in_(ids)))
+    }
+    pruned: dict[str, list[Any]] = {}
+    for p in conn.execute(statements.select_pruned_log(ids)):
+        pruned.setdefault(p.envelope_id, []).append(p)
+    for m in sorted(members, key=lambda m: (m.block_no, m.position)):
+        member = Member(m.envelope_id, m.received_at, m.envelope_sha256)
+        check_member(m.block_no, member, current.get(m.envelope_id), pruned, report, ledger)
+
+
 def check_member(
     block_no: int,
     m: Member,

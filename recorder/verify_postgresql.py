@@ -30,7 +30,6 @@ in halves, and the smallest range holding the culprit is checked in Python.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +46,9 @@ from recorder.verify import (
     VerifyReport,
     block_problems,
     check_consistent,
-    check_member,
     inserted_behind,
     inserted_in_future,
+    judge_members,
     row_columns,
 )
 
@@ -313,7 +312,7 @@ def _check_flagged_members(
                 sa.tuple_(sealed_envelopes.c.block_no, sealed_envelopes.c.position).in_(chunk)
             )
         ).all()
-        _judge_members(conn, members, report, ledger)
+        judge_members(conn, members, report, ledger)
 
 
 def _check_unaccounted_members(
@@ -321,23 +320,7 @@ def _check_unaccounted_members(
 ) -> None:
     rows = conn.execute(statements.SELECT_UNACCOUNTED_MEMBERS_POSTGRESQL).all()
     for start in range(0, len(rows), _CHUNK):
-        _judge_members(conn, rows[start : start + _CHUNK], report, ledger)
-
-
-def _judge_members(
-    conn: Connection, members: Sequence[Any], report: VerifyReport, ledger: ErasureLedger
-) -> None:
-    ids = sorted({m.envelope_id for m in members})
-    current = {
-        r.envelope_id: r
-        for r in conn.execute(sa.select(*row_columns(conn)).where(envelopes.c.envelope_id.in_(ids)))
-    }
-    pruned: dict[str, list[Any]] = {}
-    for p in conn.execute(statements.select_pruned_log(ids)):
-        pruned.setdefault(p.envelope_id, []).append(p)
-    for m in sorted(members, key=lambda m: (m.block_no, m.position)):
-        member = Member(m.envelope_id, m.received_at, m.envelope_sha256)
-        check_member(m.block_no, member, current.get(m.envelope_id), pruned, report, ledger)
+        judge_members(conn, rows[start : start + _CHUNK], report, ledger)
 
 
 def _check_flagged_rows(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,14 +24,14 @@ from recorder import statements
 from recorder.envelope import MAX_ENVELOPE_ID_LENGTH, extract_columns
 from recorder.erasure_check import ErasureLedger
 from recorder.schema import UTCDateTime, envelopes, sealed_envelopes
-from recorder.seal import Member, SealedThrough
+from recorder.seal import SealedThrough
 from recorder.verify import (
     REPORTING_COLUMNS,
     VerifyReport,
     check_consistent,
-    check_member,
     inserted_behind,
     inserted_in_future,
+    judge_members,
     row_columns,
 )
 
@@ -84,23 +83,7 @@ def _check_members(conn: Connection, report: VerifyReport, ledger: ErasureLedger
         members = conn.execute(
             sa.select(sealed_envelopes).where(sa.tuple_(s.block_no, s.position).in_(chunk))
         ).all()
-        _judge_members(conn, members, report, ledger)
-
-
-def _judge_members(
-    conn: Connection, members: Sequence[Any], report: VerifyReport, ledger: ErasureLedger
-) -> None:
-    ids = sorted({m.envelope_id for m in members})
-    current = {
-        r.envelope_id: r
-        for r in conn.execute(sa.select(*row_columns(conn)).where(envelopes.c.envelope_id.in_(ids)))
-    }
-    pruned: dict[str, list[Any]] = {}
-    for p in conn.execute(statements.select_pruned_log(ids)):
-        pruned.setdefault(p.envelope_id, []).append(p)
-    for m in sorted(members, key=lambda m: (m.block_no, m.position)):
-        member = Member(m.envelope_id, m.received_at, m.envelope_sha256)
-        check_member(m.block_no, member, current.get(m.envelope_id), pruned, report, ledger)
+        judge_members(conn, members, report, ledger)
 
 
 def _check_rows(
