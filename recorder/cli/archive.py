@@ -15,7 +15,7 @@ import click
 from recorder import audit
 from recorder.archive import open_archive
 from recorder.archive.reader import connect, query_archive, run_sql
-from recorder.cli.options import time_option
+from recorder.cli.options import query_filters
 
 QUERY_FORMATS = ("table", "csv", "jsonl")
 
@@ -79,17 +79,7 @@ def _table(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
 
 @archive_group.command("export")
 @click.argument("directory", metavar="DIR")
-@click.option("--team", help="Team id (T...).")
-@click.option("--channel", help="Channel id (C...).")
-@click.option("--user", help="User id (U...).")
-@click.option("--type", "envelope_type", help="Envelope type: events_api, slash_commands, ...")
-@click.option("--event-type", help="Event type, slash command, or interactive payload type.")
-@click.option(
-    "--since", callback=time_option, metavar="TIME", help="Received at or after: 2026-05-01, 7d."
-)
-@click.option(
-    "--until", callback=time_option, metavar="TIME", help="Received before: 2026-05-02, 24h."
-)
+@query_filters
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many envelopes.")
 @click.option(
     "--format",

@@ -16,7 +16,7 @@ import click
 from recorder import audit, importer
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.cli.errors import EXIT_ERROR
-from recorder.cli.options import ROW_COUNT, time_option
+from recorder.cli.options import ROW_COUNT, query_filters
 from recorder.cli.storage import open_engine, stderr_is_terminal
 from recorder.settings import Settings
 
@@ -114,23 +114,7 @@ def _file_size(file: BinaryIO) -> int | None:
 
 
 @click.command("query")
-@click.option("--team", help="Team id (T...).")
-@click.option("--channel", help="Channel id (C...).")
-@click.option("--user", help="User id (U...).")
-@click.option("--type", "envelope_type", help="Envelope type: events_api, slash_commands, ...")
-@click.option("--event-type", help="Event type, slash command, or interactive payload type.")
-@click.option(
-    "--since",
-    callback=time_option,
-    metavar="TIME",
-    help="Received at or after: 2026-05-01, ISO time, 7d.",
-)
-@click.option(
-    "--until",
-    callback=time_option,
-    metavar="TIME",
-    help="Received before: 2026-05-02, ISO time, 24h.",
-)
+@query_filters
 @click.option("--limit", type=ROW_COUNT, help="At most this many envelopes.")
 @click.option(
     "--format",

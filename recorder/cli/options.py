@@ -133,3 +133,36 @@ def with_type_match(func: Any) -> Any:
 def without_type_match(func: Any) -> Any:
     """``--team --channel --user``."""
     return _match_options(func, types=False)
+
+
+def query_filters(func: Any) -> Any:
+    """The filters of ``recorder query``, shared by every command that selects envelopes.
+
+    ``--team --channel --user --type --event-type --since --until``.
+    """
+    options = [
+        click.option("--team", help="Team id (T...)."),
+        click.option("--channel", help="Channel id (C...)."),
+        click.option("--user", help="User id (U...)."),
+        click.option(
+            "--type", "envelope_type", help="Envelope type: events_api, slash_commands, ..."
+        ),
+        click.option(
+            "--event-type", help="Event type, slash command, or interactive payload type."
+        ),
+        click.option(
+            "--since",
+            callback=time_option,
+            metavar="TIME",
+            help="Received at or after: 2026-05-01, ISO time, 7d.",
+        ),
+        click.option(
+            "--until",
+            callback=time_option,
+            metavar="TIME",
+            help="Received before: 2026-05-02, ISO time, 24h.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

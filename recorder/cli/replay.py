@@ -12,7 +12,7 @@ import click
 from recorder import audit, replaying
 from recorder.audit import AuditRow, QuerySpec
 from recorder.cli.errors import EXIT_ERROR
-from recorder.cli.options import ROW_COUNT, actor_option, time_option
+from recorder.cli.options import ROW_COUNT, actor_option, query_filters
 from recorder.cli.storage import open_engine
 from recorder.errors import ConfigurationError
 from recorder.settings import Settings
@@ -36,13 +36,7 @@ def _handler_option(ctx: click.Context, param: click.Parameter, value: str) -> A
     callback=_handler_option,
     help="Called with each stored envelope (a dict), oldest first.",
 )
-@click.option("--team", help="Team id (T...).")
-@click.option("--channel", help="Channel id (C...).")
-@click.option("--user", help="User id (U...).")
-@click.option("--type", "envelope_type", help="Envelope type: events_api, slash_commands, ...")
-@click.option("--event-type", help="Event type, slash command, or interactive payload type.")
-@click.option("--since", callback=time_option, metavar="TIME", help="Received at or after.")
-@click.option("--until", callback=time_option, metavar="TIME", help="Received before.")
+@query_filters
 @click.option("--limit", type=ROW_COUNT, help="At most this many envelopes (over a resumed run).")
 @click.option("--dry-run", is_flag=True, help="List what would be replayed; call nothing.")
 @actor_option
