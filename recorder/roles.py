@@ -26,7 +26,8 @@ pruner (``recorder prune``)
     in the database and log each removal, so a stolen pruner credential can
     remove only what the policies already allow.
 sealer (``recorder seal``), optional
-    Reads envelopes and the prune log, inserts into ``seal_blocks``,
+    Reads envelopes and the logs a seal covers (prune runs and their rows,
+    erasures, the archive manifest), inserts into ``seal_blocks``,
     ``sealed_envelopes`` and ``sealed_log_entries``.
 eraser (``recorder erase``)
     No privilege on ``envelopes`` at all: it may only ``EXECUTE`` the erasure
@@ -186,9 +187,10 @@ def grant_statements(roles: RoleNames, *, schema: str = "public") -> list[str]:
     if "sealer" in q:
         s = q["sealer"]
         sql += [
-            "-- sealer: read envelopes and the prune log, append to the seal chain",
+            "-- sealer: read envelopes and the logs it seals, append to the seal chain",
             f"GRANT SELECT ON TABLE {envelopes.name}, {prune_runs.name}, "
-            f"{pruned_envelopes.name} TO {s}",
+            f"{pruned_envelopes.name}, {erasures.name}, {erased_envelopes.name}, "
+            f"{archive_files.name} TO {s}",
             f"GRANT SELECT, INSERT ON TABLE {seal_blocks.name}, {sealed_envelopes.name}, "
             f"{sealed_log_entries.name} TO {s}",
         ]
