@@ -43,6 +43,8 @@ __all__ = ["DemoReport", "run_demo"]
 
 PACE_SECONDS = 0.01
 CLOSE_WAIT_SECONDS = 1.0
+# Generous: each wait returns as soon as it is met, and a loaded machine needs the slack.
+STEP_WAIT_SECONDS = 30.0
 FLAKY_TEXT = "deploy finished (the handler fails on its first try)"
 
 
@@ -206,9 +208,11 @@ def _play(buffer: SQLEventBuffer, scratch: Path, lease_seconds: float) -> DemoRe
             for envelope in envelopes[:half]:
                 _paced(sim.send, envelope)
             # Slack asks for a fresh connection now and then; nothing may be lost.
-            sim.wait_for_acks(half, timeout=10)
+            sim.wait_for_acks(half, timeout=STEP_WAIT_SECONDS)
             sim.disconnect("refresh_requested")
-            sim.wait_for(lambda: sim.total_connections >= 2, timeout=10, what="a reconnect")
+            sim.wait_for(
+                lambda: sim.total_connections >= 2, timeout=STEP_WAIT_SECONDS, what="a reconnect"
+            )
             sim.wait_for_connections(1)
             for envelope in envelopes[half:]:
                 _paced(sim.send, envelope)
@@ -220,7 +224,7 @@ def _play(buffer: SQLEventBuffer, scratch: Path, lease_seconds: float) -> DemoRe
             for envelope in retried:
                 _paced(sim.retry, envelope)
             frames = len(envelopes) + len(retransmitted) + len(retried)
-            sim.wait_for_acks(frames, timeout=10)
+            sim.wait_for_acks(frames, timeout=STEP_WAIT_SECONDS)
             deadline = time.monotonic() + 10
             while len(handler.calls) < len(envelopes) and time.monotonic() < deadline:
                 time.sleep(0.05)
