@@ -375,6 +375,39 @@ def _check_members(
             check_member(block.block_no, m, current.get(m.envelope_id), pruned, report, ledger)
 
 
+_JUDGE_CHUNK = 1_000
+
+
+def judge_unsealed(
+    conn: Connection,
+    kinds: dict[str, str],
+    through: SealedThrough,
+    report: VerifyReport,
+    ledger: ErasureLedger,
+) -> None:
+    """Judge the unsealed rows a fast path flagged (``inserted``, ``future`` or ``check``), in
+    ``(received_at, envelope_id)`` order."""
+    ids = sorted(kinds)
+    rows: list[Any] = []
+    for start in range(0, len(ids), _JUDGE_CHUNK):
+        rows.extend(
+            conn.execute(
+                sa.select(*row_columns(conn)).where(
+                    envelopes.c.envelope_id.in_(ids[start : start + _JUDGE_CHUNK])
+                )
+            )
+        )
+    rows.sort(key=lambda r: (r.received_at, r.envelope_id.encode("utf-8", "surrogatepass")))
+    for row in rows:
+        kind = kinds[row.envelope_id]
+        report.unsealed += 1
+        if kind == "inserted":
+            report.findings.append(inserted_behind(row, through))
+        elif kind == "future":
+            report.findings.append(inserted_in_future(row))
+        check_consistent(row, report, ledger)
+
+
 def judge_members(
     conn: Connection, members: Sequence[Any], report: VerifyReport, ledger: ErasureLedger
 ) -> None:

@@ -45,11 +45,8 @@ from recorder.verify import (
     Finding,
     VerifyReport,
     block_problems,
-    check_consistent,
-    inserted_behind,
-    inserted_in_future,
     judge_members,
-    row_columns,
+    judge_unsealed,
 )
 
 #: A range that fails to cast and holds no more rows than this is checked in Python.
@@ -331,22 +328,4 @@ def _check_flagged_rows(
     ledger: ErasureLedger,
 ) -> None:
     kinds = {i: kind for kind, ids in tally.rows.items() for i in ids}
-    ids = sorted(kinds)
-    rows: list[Any] = []
-    for start in range(0, len(ids), _CHUNK):
-        rows.extend(
-            conn.execute(
-                sa.select(*row_columns(conn)).where(
-                    envelopes.c.envelope_id.in_(ids[start : start + _CHUNK])
-                )
-            )
-        )
-    rows.sort(key=lambda r: (r.received_at, r.envelope_id.encode("utf-8", "surrogatepass")))
-    for row in rows:
-        kind = kinds[row.envelope_id]
-        report.unsealed += 1
-        if kind == "inserted":
-            report.findings.append(inserted_behind(row, through))
-        elif kind == "future":
-            report.findings.append(inserted_in_future(row))
-        check_consistent(row, report, ledger)
+    judge_unsealed(conn, kinds, through, report, ledger)

@@ -28,11 +28,8 @@ from recorder.seal import SealedThrough
 from recorder.verify import (
     REPORTING_COLUMNS,
     VerifyReport,
-    check_consistent,
-    inserted_behind,
-    inserted_in_future,
     judge_members,
-    row_columns,
+    judge_unsealed,
 )
 
 _CHUNK = 1_000
@@ -123,25 +120,7 @@ def _check_rows(
             report.unsealed += 1
         else:
             kinds[row.envelope_id] = "check"
-    ids = sorted(kinds)
-    rows: list[Any] = []
-    for start in range(0, len(ids), _CHUNK):
-        rows.extend(
-            conn.execute(
-                sa.select(*row_columns(conn)).where(
-                    envelopes.c.envelope_id.in_(ids[start : start + _CHUNK])
-                )
-            )
-        )
-    rows.sort(key=lambda r: (r.received_at, r.envelope_id.encode("utf-8", "surrogatepass")))
-    for row in rows:
-        kind = kinds[row.envelope_id]
-        report.unsealed += 1
-        if kind == "inserted":
-            report.findings.append(inserted_behind(row, through))
-        elif kind == "future":
-            report.findings.append(inserted_in_future(row))
-        check_consistent(row, report, ledger)
+    judge_unsealed(conn, kinds, through, report, ledger)
 
 
 def _no_constants(name: str) -> Any:
