@@ -24,6 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from recorder.errors import ConfigurationError, InvalidEnvelope, SchemaMissing, StorageUnavailable
+from recorder.sqlite_checkpoints import FALLBACK_PAGES
 
 DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
@@ -208,6 +209,8 @@ def _sqlite_engine(url: URL, engine_options: dict[str, Any]) -> Engine:
             "PRAGMA journal_mode = WAL",
             "PRAGMA synchronous = NORMAL",
             "PRAGMA foreign_keys = ON",
+            # Writers' checkpoints run in a background thread (recorder.sqlite_checkpoints).
+            f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}",
         ):
             dbapi_connection.execute(pragma)
 

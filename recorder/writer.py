@@ -17,7 +17,10 @@
   well inside Slack's 3 s ack window even when another session holds a lock
   on ``envelopes`` (a migration, ``VACUUM FULL``, an operator's transaction);
 * **SQLite's single writer**: this process's writes queue on one lock here
-  rather than in SQLite's busy handler, which sleeps 1 ms and then longer.
+  rather than in SQLite's busy handler, which sleeps 1 ms and then longer;
+  and the log is checkpointed by a background thread
+  (:mod:`recorder.sqlite_checkpoints`), not by whichever write crosses the
+  log's size limit while holding that lock.
 
 Why dedicated connections: on PostgreSQL ``record`` is one ``INSERT ... ON
 CONFLICT DO NOTHING`` in autocommit, one round trip. Going through
@@ -53,6 +56,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from recorder.engine import connection_alive, is_sqlite, storage_errors, write_statement
 from recorder.errors import StorageUnavailable
+from recorder.sqlite_checkpoints import FALLBACK_PAGES, Checkpoints
 
 #: Dedicated connections for ``record`` per buffer on PostgreSQL (idle and in
 #: use together); more callers at once wait for one, within the time bound.
@@ -111,6 +115,7 @@ class Writer:
         # SQLite lets one writer in at a time: this process's writers queue here.
         self._sqlite_writer = threading.Lock() if self._sqlite else None
         self._dedicated: _DedicatedConnections | None = None
+        self._checkpoints: Checkpoints | None = None
         if isinstance(engine.pool, QueuePool) and (
             (self._sqlite and engine.dialect.driver == "pysqlite")
             or (engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg")
@@ -118,6 +123,9 @@ class Writer:
             self._dedicated = _DedicatedConnections(
                 engine, limit=1 if self._sqlite else RECORD_CONNECTIONS, timeout=record_timeout
             )
+            if self._sqlite_writer is not None:
+                # A file database (memory ones are not on QueuePool) in WAL mode.
+                self._checkpoints = Checkpoints(engine, self._sqlite_writer)
 
     def prepare(self, statement: ClauseElement) -> PreparedWrite:
         return PreparedWrite(statement, self.engine)
@@ -155,9 +163,11 @@ class Writer:
             yield conn
 
     def close(self) -> None:
-        """Close the dedicated connections (busy ones when their call ends)."""
+        """Close the dedicated connections (busy ones when their call ends), then checkpoint."""
         if self._dedicated is not None:
             self._dedicated.close()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
 
     @contextmanager
     def _sqlite_turn(self, *, bounded: bool) -> Iterator[None]:
@@ -165,6 +175,8 @@ class Writer:
         if lock is None:
             yield
             return
+        if self._checkpoints is not None:
+            self._checkpoints.start()
         timeout = self.record_timeout if bounded and self.record_timeout is not None else -1
         if not lock.acquire(timeout=timeout):
             raise StorageUnavailable(
@@ -356,6 +368,9 @@ class _DedicatedConnections:
             timeout_ms = _milliseconds(self._timeout)
             if self._sqlite:
                 assert isinstance(driver, sqlite3.Connection)
+                # Also on engines the recorder did not create: checkpoints run
+                # in the background (recorder.sqlite_checkpoints), not in record.
+                driver.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
                 if timeout_ms is not None:
                     driver.execute(f"PRAGMA busy_timeout = {timeout_ms}")
             else:
