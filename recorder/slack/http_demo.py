@@ -1,6 +1,6 @@
 """``recorder demo --http``: a signed HTTP stream with retries into a Bolt app that records.
 
-A :class:`~recorder.testing.slack_http.SlackHttpSender` plays a realistic
+A :class:`~recorder.simulator.slack_http.SlackHttpSender` plays a realistic
 stream (messages, mentions, reactions, slash commands, button clicks, a
 modal submission) at a real slack_bolt ``App`` served over local HTTP, with
 :class:`~recorder.slack.bolt.RecorderMiddleware` added, and with what makes
@@ -33,9 +33,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from slack_sdk import WebClient
 
 from recorder.adapters.sql import SQLEventBuffer
+from recorder.simulator import SocketModeSimulator
+from recorder.simulator.slack_http import Delivery, SlackHttpSender, http_body, serve_wsgi
 from recorder.slack.bolt_http import RecorderMiddleware
-from recorder.testing.simulator import SocketModeSimulator
-from recorder.testing.slack_http import Delivery, SlackHttpSender, http_body, serve_wsgi
 
 __all__ = ["HttpDemoReport", "render_http", "run_http_demo"]
 

@@ -12,12 +12,6 @@ PACKAGE = Path(__file__).resolve().parents[2] / "recorder"
 #: Applications inside recorder.slack that compose concrete pieces on purpose:
 #: they may pick an adapter (``recorder listen``, ``recorder demo``).
 SLACK_APPLICATIONS = {"recorder.slack.archive", "recorder.slack.demo", "recorder.slack.http_demo"}
-#: Known exceptions, each with its reason; the list only ever shrinks.
-TEST_KIT_EXCEPTIONS = {
-    # The HTTP demo plays requests with the test kit's SlackHttpSender; it moves
-    # to a shared module as the Socket Mode simulator did (recorder.simulator).
-    "recorder.slack.http_demo",
-}
 
 
 def module_name(path: Path) -> str:
@@ -84,13 +78,8 @@ def test_the_slack_layer_depends_on_protocols_not_adapters() -> None:
 
 
 def test_nothing_outside_the_test_kit_imports_it() -> None:
-    sources = [
-        name
-        for name in MODULES
-        if not under(name, "recorder.testing") and name not in TEST_KIT_EXCEPTIONS
-    ]
+    sources = [name for name in MODULES if not under(name, "recorder.testing")]
     assert violations("the test kit is for tests", sources, ["recorder.testing"]) == []
-    assert "recorder.slack.demo" not in TEST_KIT_EXCEPTIONS
 
 
 def test_lower_layers_never_import_upper_ones() -> None:
