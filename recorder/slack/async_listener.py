@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import inspect
 import logging
 import time
@@ -30,6 +31,7 @@ from recorder.slack.options import (
     RecorderOptions,
 )
 from recorder.slack.recording import EnvelopeRecorder, RecorderFront
+from recorder.slack.spool import utc_now
 
 __all__ = ["AsyncHandler", "AsyncRecordingListener"]
 
@@ -70,6 +72,8 @@ class AsyncRecordingListener(RecorderFront):
         io_workers: int = 4,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         metrics: Metrics | bool | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.recorder = EnvelopeRecorder(
             buffer,
@@ -81,6 +85,8 @@ class AsyncRecordingListener(RecorderFront):
                 max_attempts=max_attempts,
                 metrics=metrics,
             ),
+            monotonic=monotonic,
+            clock=clock,
         )
         self.handler = handler
         self._handler_is_async = is_async_callable(handler)

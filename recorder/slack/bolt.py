@@ -33,9 +33,11 @@ stored envelope (its ack then goes nowhere: Slack has its answer).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from logging import Logger
 from pathlib import Path
@@ -77,6 +79,7 @@ from recorder.slack.options import (
     RecorderOptions,
 )
 from recorder.slack.recording import EnvelopeRecorder, Outcome, RecorderFront
+from recorder.slack.spool import utc_now
 
 __all__ = [
     "AsyncRecorderMiddleware",
@@ -131,6 +134,8 @@ def _recorder(
     recovery_interval: float,
     max_attempts: int | None,
     metrics: Metrics | bool | None,
+    monotonic: Callable[[], float],
+    clock: Callable[[], dt.datetime],
 ) -> EnvelopeRecorder:
     return EnvelopeRecorder(
         default_buffer(buffer),
@@ -142,6 +147,8 @@ def _recorder(
             max_attempts=max_attempts,
             metrics=metrics,
         ),
+        monotonic=monotonic,
+        clock=clock,
     )
 
 
@@ -157,7 +164,8 @@ receive_buffer_size, concurrency
     buffer
         Where envelopes are recorded: an adapter, a database URL, or ``None``
         for ``RECORDER_DATABASE_URL`` (default ``sqlite:///recorder.db``).
-    on_storage_error, spool_path, lease_seconds, recovery_interval, max_attempts, metrics
+    on_storage_error, spool_path, lease_seconds, recovery_interval, max_attempts, metrics, \
+monotonic, clock
         As for :class:`~recorder.slack.RecordingListener`.
     """
 
@@ -184,6 +192,8 @@ receive_buffer_size, concurrency
         recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         metrics: Metrics | bool | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.recorder = _recorder(
             buffer,
@@ -193,6 +203,8 @@ receive_buffer_size, concurrency
             recovery_interval,
             max_attempts,
             metrics,
+            monotonic,
+            clock,
         )
         super().__init__(
             app,
@@ -293,7 +305,8 @@ class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
     ----------
     app, app_token, logger, web_client, proxy, ping_interval, loop
         As for ``slack_bolt.adapter.socket_mode.async_handler.AsyncSocketModeHandler``.
-    buffer, on_storage_error, spool_path, lease_seconds, recovery_interval, max_attempts, metrics
+    buffer, on_storage_error, spool_path, lease_seconds, recovery_interval, max_attempts, \
+metrics, monotonic, clock
         As for :class:`SocketModeHandler`. Database calls run in a small
         thread pool, never on the event loop.
     """
@@ -315,6 +328,8 @@ class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
         recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         metrics: Metrics | bool | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], dt.datetime] = utc_now,
         io_workers: int = 4,
     ) -> None:
         self.recorder = _recorder(
@@ -325,6 +340,8 @@ class AsyncSocketModeHandler(RecorderFront, _BoltAsyncSocketModeHandler):
             recovery_interval,
             max_attempts,
             metrics,
+            monotonic,
+            clock,
         )
         super().__init__(
             app,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from recorder.slack.options import (
     RecorderOptions,
 )
 from recorder.slack.recording import EnvelopeRecorder, RecorderFront
+from recorder.slack.spool import utc_now
 
 __all__ = ["Handler", "RecordingListener"]
 
@@ -91,6 +93,11 @@ class RecordingListener(RecorderFront):
     metrics
         ``True`` for Prometheus metrics (the ``metrics`` extra), or a
         :class:`~recorder.slack.metrics.Metrics`.
+    monotonic, clock
+        The clocks: monotonic seconds for when renewals and recovery are due,
+        UTC wall time for the spool. Tests pass a
+        :class:`~recorder.testing.clock.ManualClock`'s (and give the buffer
+        its ``now``), so a lease expires when the test says, not after a wait.
 
     Notes
     -----
@@ -111,6 +118,8 @@ class RecordingListener(RecorderFront):
         max_workers: int = 10,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         metrics: Metrics | bool | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.recorder = EnvelopeRecorder(
             buffer,
@@ -122,6 +131,8 @@ class RecordingListener(RecorderFront):
                 max_attempts=max_attempts,
                 metrics=metrics,
             ),
+            monotonic=monotonic,
+            clock=clock,
         )
         self.handler = handler
         self._pool = ThreadPoolExecutor(

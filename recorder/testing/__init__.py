@@ -1,5 +1,6 @@
 """Test support for bots and adapters: the Socket Mode simulator, a fake Slack
-for HTTP-mode apps, the adapter conformance suite, and fault injection for backends.
+for HTTP-mode apps, the adapter conformance suite, fault injection for backends,
+and a clock tests move by hand.
 
 Names load lazily, so the conformance suite needs no Slack dependencies and
 the simulator needs no pytest.
@@ -18,6 +19,7 @@ _EXPORTS = {
     "RecoveryConformance": "recorder.testing.recovery",
     "TcpProxy": "recorder.testing.faults",
     "SlackHttpSender": "recorder.testing.slack_http",
+    "ManualClock": "recorder.testing.clock",
 }
 
 __all__ = sorted(_EXPORTS)
