@@ -2,31 +2,34 @@
 
 Every fenced block with a language is accounted for here: run by this module
 (shell lines in a scratch directory with the installed ``recorder`` on PATH,
-Python through ``exec``), run by the page's own test module (named in
-``RUN_ELSEWHERE``), listed in ``NOT_RUN`` with the reason it cannot run in a
-test (it installs packages, configures a host's scheduler, needs a production
-server), or listed in ``NOT_YET_RUN``: the snippets that could run and do not
-yet. A new snippet that is in none of these fails
-:func:`test_every_snippet_is_accounted_for`, so docs cannot drift silently.
+Python through ``exec``), run by another module (the page's own test module,
+named in ``RUN_ELSEWHERE``, or one of ``OTHER_RUNNERS``, each listing the
+blocks it runs in ``RUNS``), or listed in ``NOT_RUN`` with the reason it
+cannot run in a test (it installs packages, configures a host's scheduler,
+needs a production server or pg_cron). A new snippet that is in none of these
+fails :func:`test_every_snippet_is_accounted_for`, so docs cannot drift
+silently.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import logging
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from recorder.adapters.sql import SQLEventBuffer
-
-ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-BIN = Path(sys.executable).parent
+from tests.integration import test_doc_slack, test_doc_walkthroughs
+from tests.integration.doc_snippets import (
+    block,
+    blocks,
+    console_script,
+    run_python,
+    sh,
+)
 
 #: Blocks other test modules run as written (page -> language -> module).
 RUN_ELSEWHERE = {
@@ -41,10 +44,6 @@ NOT_RUN = {
     "bash .ci/run": "the whole CI run (this suite is part of it)",
     "pip install 'envelope-recorder": "installs from a package index",
     "export RECORDER_DATABASE_URL=postgresql://recorder@db.internal": "a production server",
-    "from recorder.adapters import SQLEventBuffer\nfrom recorder.slack import RecordingListener": (
-        "needs a connected slack_sdk client (socket_mode_client); docs/testing.md runs the same "
-        "listener against the simulator"
-    ),
     "$ pip install 'envelope-recorder[archive]'      # pyarrow an": "installs from a package index",
     "# /etc/cron.d/recorder-prune: every night at 03:17, at most ": "scheduler or server configuration for a host",
     "# /etc/systemd/system/recorder-prune.service": "scheduler or server configuration for a host",
@@ -62,35 +61,8 @@ NOT_RUN = {
     "# once: versioning and a default retention on the bucket": "needs an S3 bucket and the aws CLI",
 }
 
-#: Blocks that could run in a test and do not yet: the open part of making every
-#: snippet run (a prepared database for the CLI walk-throughs, the simulator for
-#: the Slack ones). Shrink this; never grow it.
-NOT_YET_RUN = {
-    "$ recorder db upgrade                  # create or upgrade t": "README.md",
-    "recorder db grant --writer recorder_bot --reader recorder_au": "README.md",
-    'recorder erase --user U0123ABCD --reason "DSR-2026-117" --dr': "docs/security.md",
-    '$ recorder erase --user U0123ABCD --reason "DSR-2026-117"': "docs/retention.md",
-    'recorder seal                                  # "... latest': "docs/security.md",
-    "from slack_sdk import WebClient": "docs/slack.md",
-    "# from slack_bolt.adapter.socket_mode import SocketModeHandl": "docs/slack.md",
-    "$ recorder prune --archive archive": "docs/retention.md",
-    "$ recorder retention set default --keep 90d": "docs/retention.md",
-}
-
-
-def blocks() -> list[tuple[str, str, str]]:
-    """``(page, language, text)`` of every fenced block that names a language."""
-    found = []
-    for page in PAGES:
-        for language, text in FENCE.findall(page.read_text(encoding="utf-8")):
-            if language:
-                found.append((str(page.relative_to(ROOT)), language, text))
-    return found
-
-
-def _blocks_of(page: str, language: str) -> list[str]:
-    return [text for p, lang, text in blocks() if p == page and lang == language]
-
+#: Modules that run blocks of the pages, each with ``RUNS``: (page, first line) pairs.
+OTHER_RUNNERS = (test_doc_slack, test_doc_walkthroughs)
 
 RUN_HERE: dict[tuple[str, str], str] = {}
 
@@ -105,31 +77,17 @@ def test_every_snippet_is_accounted_for() -> None:
     for page, language, text in blocks():
         if (page, language) in RUN_ELSEWHERE:
             continue
-        if any(text.startswith(prefix) for prefix in [*NOT_RUN, *NOT_YET_RUN]):
+        if any(text.startswith(prefix) for prefix in NOT_RUN):
             continue
-        if any(p == page and text.startswith(first) for p, first in RUN_HERE):
+        run_by_others = [run for module in OTHER_RUNNERS for run in module.RUNS]
+        if any(p == page and text.startswith(first) for p, first in [*RUN_HERE, *run_by_others]):
             continue
         unaccounted.append(f"{page} ({language}): {text.splitlines()[0][:80]}")
     assert unaccounted == [], "\n".join(unaccounted)
 
 
-def sh(script: str, cwd: Path, url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["RECORDER_DATABASE_URL"] = url
-    return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def archive_block(first: str) -> str:
-    (text,) = [t for t in _blocks_of("docs/reporting.md", "sh") if t.startswith(first)]
-    return text
+    return block("docs/reporting.md", "sh", first)
 
 
 ROUND_TRIP = "recorder query --format archive --since 2026-01-01 > archive.jsonl"
@@ -206,7 +164,7 @@ runs_here("README.md", "python", ADAPTER)
 
 
 def test_readme_adapter_contract_snippet_runs_as_written(tmp_path: Path) -> None:
-    (source,) = [t for t in _blocks_of("README.md", "python") if t.startswith(ADAPTER)]
+    source = block("README.md", "python", ADAPTER)
     handled: list[str] = []
     namespace: dict[str, Any] = {
         # What the snippet takes from the surrounding bot: an envelope and its code.
@@ -221,24 +179,6 @@ def test_readme_adapter_contract_snippet_runs_as_written(tmp_path: Path) -> None
         os.chdir(cwd)
     assert handled == ["readme-1"]
     assert (tmp_path / "recorder.db").is_file(), "SQLite is created on first use"
-
-
-def console_script(text: str) -> str:
-    """The commands of a ``console`` block (``$ `` lines and their ``\\`` continuations)."""
-    commands: list[str] = []
-    continuing = False
-    for line in text.splitlines():
-        if line.startswith("$ "):
-            commands.append(line[2:])
-        elif continuing:
-            commands[-1] += "\n" + line
-        continuing = bool(commands) and commands[-1].rstrip().endswith("\\")
-    return "\n".join(commands)
-
-
-def block(page: str, language: str, first: str) -> str:
-    (text,) = [t for t in _blocks_of(page, language) if t.startswith(first)]
-    return text
 
 
 README_RETENTION = "recorder retention set default --keep 400d"
@@ -271,17 +211,8 @@ REDACTION = "from recorder.adapters import SQLEventBuffer\nfrom recorder.redacti
 runs_here("docs/security.md", "python", REDACTION)
 REDACT_ENV = "RECORDER_REDACT=off"
 runs_here("docs/security.md", "sh", REDACT_ENV)
-
-
-def run_python(source: str, cwd: Path, **names: Any) -> dict[str, Any]:
-    namespace: dict[str, Any] = {"__name__": "doc_snippet", **names}
-    previous = os.getcwd()
-    os.chdir(cwd)
-    try:
-        exec(compile(source, "snippet", "exec"), namespace)
-    finally:
-        os.chdir(previous)
-    return namespace
+LOG_MASKING = "import logging\nfrom recorder.masking import SecretMaskingFilter"
+runs_here("docs/security.md", "python", LOG_MASKING)
 
 
 def test_readme_http_snippet_runs_as_written(tmp_path: Path) -> None:
@@ -294,3 +225,21 @@ def test_security_redaction_snippets_run_as_written(tmp_path: Path) -> None:
     run_python(block("docs/security.md", "python", REDACTION), tmp_path, url=url)
     result = sh(block("docs/security.md", "sh", REDACT_ENV), tmp_path, url)
     assert result.returncode == 0, result.stderr
+
+
+def test_security_log_masking_snippet_runs_as_written(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        namespace = run_python(block("docs/security.md", "python", LOG_MASKING), tmp_path)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    stream = io.StringIO()
+    handler = namespace["handler"]
+    handler.setStream(stream)
+    record = logging.LogRecord(
+        "slack_sdk", logging.INFO, __file__, 1, "token %s", ("xoxb-1-2-abc",), None
+    )
+    handler.handle(record)
+    assert "xoxb-1-2-abc" not in stream.getvalue()
+    assert stream.getvalue().startswith("token ")
