@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from slack_bolt.async_app import AsyncApp
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.slack.bolt import AsyncSocketModeHandler, SocketModeHandler
-from recorder.testing import SocketModeSimulator
+from recorder.testing import ManualClock, SocketModeSimulator
 from tests.integration.slack_bots import (
     delivery_key,
     delivery_keys,
@@ -83,7 +83,9 @@ def test_bolt_app_handles_each_once_and_answers_in_the_ack(
     sim: SocketModeSimulator, buffer: SQLEventBuffer, tmp_path: Path
 ) -> None:
     seen = Seen()
-    app = App(client=sim.web_client())
+    # Bolt runs listeners in this pool after the ack; shutting it down waits for them.
+    listeners = ThreadPoolExecutor(max_workers=10)
+    app = App(client=sim.web_client(), listener_executor=listeners)
 
     @app.event("message")
     def on_message(body: dict[str, Any], context: Any) -> None:
@@ -110,9 +112,9 @@ def test_bolt_app_handles_each_once_and_answers_in_the_ack(
         play_with_duplicates(sim, envelopes, retransmits=20, retries=10)
         sim.send(unhandled)
         sim.wait_for_acks(81, timeout=15)
-        time.sleep(0.3)
     finally:
         handler.close()
+        listeners.shutdown(wait=True)  # every listener call Bolt started has returned
 
     check_results(sim, envelopes, seen)
     # No listener for reaction_added: still acked, recorded, and not left pending.
@@ -153,7 +155,10 @@ def test_async_bolt_app_handles_each_once_and_answers_in_the_ack(
             await sim.wait_for_connections_async(1)
             play_with_duplicates(sim, envelopes, retransmits=20, retries=10)
             await sim.wait_for_acks_async(80, timeout=15)
-            await asyncio.sleep(0.3)
+            # Every dispatch was decided before its ack: 50 for the app, 30 duplicates.
+            assert handler.stats.outcomes == {"new": 50, "duplicate": 30}
+            assert handler.stats.dispatched == 50
+            await sim.wait_for_async(lambda: len(seen.keys) >= 50, timeout=15)
         finally:
             await handler.close_async()
 
@@ -163,9 +168,11 @@ def test_async_bolt_app_handles_each_once_and_answers_in_the_ack(
 
 
 def test_bolt_listener_failure_leaves_the_envelope_pending_for_recovery(
-    sim: SocketModeSimulator, buffer: SQLEventBuffer, tmp_path: Path
+    sim: SocketModeSimulator, buffer: SQLEventBuffer, sqlite_url: str, tmp_path: Path
 ) -> None:
     attempts: list[int] = []
+    clock = ManualClock()
+    clocked = SQLEventBuffer(sqlite_url, clock=clock.now)
     app = App(client=sim.web_client(), process_before_response=True)
 
     @app.event("message")
@@ -178,20 +185,27 @@ def test_bolt_listener_failure_leaves_the_envelope_pending_for_recovery(
         app,
         sim.app_token,
         ping_interval=1,
-        buffer=buffer,
+        buffer=clocked,
         spool_path=tmp_path / "spool.db",
-        lease_seconds=0.5,
-        recovery_interval=0.2,
+        lease_seconds=60,
+        recovery_interval=10,
+        monotonic=clock.monotonic,
+        clock=clock.now,
     )
     envelope = sim.envelopes.message("flaky")
     handler.connect()
     try:
         sim.wait_for_connections(1)
         sim.send(envelope)
-        sim.wait_for_acks(1)
+        sim.wait_for_acks(1)  # after the app ran: process_before_response
+        assert attempts == [1]
+        clock.advance(61)  # the lease runs out; the next recovery is due
         wait_until(lambda: len(attempts) >= 2, what="recovery")
-        time.sleep(0.5)
+        wait_until(lambda: buffer.count_pending() == 0, what="the completion")
+        clock.advance(120)  # more leases: it is not run again
+        assert handler.recover() == 0
     finally:
         handler.close()
+        clocked.close()
     assert attempts == [1, 2]
     assert buffer.count_pending() == 0

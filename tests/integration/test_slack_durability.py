@@ -1,8 +1,17 @@
-"""Exactly-once under stress: shared databases, outages, failing handlers, killed processes."""
+"""Exactly-once under stress: shared databases, outages, failing handlers, killed processes.
+
+Leases and recovery run on clocks the tests move (a ManualClock, or a
+FileClock shared with a bot process), so a lease expires when a test says and
+never because the machine is slow; the tests wait for what should happen with
+conditions, and check what should not with a recovery run after the clock
+has moved past every lease.
+"""
 
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import functools
 import os
 import signal
 import subprocess
@@ -16,7 +25,8 @@ import pytest
 import sqlalchemy as sa
 
 from recorder.adapters.sql import SQLEventBuffer
-from recorder.testing import SocketModeSimulator, TcpProxy
+from recorder.testing import ManualClock, SocketModeSimulator, TcpProxy
+from tests.integration.killable_bot import FileClock
 from tests.integration.slack_bots import (
     Calls,
     RecordingBot,
@@ -27,6 +37,8 @@ from tests.integration.slack_bots import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+#: The lease, in the tests' clock seconds; the clock moves only when a test moves it.
+LEASE = 60.0
 
 
 @pytest.fixture
@@ -49,6 +61,20 @@ def attempts_of(buffer: SQLEventBuffer, envelope_id: str) -> tuple[str, int]:
             {"id": envelope_id},
         ).one()
     return row[0], row[1]
+
+
+def claimed_at(buffer: SQLEventBuffer, envelope_id: str) -> dt.datetime | None:
+    with buffer.engine.connect() as conn:
+        value = conn.execute(
+            sa.text("SELECT claimed_at FROM envelopes WHERE envelope_id = :id"),
+            {"id": envelope_id},
+        ).scalar_one()
+    return value  # type: ignore[no-any-return]
+
+
+def renewed_after(buffer: SQLEventBuffer, envelope_id: str, when: dt.datetime) -> bool:
+    stamp = claimed_at(buffer, envelope_id)
+    return stamp is not None and stamp > when
 
 
 def recorded_keys(buffer: SQLEventBuffer) -> set[str]:
@@ -77,8 +103,8 @@ def test_two_instances_sharing_postgresql_handle_each_envelope_once(
                 assert len(sim.broadcast(envelope)) == 2
             sim.wait_for_acks(100, timeout=15)
             calls.wait_for(50)
-            time.sleep(0.3)
         finally:
+            # Stopping waits for running handlers: a wrongly dispatched copy is counted.
             for bot in bots:
                 bot.stop()
             for buffer in buffers:
@@ -98,16 +124,19 @@ def test_spool_while_postgresql_is_away_then_drain(
 ) -> None:
     calls = Calls()
     spool = tmp_path / "spool.db"
+    clock = ManualClock()
     with SocketModeSimulator(redeliver_after=None, seed=12) as sim:
-        through_proxy = SQLEventBuffer(proxy.url_for(pg_url))
+        through_proxy = SQLEventBuffer(proxy.url_for(pg_url), clock=clock.now)
         bot = RecordingBot(
             "builtin",
             sim,
             through_proxy,
             recording_handler(calls),
             spool_path=spool,
-            lease_seconds=2,
-            recovery_interval=0.3,
+            lease_seconds=LEASE,
+            recovery_interval=10,
+            monotonic=clock.monotonic,
+            clock=clock.now,
         )
         with bot:
             sim.wait_for_connections(1)
@@ -139,7 +168,10 @@ def test_spool_while_postgresql_is_away_then_drain(
                 what="the spool to drain into PostgreSQL",
             )
             calls.wait_for(40)
-            time.sleep(0.5)
+            wait_until(lambda: pg_buffer.count_pending() == 0, what="the completions")
+            # Every lease runs out: nothing drained or recorded is left to recover.
+            clock.advance(2 * LEASE)
+            assert bot.recover() == 0
         through_proxy.close()
 
     assert calls.event_counts() == delivery_keys(everything)
@@ -183,7 +215,7 @@ def test_nack_while_postgresql_is_away_lets_slack_redeliver(
             proxy.restore()
             sim.wait_until_acked(timeout=15)
             calls.wait_for(10)
-            time.sleep(0.5)
+        # Stopped (running handlers waited for): a handler run twice is counted below.
         through_proxy.close()
 
     assert calls.event_counts() == delivery_keys(envelopes)
@@ -203,16 +235,20 @@ def test_failed_handler_is_recovered_once_by_another_instance(
         failures.append(request.envelope_id)  # type: ignore[attr-defined]
         raise RuntimeError("boom")
 
+    clock = ManualClock()
     with SocketModeSimulator(redeliver_after=None, seed=14) as sim:
-        buffer_a, buffer_b = SQLEventBuffer(pg_url), SQLEventBuffer(pg_url)
+        buffer_a = SQLEventBuffer(pg_url, clock=clock.now)
+        buffer_b = SQLEventBuffer(pg_url, clock=clock.now)
         bot_a = RecordingBot(
             "builtin",
             sim,
             buffer_a,
             always_fails,
             spool_path=tmp_path / "a",
-            lease_seconds=1,
+            lease_seconds=LEASE,
             recovery_interval=3600,
+            monotonic=clock.monotonic,
+            clock=clock.now,
         )
         bot_b = RecordingBot(
             "aiohttp",
@@ -220,8 +256,10 @@ def test_failed_handler_is_recovered_once_by_another_instance(
             buffer_b,
             recording_handler(recovering),
             spool_path=tmp_path / "b",
-            lease_seconds=1,
-            recovery_interval=0.2,
+            lease_seconds=LEASE,
+            recovery_interval=10,
+            monotonic=clock.monotonic,
+            clock=clock.now,
         )
         try:
             bot_a.start()
@@ -231,8 +269,22 @@ def test_failed_handler_is_recovered_once_by_another_instance(
             target = sim.envelopes.message("fails the first time")
             sim.send(target, connection=connection_a)
             sim.wait_for_acks(1)
+            # A's handler has failed and let go of the envelope (no renewals for it).
+            wait_until(
+                lambda: (
+                    bot_a.listener.stats.failed == 1 and not bot_a.listener.recorder.inflight.ids()
+                ),
+                what="the failed handler to finish",
+            )
+            clock.advance(LEASE + 1)  # the lease runs out; B's next recovery is due
             recovering.wait_for(1)
-            time.sleep(1.5)  # a second lease: nobody runs it again
+            wait_until(
+                lambda: attempts_of(pg_buffer, target["envelope_id"]) == ("done", 2),
+                what="the recovered run's completion",
+            )
+            clock.advance(2 * LEASE)  # more leases: nobody runs it again
+            assert bot_a.recover() == 0
+            assert bot_b.recover() == 0
         finally:
             bot_a.stop()
             bot_b.stop()
@@ -248,9 +300,10 @@ def test_failed_handler_is_recovered_once_by_another_instance(
 def test_process_killed_mid_handler_is_recovered_once_by_another_instance(
     pg_url: str, pg_buffer: SQLEventBuffer, tmp_path: Path
 ) -> None:
-    lease = 1.0
     marker = tmp_path / "started.txt"
     recovering = Calls()
+    clock = FileClock(tmp_path / "clock")
+    clock.set(time.time())
     with SocketModeSimulator(redeliver_after=None, seed=15) as sim:
         process = subprocess.Popen(
             [
@@ -261,20 +314,23 @@ def test_process_killed_mid_handler_is_recovered_once_by_another_instance(
                 pg_url,
                 str(tmp_path / "spool-a.db"),
                 str(marker),
-                str(lease),
+                str(LEASE),
+                str(clock.path),
             ],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        buffer_b = SQLEventBuffer(pg_url)
+        buffer_b = SQLEventBuffer(pg_url, clock=clock.now)
         bot_b = RecordingBot(
             "builtin",
             sim,
             buffer_b,
             recording_handler(recovering),
             spool_path=tmp_path / "spool-b.db",
-            lease_seconds=lease,
-            recovery_interval=0.2,
+            lease_seconds=LEASE,
+            recovery_interval=10,
+            monotonic=clock.monotonic,
+            clock=clock.now,
         )
         try:
             (connection_a,) = sim.wait_for_connections(1, timeout=20)
@@ -284,15 +340,31 @@ def test_process_killed_mid_handler_is_recovered_once_by_another_instance(
             sim.send(target, connection=connection_a)
             sim.wait_for_acks(1)
             wait_until(marker.exists, what="the handler to start in the bot process")
-            # While the process lives it renews its claim: nobody takes over.
-            time.sleep(2.5 * lease)
-            assert len(recovering) == 0
+            # While the process lives it renews its claim: nobody takes over. Each
+            # step is shorter than a lease, so B's recovery (due at every step)
+            # finds the claim fresh whether or not A has renewed it yet.
+            for _ in range(4):
+                clock.advance(0.6 * LEASE)
+                step = clock.now() - dt.timedelta(milliseconds=1)
+                wait_until(
+                    functools.partial(renewed_after, pg_buffer, target["envelope_id"], step),
+                    timeout=30,
+                    what="the bot process to renew its claim",
+                )
+                assert len(recovering) == 0
+            assert bot_b.recover() == 0
             assert attempts_of(pg_buffer, target["envelope_id"]) == ("pending", 1)
 
             process.send_signal(signal.SIGKILL)
             process.wait(10)
+            clock.advance(LEASE + 1)  # its last renewal's lease runs out
             recovering.wait_for(1)
-            time.sleep(2.5 * lease)  # more leases pass: it is not run again
+            wait_until(
+                lambda: attempts_of(pg_buffer, target["envelope_id"]) == ("done", 2),
+                what="the recovered run's completion",
+            )
+            clock.advance(2.5 * LEASE)  # more leases pass: it is not run again
+            assert bot_b.recover() == 0
         finally:
             if process.poll() is None:
                 process.kill()

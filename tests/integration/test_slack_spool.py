@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,8 +21,8 @@ from recorder.slack import RecorderMetrics, RecordingListener
 from recorder.slack.metrics import NO_METRICS, Metrics
 from recorder.slack.options import RecorderOptions
 from recorder.slack.recording import EnvelopeRecorder, Outcome
-from recorder.slack.spool import Spool
-from recorder.testing import TcpProxy
+from recorder.slack.spool import Spool, utc_now
+from recorder.testing import ManualClock, TcpProxy
 from recorder.testing.envelopes import EnvelopeFactory
 
 factory = EnvelopeFactory(seed=11)
@@ -41,10 +42,14 @@ def frame(envelope: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 def recorder_for(
-    buffer: Any, spool_path: Path, metrics: Metrics = NO_METRICS, **options: Any
+    buffer: Any,
+    spool_path: Path,
+    metrics: Metrics = NO_METRICS,
+    clock: Callable[[], dt.datetime] = utc_now,
+    **options: Any,
 ) -> EnvelopeRecorder:
     return EnvelopeRecorder(
-        buffer, RecorderOptions(spool_path=spool_path, metrics=metrics, **options)
+        buffer, RecorderOptions(spool_path=spool_path, metrics=metrics, **options), clock=clock
     )
 
 
@@ -139,13 +144,16 @@ def test_a_row_over_a_later_size_limit_is_quarantined_and_can_be_retried(
     """A spool left by a run with a larger limit; the next run's buffer refuses one row."""
     spool_path = tmp_path / "spool.db"
     big, small = factory.message("y" * 3000), factory.message("small")
+    clock = ManualClock()
     with SQLEventBuffer(sqlite_url, max_envelope_bytes=8000) as roomy:
-        spool = Spool(spool_path)
+        spool = Spool(spool_path, clock=clock.now)
         for envelope in (big, small):
             spool.record(roomy.parse(envelope["envelope_id"], json.dumps(envelope)))
         spool.close()
+    # The run that spooled them is gone: once their lease is over they are drained.
+    clock.advance(61)
     with SQLEventBuffer(sqlite_url, max_envelope_bytes=2000) as strict:
-        recorder = recorder_for(strict, spool_path, lease_seconds=1e-9)
+        recorder = recorder_for(strict, spool_path, lease_seconds=60, clock=clock.now)
         recorder.open_existing_spool()
         assert recorder.drain() == 1
         assert strict.seen(small["envelope_id"])
@@ -162,7 +170,7 @@ def test_a_row_over_a_later_size_limit_is_quarantined_and_can_be_retried(
         spool.close()
     # The operator raised the limit: the retried row drains.
     with SQLEventBuffer(sqlite_url, max_envelope_bytes=8000) as roomy:
-        recorder = recorder_for(roomy, spool_path, lease_seconds=1e-9)
+        recorder = recorder_for(roomy, spool_path, lease_seconds=60, clock=clock.now)
         assert recorder.drain() == 1
         assert roomy.seen(big["envelope_id"])
         recorder.close()
