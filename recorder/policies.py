@@ -9,6 +9,9 @@ them. The rules:
   policy whose name sorts first (Python string order, i.e. by code point),
   so the outcome never depends on the database's collation or row order.
 * **Unmatched records are kept**, however old.
+* **A policy with an archive directory** (``archive_dir``) has what it
+  expires archived before it is deleted, never deleted unarchived (see
+  :func:`recorder.prune.prune` for where, and the database-side guarantee).
 
 Legal holds (:mod:`recorder.holds`) override every policy; pruning
 (:mod:`recorder.prune`) applies both. Every change to a policy writes a
@@ -25,6 +28,7 @@ import getpass
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -37,6 +41,7 @@ from recorder.timespec import DurationTooLong, parse_duration
 
 UTC = dt.timezone.utc
 MAX_NAME_LENGTH = 200
+MAX_ARCHIVE_DIR_LENGTH = 4096
 #: The longest retention period a policy may have. Longer is "forever" in
 #: practice, and keeping forever is what no policy at all means.
 MAX_KEEP = dt.timedelta(days=100 * 365)
@@ -129,6 +134,29 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_archive_dir(value: str | os.PathLike[str] | None) -> str | None:
+    """A policy's archive directory: an absolute path, or None (no archiving required).
+
+    Absolute because the policy is shared by every host and scheduler: a
+    relative path would mean a different directory for each working directory.
+    """
+    if value is None:
+        return None
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text.strip():
+        raise RetentionError("an archive directory must be a non-empty path or unset")
+    if len(text) > MAX_ARCHIVE_DIR_LENGTH or not text.isprintable():
+        raise RetentionError(
+            f"an archive directory must be printable and at most {MAX_ARCHIVE_DIR_LENGTH} characters"
+        )
+    if not PurePosixPath(text).is_absolute():
+        raise RetentionError(
+            f"archive directory {text!r} must be an absolute path: every host and scheduler "
+            "that prunes reads it from the policy"
+        )
+    return text
+
+
 def check_value(field_name: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -151,6 +179,9 @@ class RetentionPolicy:
     priority: int = 0
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    archive_dir: str | None = None
+    """When set, what this policy expires is archived before it is deleted (here, unless
+    the prune names another archive directory), and never deleted unarchived."""
 
     def match(self) -> statements.Match:
         """The match fields, by column name."""
@@ -171,6 +202,7 @@ class RetentionPolicy:
             "keep_seconds": int(self.keep.total_seconds()),
             **{k: v for k, v in self.match().items() if v is not None},
             "priority": self.priority,
+            **({"archive_dir": self.archive_dir} if self.archive_dir is not None else {}),
         }
 
 
@@ -196,6 +228,7 @@ def _policy_from_row(row: Any) -> RetentionPolicy:
         priority=row.priority,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        archive_dir=row.archive_dir,
     )
 
 
@@ -210,15 +243,19 @@ def set_policy(
     envelope_type: str | None = None,
     event_type: str | None = None,
     priority: int = 0,
+    archive_dir: str | os.PathLike[str] | None = None,
     actor: str | None = None,
     now: dt.datetime | None = None,
 ) -> RetentionPolicy:
     """Create the policy ``name``, or replace every field of the existing one.
 
+    With ``archive_dir`` (an absolute path), what the policy expires is
+    archived there before it is deleted, and never deleted unarchived.
+
     Raises
     ------
     RetentionError
-        A bad name, period or match value.
+        A bad name, period, match value or archive directory.
     StorageUnavailable
         The database failed; nothing changed.
     """
@@ -238,9 +275,15 @@ def set_policy(
         "envelope_type": check_value("envelope_type", envelope_type),
         "event_type": check_value("event_type", event_type),
     }
+    archive = check_archive_dir(archive_dir)
     at = resolve_now(now)
     actor = actor or default_actor()
-    values = {"keep_seconds": int(period.total_seconds()), **match, "priority": priority}
+    values = {
+        "keep_seconds": int(period.total_seconds()),
+        **match,
+        "priority": priority,
+        "archive_dir": archive,
+    }
     with storage_errors(f"setting retention policy {name}"), engine.begin() as conn:
         existing = conn.execute(statements.select_policy_for_update(name)).first()
         if existing is None:
@@ -261,6 +304,7 @@ def set_policy(
             priority=priority,
             created_at=created_at,
             updated_at=at,
+            archive_dir=archive,
             **match,
         )
         log_change(

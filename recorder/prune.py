@@ -12,6 +12,13 @@ never old enough to go. One run at a time: PostgreSQL takes
 ``locked_out`` row and returns without touching anything. Every prune run,
 dry, failed or locked out, writes a ``prune_runs`` row.
 
+Where a run archives (see :func:`prune`): ``archive.directory`` (``--archive
+DIR``, or ``RECORDER_ARCHIVE_DIR``) for every policy; otherwise each policy's
+own ``archive_dir``, for that policy only. A policy with an ``archive_dir`` is
+never pruned without archiving: :class:`ArchiveRequired` when no archive can
+be written, and on PostgreSQL the database-side functions refuse a plain
+delete under it (migration 0008).
+
 Over 450 lines: the PostgreSQL path (database-side functions) and the
 SQLite path (Python) share one run loop, its logging and the
 archive-before-delete steps; policies and holds live in their own modules.
@@ -37,10 +44,11 @@ from sqlalchemy.engine import Engine
 
 from recorder import statements
 from recorder.engine import is_sqlite, read_only, storage_errors
-from recorder.errors import SchemaMissing, StorageUnavailable
+from recorder.errors import RecorderError, SchemaMissing, StorageUnavailable
 from recorder.policies import (
     UTC,
     RetentionError,
+    check_archive_dir,
     default_actor,
     list_policies,
     resolve_now,
@@ -50,7 +58,7 @@ from recorder.policies import (
 )
 
 if TYPE_CHECKING:
-    from recorder.archive.archiver import ArchiveOptions, ArchiveProgress
+    from recorder.archive.archiver import ArchiveOptions, ArchiveProgress, Archiver
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,10 @@ class PruneReport:
         if self.status == "stopped":
             text += " (time budget reached: run again to continue)"
         return text
+
+
+class ArchiveRequired(RetentionError):
+    """A policy requires archiving before delete and this run cannot archive: nothing deleted."""
 
 
 class _LockedOut(Exception):
@@ -183,6 +195,8 @@ class _Run:
         self.host = host
         self.conditions: dict[str, list[sa.ColumnElement[bool]]] = {}
         """Policy name -> the run's rules as SQL conditions (what the archiver lists by)."""
+        self.archive_dirs: dict[str, str | None] = {}
+        """Policy name -> the archive directory the run's snapshot of it requires, or None."""
 
     def begin(self, as_of: dt.datetime | None) -> list[str]:
         """Record the run, fix its cutoffs; the policy names in the order to apply them."""
@@ -222,6 +236,8 @@ class _PostgresRun(_Run):
             first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
             if isinstance(orig, psycopg.errors.InvalidParameterValue):
                 raise RetentionError(first) from exc
+            if isinstance(orig, psycopg.errors.ObjectNotInPrerequisiteState):
+                raise ArchiveRequired(first) from exc
             if isinstance(orig, psycopg.errors.UndefinedFunction):
                 raise SchemaMissing(
                     "the database has no prune functions; run `recorder db upgrade` "
@@ -242,6 +258,7 @@ class _PostgresRun(_Run):
             cutoff = dt.datetime.fromisoformat(policy["cutoff"])
             match = {name: policy.get(name) for name in statements.POLICY_MATCH_COLUMNS}
             self.report.cutoffs[policy["name"]] = cutoff
+            self.archive_dirs[policy["name"]] = policy.get("archive_dir")
             self.conditions[policy["name"]] = statements.expired_under(
                 match, list(outranking), cutoff
             )
@@ -296,6 +313,7 @@ class _SQLiteRun(_Run):
         for policy in list_policies(self.engine):
             cutoff = policy_cutoff(report.started_at, policy.keep)
             report.cutoffs[policy.name] = cutoff
+            self.archive_dirs[policy.name] = policy.archive_dir
             self.conditions[policy.name] = statements.expired_under(
                 policy.match(), list(outranking), cutoff
             )
@@ -340,6 +358,12 @@ class _SQLiteRun(_Run):
     ) -> tuple[int, statements.Keyset | None]:
         report = self.report
         assert report.run_id is not None
+        if self.archive_dirs.get(policy) is not None:
+            # What the PostgreSQL functions refuse (migration 0008), refused here too.
+            raise ArchiveRequired(
+                f"retention policy {policy} requires archiving before delete; "
+                "none of its envelopes is deleted without an archive"
+            )
         # BEGIN IMMEDIATE (the engine's begin hook): the select, the log, the
         # delete and the run's counts see one state and commit together.
         with self.engine.begin() as conn:
@@ -424,10 +448,15 @@ def prune(
         The time cutoffs are measured from (default: the current time). On
         PostgreSQL it cannot be later than the database's clock.
     archive
-        Write every envelope to a Parquet file in this archive, fsynced and
-        recorded in the manifest, before deleting it (see
-        :mod:`recorder.archive.archiver`); first finish any file an
-        interrupted archiving run left.
+        Where and how to archive. With a ``directory``, every envelope the
+        run removes is first written to a Parquet file there, fsynced and
+        recorded in the manifest (see :mod:`recorder.archive.archiver`),
+        whatever the policies say. Without one (or with ``archive=None``),
+        the envelopes of each policy that has an ``archive_dir`` are
+        archived there (with these options' file size and partitioning),
+        and those of other policies are deleted without archiving. Either
+        way the run first finishes any file an interrupted archiving run
+        left in an archive it uses.
 
     Returns
     -------
@@ -437,6 +466,10 @@ def prune(
 
     Raises
     ------
+    ArchiveRequired
+        A policy requires archiving and its archive cannot be written (the
+        ``archive`` extra is missing, its stored directory is not usable):
+        the run fails before it deletes anything, and says so in its row.
     StorageUnavailable
         The database failed; the run's row says so, and every batch
         committed before the failure stays done.
@@ -510,6 +543,9 @@ def _prune_locked(
     deleted_so_far = 0
     stopped = False
     report.deleted = dict.fromkeys(policies, 0)
+    # Before anything is deleted: a policy that requires an archive this run
+    # cannot write stops the run here.
+    targets = _archive_targets(run, policies, archive)
 
     def on_deleted(policy_name: str, removed: int) -> None:
         nonlocal deleted_so_far
@@ -518,21 +554,30 @@ def _prune_locked(
         if on_progress is not None:
             on_progress(PruneProgress(policy_name, deleted_so_far, total_expected))
 
-    archiver = None
-    if archive is not None:
+    archivers: dict[str, Archiver] = {}
+    if any(targets.values()):
         # The integration point of the cold tier: between listing what has
         # expired and deleting it, the archiver writes and records the files
-        # (on PostgreSQL it deletes through recorder_prune_delete, which
-        # re-checks every row).
-        from recorder.archive.archiver import Archiver
+        # (on PostgreSQL it deletes through recorder_prune_delete_archived,
+        # which re-checks every row and that its file is written).
+        from recorder.archive.archiver import ArchiveProgress, Archiver, recover
 
         assert report.run_id is not None
-        archiver = Archiver(run.engine, archive, run_id=report.run_id)
-        report.archive = archiver.progress
-        archiver.recover(run.conditions, batch_size, on_deleted)
+        report.archive = ArchiveProgress()
+        made: dict[str, Archiver] = {}
+        for name, options in targets.items():
+            if options is not None:
+                key = str(options.path)
+                if key not in made:
+                    made[key] = Archiver(
+                        run.engine, options, run_id=report.run_id, progress=report.archive
+                    )
+                archivers[name] = made[key]
+        recover(run.engine, list(made.values()), archivers, run.conditions, batch_size, on_deleted)
     for name in policies:
         if stopped or expected[name] == 0:
             continue
+        archiver = archivers.get(name)
         if archiver is not None:
             stopped = archiver.prune_policy(
                 name,
@@ -555,6 +600,41 @@ def _prune_locked(
     report.held = sum(run.count(name, held=True) for name in policies)
     report.skipped = sum(run.count(name, held=False) for name in policies)
     report.status = "stopped" if stopped else "completed"
+
+
+def _archive_targets(
+    run: _Run, policies: list[str], archive: ArchiveOptions | None
+) -> dict[str, ArchiveOptions | None]:
+    """Policy name -> where the run archives what it expires (None: deleted unarchived).
+
+    ``archive.directory`` (the command line's ``--archive``, or
+    ``RECORDER_ARCHIVE_DIR``) for every policy; otherwise the policy's own
+    directory. Raises :class:`ArchiveRequired` for a policy that requires an
+    archive that cannot be written.
+    """
+    targets: dict[str, ArchiveOptions | None] = {}
+    for name in policies:
+        required = run.archive_dirs.get(name)
+        if archive is not None and archive.directory is not None:
+            targets[name] = archive
+            continue
+        if required is None:
+            targets[name] = None
+            continue
+        try:
+            check_archive_dir(required)
+            from recorder.archive.archiver import ArchiveOptions
+
+            defaults = archive if archive is not None else ArchiveOptions(None)
+            targets[name] = ArchiveOptions(
+                required, file_rows=defaults.file_rows, partition=defaults.partition
+            )
+        except RecorderError as exc:
+            raise ArchiveRequired(
+                f"retention policy {name} requires archiving before delete (to {required}), "
+                f"and this run cannot archive: {exc}; nothing was deleted"
+            ) from exc
+    return targets
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ reader (auditors, reports, ``recorder verify``)
     ``SELECT`` on every recorder table, nothing else.
 pruner (``recorder prune``)
     ``EXECUTE`` on the database-side prune functions (``recorder_prune_*``,
-    installed by migration 0007, owned by the schema owner, ``SECURITY
+    installed by migrations 0007 and 0008, owned by the schema owner, ``SECURITY
     DEFINER``) and ``SELECT`` on policies, holds and the prune log; no
     ``DELETE`` on ``envelopes``, no write on any log (``SELECT`` on
     ``envelopes`` and writes on the archive manifest serve ``prune
@@ -80,6 +80,8 @@ DELETE_GUARD_TRIGGER = "envelopes_deletion_is_logged"
 INTERNAL_FUNCTIONS = (
     "recorder_prune_check_run(integer, boolean)",
     "recorder_prune_where(integer, text)",
+    "recorder_prune_requires_archive(integer, text)",
+    "recorder_prune_remove(integer, text, text[])",
 )
 
 RECORDER_TABLES = (

@@ -207,6 +207,12 @@ retention_policies = Table(
     ),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column(
+        "archive_dir",
+        Text,
+        comment="when set, what the policy expires is archived (here, unless the prune "
+        "names another archive) before it is deleted; never deleted unarchived",
+    ),
     CheckConstraint("keep_seconds > 0", name="keep_positive"),
 )
 

@@ -675,7 +675,7 @@ def delete_pruned_sqlite() -> Delete:
     return sa.delete(envelopes).where(envelopes.c.envelope_id.in_(_ids_param()))
 
 
-# -- prune on PostgreSQL: calls of the database-side functions (migration 0007)
+# -- prune on PostgreSQL: calls of the database-side functions (migrations 0007, 0008)
 #
 # They run as the schema owner (SECURITY DEFINER) and apply the run's policies
 # and the legal holds themselves, so a pruner role needs EXECUTE on them and
@@ -687,6 +687,7 @@ PRUNER_FUNCTIONS: tuple[str, ...] = (
     "recorder_prune_locked_out(boolean, text, text, text)",
     "recorder_prune_candidates(integer, text, timestamp with time zone, text, integer)",
     "recorder_prune_delete(integer, text, text[])",
+    "recorder_prune_delete_archived(integer, text, text, text, text[])",
     "recorder_prune_batch(integer, text, timestamp with time zone, text, integer)",
     "recorder_prune_count(integer, text, boolean)",
     "recorder_prune_finish(integer, text, bigint, bigint, text, jsonb)",
@@ -738,6 +739,23 @@ def prune_delete(*, run_id: int, policy_name: str, envelope_ids: list[str]) -> s
     call = sa.func.recorder_prune_delete(
         run_id,
         policy_name,
+        sa.bindparam("ids", envelope_ids, type_=postgresql.ARRAY(sa.Text)),
+    ).table_valued(sa.column("envelope_id", sa.Text), sa.column("received_at", UTCDateTime))
+    return sa.select(call.c.envelope_id, call.c.received_at)
+
+
+def prune_delete_archived(
+    *, run_id: int, policy_name: str, archive_id: str, file_name: str, envelope_ids: list[str]
+) -> sa.Select[Any]:
+    """:func:`prune_delete` for envelopes in an archive file the manifest has as ``written``.
+
+    The one way to delete under a policy that requires archiving (migration 0008).
+    """
+    call = sa.func.recorder_prune_delete_archived(
+        run_id,
+        policy_name,
+        archive_id,
+        file_name,
         sa.bindparam("ids", envelope_ids, type_=postgresql.ARRAY(sa.Text)),
     ).table_valued(sa.column("envelope_id", sa.Text), sa.column("received_at", UTCDateTime))
     return sa.select(call.c.envelope_id, call.c.received_at)

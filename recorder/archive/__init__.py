@@ -1,7 +1,8 @@
 """The cold tier: envelopes written to Parquet files before a prune deletes them.
 
 ``recorder prune --archive DIR`` (:func:`recorder.retention.prune` with
-``archive=ArchiveOptions(DIR)``) archives before it deletes;
+``archive=ArchiveOptions(DIR)``), or a prune of a policy set with
+``retention set --archive DIR``, archives before it deletes;
 ``recorder archive query|export`` reads the files with DuckDB;
 ``recorder verify --archive DIR`` checks them against the manifest and the
 prune log. Needs the ``archive`` extra (pyarrow and DuckDB).

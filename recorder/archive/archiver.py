@@ -63,8 +63,10 @@ def _now() -> dt.datetime:
 class ArchiveOptions:
     """Where and how ``prune`` archives before it deletes."""
 
-    directory: str | Path
-    """The archive directory (created, with its marker, on first use)."""
+    directory: str | Path | None
+    """The archive directory (created, with its marker, on first use). None, for
+    :func:`recorder.retention.prune`: each policy's own ``archive_dir``, with these
+    options' file size and partitioning."""
     file_rows: int = DEFAULT_FILE_ROWS
     """At most this many envelopes per Parquet file."""
     partition: str = "month"
@@ -78,7 +80,15 @@ class ArchiveOptions:
                 f"unknown archive partition {self.partition!r}; choose one of {', '.join(PARTITIONS)}"
             )
         # Before any run starts: a missing extra is an error, not a failed run.
-        deps.pyarrow()
+        if self.directory is not None:
+            deps.pyarrow()
+
+    @property
+    def path(self) -> Path:
+        """The directory as an absolute path (what tells two archives apart in a run)."""
+        if self.directory is None:
+            raise ArchiveError("no archive directory was given")
+        return Path(self.directory).expanduser().absolute()
 
 
 @dataclass(slots=True)
@@ -96,86 +106,84 @@ class ArchiveProgress:
 class Archiver:
     """Archive-then-delete for one prune run (made by :func:`recorder.retention.prune`)."""
 
-    def __init__(self, engine: Engine, options: ArchiveOptions, *, run_id: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        options: ArchiveOptions,
+        *,
+        run_id: int,
+        progress: ArchiveProgress | None = None,
+    ) -> None:
         self.engine = engine
         self.options = options
         self.run_id = run_id
-        marker = Path(options.directory).expanduser() / MARKER
+        self.directory = options.path
         # Made on first use: a run with nothing to archive leaves no trace.
-        self._archive = open_archive(options.directory) if marker.exists() else None
-        self.progress = ArchiveProgress()
+        self._archive = open_archive(self.directory) if (self.directory / MARKER).exists() else None
+        self.progress = progress if progress is not None else ArchiveProgress()
+        """Shared by every archiver of a run (one per archive directory)."""
         self._sequence = 0
 
     @property
     def archive(self) -> ArchiveDir:
         if self._archive is None:
-            self._archive = open_archive(self.options.directory, create=True)
+            self._archive = open_archive(self.directory, create=True)
         return self._archive
+
+    @property
+    def archive_id(self) -> str | None:
+        """The archive's id, or None while its directory has no archive yet."""
+        return None if self._archive is None else self._archive.archive_id
 
     # -- finishing what an interrupted run left
 
-    def recover(
+    def recover_entry(
         self,
+        entry: manifest.ManifestEntry,
         plans: Mapping[str, Conditions],
         batch_size: int,
         on_deleted: Callable[[str, int], None],
     ) -> None:
-        """Finish every file an interrupted run left in this archive.
-
-        Raises
-        ------
-        ArchiveError
-            Another archive has unfinished files (run prune with that
-            directory first), or a written file's bytes changed since.
-        """
-        this = None if self._archive is None else self._archive.archive_id
-        unfinished = manifest.entries(self.engine, states=manifest.UNFINISHED)
-        others = [e for e in unfinished if e.archive_id != this]
-        if others:
-            raise ArchiveError(
-                f"archive {others[0].archive_id} has an unfinished file ({others[0].file_name}); "
-                "run `recorder prune --archive` with that archive's directory first"
-            )
-        for entry in unfinished:
-            path = self.archive.file_path(entry.file_name)
-            if entry.state == manifest.WRITING:
-                if not path.exists():
-                    remove_quietly(self.archive.temp_path(entry.file_name))
-                    manifest.mark_abandoned(
-                        self.engine,
-                        archive_id=entry.archive_id,
-                        file_name=entry.file_name,
-                        at=_now(),
-                    )
-                    self.progress.abandoned.append(entry.file_name)
-                    continue
-                # Renamed into place, so complete and fsynced: adopt it.
-                manifest.mark_written(
+        """Finish one file of this archive that an interrupted run left (see :func:`recover`)."""
+        path = self.archive.file_path(entry.file_name)
+        if entry.state == manifest.WRITING:
+            if not path.exists():
+                remove_quietly(self.archive.temp_path(entry.file_name))
+                manifest.mark_abandoned(
                     self.engine,
                     archive_id=entry.archive_id,
                     file_name=entry.file_name,
-                    stats=read_stats(path),
                     at=_now(),
                 )
-            elif not path.exists():
-                raise ArchiveError(
-                    f"{path} is in the manifest as written but is not there; "
-                    "its envelopes are still in the database: restore the file and run again"
-                )
-            else:
-                _, digest = file_sha256(path)
-                if digest != entry.file_sha256:
-                    raise ArchiveError(
-                        f"{path} changed since it was written (SHA-256 {digest}, "
-                        f"manifest {entry.file_sha256}); its envelopes were not deleted"
-                    )
-            conditions = plans.get(entry.policy_name)
-            deleted = self._delete_file(
-                entry.file_name, entry.policy_name, conditions, read_ids(path), batch_size
+                self.progress.abandoned.append(entry.file_name)
+                return
+            # Renamed into place, so complete and fsynced: adopt it.
+            manifest.mark_written(
+                self.engine,
+                archive_id=entry.archive_id,
+                file_name=entry.file_name,
+                stats=read_stats(path),
+                at=_now(),
             )
-            if deleted:
-                on_deleted(entry.policy_name, deleted)
-            self.progress.recovered.append(entry.file_name)
+        elif not path.exists():
+            raise ArchiveError(
+                f"{path} is in the manifest as written but is not there; "
+                "its envelopes are still in the database: restore the file and run again"
+            )
+        else:
+            _, digest = file_sha256(path)
+            if digest != entry.file_sha256:
+                raise ArchiveError(
+                    f"{path} changed since it was written (SHA-256 {digest}, "
+                    f"manifest {entry.file_sha256}); its envelopes were not deleted"
+                )
+        conditions = plans.get(entry.policy_name)
+        deleted = self._delete_file(
+            entry.file_name, entry.policy_name, conditions, read_ids(path), batch_size
+        )
+        if deleted:
+            on_deleted(entry.policy_name, deleted)
+        self.progress.recovered.append(entry.file_name)
 
     # -- archiving a policy's expired envelopes
 
@@ -350,11 +358,16 @@ class Archiver:
                 ).rowcount
             else:
                 # The database-side function re-checks each id against the
-                # run's policy and the holds, deletes, logs and counts it.
+                # run's policy and the holds, and that the file is written,
+                # then deletes, logs and counts it.
                 deleted = len(
                     conn.execute(
-                        statements.prune_delete(
-                            run_id=self.run_id, policy_name=policy_name, envelope_ids=ids
+                        statements.prune_delete_archived(
+                            run_id=self.run_id,
+                            policy_name=policy_name,
+                            archive_id=self.archive.archive_id,
+                            file_name=file_name,
+                            envelope_ids=ids,
                         )
                     ).all()
                 )
@@ -368,6 +381,46 @@ class Archiver:
                     at=_now(),
                 )
         return int(deleted)
+
+
+def recover(
+    engine: Engine,
+    archivers: list[Archiver],
+    targets: Mapping[str, Archiver],
+    plans: Mapping[str, Conditions],
+    batch_size: int,
+    on_deleted: Callable[[str, int], None],
+) -> None:
+    """Finish every file an interrupted run left, each by the archiver of its archive.
+
+    A file's policy must archive to that same archive in this run (so what a
+    run removes under a policy is in one archive, which ``recorder verify
+    --archive`` relies on); a file of a policy the run no longer has is
+    finished without deleting anything.
+
+    Raises
+    ------
+    ArchiveError
+        An archive this run does not use (or does not use for that file's
+        policy) has unfinished files: run prune with that directory first;
+        or a written file's bytes changed since.
+    """
+    by_id = {a.archive_id: a for a in archivers if a.archive_id is not None}
+    for entry in manifest.entries(engine, states=manifest.UNFINISHED):
+        archiver = by_id.get(entry.archive_id)
+        target = targets.get(entry.policy_name)
+        if entry.policy_name in plans and target is not None:
+            archiver = archiver if target is archiver else None
+        elif entry.policy_name in plans:
+            archiver = None
+        if archiver is None:
+            where = by_id[entry.archive_id].directory if entry.archive_id in by_id else None
+            raise ArchiveError(
+                f"archive {entry.archive_id}{f' ({where})' if where else ''} has an unfinished "
+                f"file ({entry.file_name}) of policy {entry.policy_name}, which this run does not "
+                "archive there; run `recorder prune --archive` with that archive's directory first"
+            )
+        archiver.recover_entry(entry, plans, batch_size, on_deleted)
 
 
 class _ReadAhead:

@@ -9,8 +9,8 @@ Names, each on a line of its own:
 * **MODIFIED** envelope -- its archived text no longer has the digest beside
   it (and no logged erasure leads from that digest to the text's), or that digest is not the one the prune log (and, once sealed, the
   seal) recorded when it was deleted;
-* **MISSING** envelope -- removed by an archiving prune run but in no
-  readable file of the archive;
+* **MISSING** envelope -- removed by an archiving prune run, under a policy
+  it archived here, but in no readable file of the archive;
 * **UNACCOUNTED** envelope -- in the archive, but no prune logged its removal
   and the live database does not hold it (planted: a file and its manifest
   row rewritten together).
@@ -104,7 +104,16 @@ def verify_archive(engine: Engine, directory: str | Path) -> ArchiveVerifyReport
     listed = {e.file_name: e for e in entries if e.state in (manifest.WRITTEN, manifest.COMPLETE)}
     report.files = len(listed)
     readable = _check_files(archive, listed, report)
-    runs = sorted({e.deleted_by_run_id for e in listed.values() if e.deleted_by_run_id is not None})
+    # What a run removed under a policy whose files it completed here: a run
+    # may also delete other policies' envelopes unarchived, or into another
+    # archive (a policy's own archive directory), and those are not this one's.
+    runs = sorted(
+        {
+            (e.deleted_by_run_id, e.policy_name)
+            for e in listed.values()
+            if e.deleted_by_run_id is not None
+        }
+    )
     con = connect(archive, files=readable)
     try:
         _check_texts(engine, con, report)
@@ -194,7 +203,9 @@ def _check_texts(engine: Engine, con: Any, report: ArchiveVerifyReport) -> None:
         )
 
 
-def _check_pruned(engine: Engine, con: Any, runs: list[int], report: ArchiveVerifyReport) -> None:
+def _check_pruned(
+    engine: Engine, con: Any, runs: list[tuple[int, str]], report: ArchiveVerifyReport
+) -> None:
     """Merge, in envelope-id byte order, the archive with what archiving runs removed."""
     # DuckDB, PostgreSQL's "C" collation, SQLite and Python all order by code point.
     archived = _archived_digests(con)
@@ -272,7 +283,9 @@ def _archived_digests(con: Any) -> Iterator[tuple[str, str]]:
         yield from batch
 
 
-def _pruned_digests(engine: Engine, runs: list[int]) -> Iterator[tuple[str, str, str | None]]:
+def _pruned_digests(
+    engine: Engine, runs: list[tuple[int, str]]
+) -> Iterator[tuple[str, str, str | None]]:
     if not runs:
         return
     p = pruned_envelopes.c
@@ -284,7 +297,7 @@ def _pruned_digests(engine: Engine, runs: list[int]) -> Iterator[tuple[str, str,
     key = p.envelope_id if is_sqlite(engine) else p.envelope_id.collate("C")
     stmt = (
         sa.select(p.envelope_id, p.envelope_sha256, sealed)
-        .where(p.prune_run_id.in_(runs))
+        .where(sa.tuple_(p.prune_run_id, p.policy_name).in_(runs))
         .order_by(key)
     )
     with storage_errors("reading the prune log"), read_only(engine) as conn:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import click
@@ -61,6 +62,14 @@ def retention_group() -> None:
     show_default=True,
     help="Among matching policies the highest priority decides (ties: first name).",
 )
+@click.option(
+    "--archive",
+    "archive_dir",
+    metavar="DIR",
+    help="Archive what this policy expires to DIR (stored as an absolute path) before "
+    "deleting it; `recorder prune` then archives it by default, and never deletes it "
+    "unarchived. Needs the archive extra where prune runs.",
+)
 @actor_option
 @click.pass_obj
 def retention_set(
@@ -73,15 +82,26 @@ def retention_set(
     envelope_type: str | None,
     event_type: str | None,
     priority: int,
+    archive_dir: str | None,
     actor: str | None,
 ) -> None:
     """Create or replace the retention policy NAME.
 
+    With --archive DIR, every envelope the policy expires is written to the
+    Parquet archive in DIR before it is deleted (a relative DIR is taken
+    from the current directory and stored absolute). `recorder prune
+    --archive OTHER` or RECORDER_ARCHIVE_DIR archive to OTHER instead; no
+    prune deletes them unarchived, and the database-side prune functions
+    (pg_cron) leave them alone.
+
     \b
     Example:
       recorder retention set dms --keep 30d --channel D0123ABCD --priority 10
+      recorder retention set default --keep 90d --archive /srv/recorder-archive
     """
     period = keep
+    if archive_dir is not None and archive_dir.strip():
+        archive_dir = str(Path(archive_dir).expanduser().absolute())
     with open_engine(settings) as engine:
         existed = any(p.name == name for p in retention.list_policies(engine))
         policy = retention.set_policy(
@@ -94,12 +114,14 @@ def retention_set(
             envelope_type=envelope_type,
             event_type=event_type,
             priority=priority,
+            archive_dir=archive_dir,
             actor=actor,
         )
     click.echo(
         f"{'updated' if existed else 'created'} policy {policy.name}: keep "
         f"{_format_keep(policy.keep)} of {_describe_match(policy.match())}, "
         f"priority {policy.priority}"
+        + (f", archived to {policy.archive_dir}" if policy.archive_dir else "")
     )
 
 
@@ -124,10 +146,16 @@ def retention_list(settings: Settings, fmt: str) -> None:
         click.echo("no retention policies: every envelope is kept")
         return
     rows = [
-        (p.name, _format_keep(p.keep), str(p.priority), _describe_match(p.match()))
+        (
+            p.name,
+            _format_keep(p.keep),
+            str(p.priority),
+            _describe_match(p.match()),
+            p.archive_dir or "-",
+        )
         for p in policies
     ]
-    for line in table_lines(("NAME", "KEEP", "PRIORITY", "MATCH"), rows):
+    for line in table_lines(("NAME", "KEEP", "PRIORITY", "MATCH", "ARCHIVE"), rows):
         click.echo(line)
 
 
@@ -310,7 +338,8 @@ def hold_release(settings: Settings, name: str, actor: str | None) -> None:
     envvar="RECORDER_ARCHIVE_DIR",
     show_envvar=True,
     help="Write each envelope to a Parquet file in DIR (fsynced, in the manifest) before "
-    "deleting it. Needs the archive extra.",
+    "deleting it, whatever the policies say; overrides each policy's own --archive "
+    "directory. Needs the archive extra.",
 )
 @click.option(
     "--archive-file-rows",
@@ -347,16 +376,21 @@ def prune_command(
     With --archive DIR (or RECORDER_ARCHIVE_DIR), nothing is deleted before
     it is in a complete, fsynced Parquet file recorded in the archive
     manifest; a run that was interrupted is finished by the next one.
+    Without either, the envelopes of a policy set with `retention set
+    --archive DIR` are archived to its DIR, and only those. Precedence:
+    --archive, then RECORDER_ARCHIVE_DIR, then the policy's directory. A
+    policy with an archive directory is never pruned unarchived: when the
+    archive cannot be written (the extra is missing) the run fails before
+    deleting anything.
 
     Example: recorder prune --max-seconds 3000 --archive /srv/recorder-archive
     """
-    archive = None
-    if archive_dir:
-        from recorder.archive import ArchiveOptions
+    from recorder.archive import ArchiveOptions
 
-        archive = ArchiveOptions(
-            archive_dir, file_rows=archive_file_rows, partition=archive_partition
-        )
+    # No directory here: each policy's own (retention set --archive), if any.
+    archive = ArchiveOptions(
+        archive_dir or None, file_rows=archive_file_rows, partition=archive_partition
+    )
     with open_engine(settings, must_exist=True) as engine, ExitStack() as stack:
         bar: Any = None
         shown = 0

@@ -20,7 +20,9 @@ from recorder.engine import create_engine
 from tests.integration.archive_fixtures import fill
 
 
-def run(url: str, *args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    url: str, *args: str, pythonpath: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
     env["RECORDER_DATABASE_URL"] = url
     if pythonpath:
@@ -30,6 +32,7 @@ def run(url: str, *args: str, pythonpath: str | None = None) -> subprocess.Compl
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
         timeout=120,
     )
 
@@ -165,3 +168,47 @@ def test_without_the_extra_the_error_names_it(tmp_path: Path) -> None:
     assert one_error(result) == (
         "error: duckdb is not installed; install it with: pip install 'envelope-recorder[archive]'"
     )
+
+
+def test_a_policy_archive_directory_from_the_command_line(tmp_path: Path) -> None:
+    """retention set --archive: stored absolute, listed, used by a plain prune, never skipped."""
+    url = f"sqlite:///{tmp_path / 'recorder.db'}"
+    engine = create_engine(url)
+    try:
+        db.upgrade(engine)
+        fill(engine, 30)
+    finally:
+        engine.dispose()
+    directory = tmp_path / "cold"
+    created = run(
+        url, "retention", "set", "default", "--keep", "30d", "--archive", "cold", cwd=tmp_path
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == (
+        f"created policy default: keep 30d of everything, priority 0, archived to {directory}"
+    )
+    listed = ok(url, "retention", "list").splitlines()
+    assert listed[0].split() == ["NAME", "KEEP", "PRIORITY", "MATCH", "ARCHIVE"]
+    assert listed[1].split() == ["default", "30d", "0", "everything", str(directory)]
+    (described,) = json.loads(ok(url, "retention", "list", "--format", "json"))
+    assert described["archive_dir"] == str(directory)
+
+    # Without the archive extra the policy's envelopes are not deleted: an error, and nothing gone.
+    blocked = tmp_path / "blocked"
+    (blocked / "pyarrow").mkdir(parents=True)
+    (blocked / "pyarrow" / "__init__.py").write_text("raise ImportError('no pyarrow here')\n")
+    line = one_error(run(url, "prune", pythonpath=str(blocked)))
+    assert line == (
+        f"error: retention policy default requires archiving before delete (to {directory}), "
+        "and this run cannot archive: pyarrow is not installed; install it with: "
+        "pip install 'envelope-recorder[archive]'; nothing was deleted"
+    )
+    engine = create_engine(url)
+    try:
+        assert len(list(audit.query_envelopes(engine, audit.QuerySpec()))) == 30
+    finally:
+        engine.dispose()
+
+    pruned = ok(url, "prune")
+    assert "deleted 30 envelopes; held 0; skipped 0; archived 30 envelopes in" in pruned
+    assert "archive OK" in ok(url, "verify", "--archive", str(directory))

@@ -216,7 +216,8 @@ def test_retention_hold_and_prune_commands(database_url: str) -> None:
     assert log.count("completed") == 3
     assert "(dry run)  would delete" in log
     policies = ok(database_url, "retention", "list").splitlines()
-    assert policies[0].split() == ["NAME", "KEEP", "PRIORITY", "MATCH"]
+    assert policies[0].split() == ["NAME", "KEEP", "PRIORITY", "MATCH", "ARCHIVE"]
+    assert all(line.split()[-1] == "-" for line in policies[1:]), "no policy archives"
 
     missing = run(database_url, "hold", "release", "nope")
     assert missing.returncode == 1
