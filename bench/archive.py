@@ -14,8 +14,10 @@ What it does, in one run (not part of CI; needs the ``archive`` extra):
    JSON text's (``octet_length(envelope_text)``).
 3. **Prune**: policy ``keep 30d`` (about half expire). The database is cloned
    (``CREATE DATABASE ... TEMPLATE``) so both contenders start from the same
-   rows: plain ``prune`` on one clone, ``prune(archive=...)`` on the other,
-   each in batches of 5,000. Rows per second of each, and their ratio.
+   rows: plain ``prune`` on one clone; on the other the policy is given an
+   archive directory (``retention set --archive``) and ``prune`` runs with no
+   archive option, as a scheduled prune would; each in batches of 5,000.
+   Rows per second of each, and their ratio.
 4. **Archive bytes** per archived envelope (every Parquet file), against the
    JSON text and against PostgreSQL's bytes per envelope.
 5. **Query**: every archived envelope of one channel over one month, through
@@ -153,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
+    parser.add_argument(
+        "--name", default="recorder_archive", help="prefix of the scratch databases' names"
+    )
     args = parser.parse_args(argv)
 
-    name = f"recorder_archive_{os.getpid()}"
+    name = f"{args.name}_{os.getpid()}"
     plain, archiving = f"{name}_plain", f"{name}_arch"
     url = database_url(args.postgres, name)
     plain_url, arch_url = database_url(args.postgres, plain), database_url(args.postgres, archiving)
     directory = Path(tempfile.mkdtemp(prefix="recorder-archive-bench-")) / "archive"
-    results: dict[str, Any] = {"rows": args.rows}
+    results: dict[str, Any] = {"rows": args.rows, "uptime_before": os.getloadavg()}
     admin(args.postgres, f'CREATE DATABASE "{name}"')
     try:
         db.upgrade(url)
@@ -181,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["plain_prune"] = run_prune(plain_url, None)
         print(f"plain prune: {results['plain_prune']}", flush=True)
-        results["archive_prune"] = run_prune(arch_url, ArchiveOptions(directory))
+        # The scheduled path: the policy's own archive directory, no option.
+        engine = create_engine(arch_url)
+        retention.set_policy(engine, "all", keep="30d", archive_dir=directory, actor="bench")
+        engine.dispose()
+        results["archive_prune"] = run_prune(arch_url, None)
         print(f"prune --archive: {results['archive_prune']}", flush=True)
         results["archive_vs_plain_rows_per_s"] = (
             results["archive_prune"]["rows_per_s"] / results["plain_prune"]["rows_per_s"]
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
             )
             shutil.rmtree(directory.parent, ignore_errors=True)
+    results["uptime_after"] = os.getloadavg()
     print(json.dumps(results, indent=2, default=str))
     return 0
 
