@@ -77,8 +77,9 @@ def test_two_processes_behind_one_postgresql_handle_each_event_once(
             if len(lines) >= len(expected):
                 break
             time.sleep(0.1)
-        time.sleep(0.5)
     finally:
+        # Each process exits once its stdin closes, after Bolt's listener threads
+        # finish: a second run of any event is in the log read below.
         for process in processes:
             process.stdin.close()  # type: ignore[union-attr]
         for process in processes:
