@@ -33,6 +33,7 @@ from recorder.slack.spool import Spool
 from recorder.testing import SocketModeSimulator
 from tests.integration.doc_snippets import (
     block,
+    console_commands,
     console_steps,
     sh,
     shell_env,
@@ -491,8 +492,16 @@ def test_retention_cold_tier_walk_through_runs_as_written(tmp_path: Path) -> Non
     record_at(url, dt.datetime(2025, 1, 10, tzinfo=UTC), january)
     record_at(url, dt.datetime(2024, 12, 10, tzinfo=UTC), [message(20, channel="C0123ABCD")])
     record_at(url, dt.datetime.now(UTC), [message(30, channel="C0123ABCD")])
-    results = run_steps(block("docs/retention.md", "console", RETENTION_COLD), tmp_path, url)
-    _, pruned, query, export, _, imported, verified = results
+    text = block("docs/retention.md", "console", RETENTION_COLD)
+    results = dict(zip(console_commands(text), run_steps(text, tmp_path, url), strict=True))
+
+    def step(prefix: str) -> subprocess.CompletedProcess[str]:
+        (result,) = [r for command, r in results.items() if command.startswith(prefix)]
+        return result
+
+    pruned, query = step("recorder prune"), step("recorder archive query")
+    export = step("recorder archive export archive --channel C0123ABCD")
+    imported, verified = step("recorder import"), step("recorder verify --archive")
     assert "archived 9 envelopes" in pruned.stdout
     rows = [line.split() for line in query.stdout.splitlines()]
     assert ["C0123ABCD", "6"] in rows
