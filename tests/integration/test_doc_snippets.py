@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder.adapters.sql import SQLEventBuffer
-from tests.integration import test_doc_slack, test_doc_walkthroughs
+from tests.integration import test_doc_roles, test_doc_slack, test_doc_walkthroughs
 from tests.integration.doc_snippets import (
     block,
     blocks,
@@ -62,7 +62,7 @@ NOT_RUN = {
 }
 
 #: Modules that run blocks of the pages, each with ``RUNS``: (page, first line) pairs.
-OTHER_RUNNERS = (test_doc_slack, test_doc_walkthroughs)
+OTHER_RUNNERS = (test_doc_roles, test_doc_slack, test_doc_walkthroughs)
 
 RUN_HERE: dict[tuple[str, str], str] = {}
 
