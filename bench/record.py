@@ -47,7 +47,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,22 @@ from recorder.envelope import (
     parse_envelope,
     parse_envelope_text,
 )
-from recorder.importer import import_envelopes
+from recorder.import_lines import Chunk, ChunkOptions, prepare_chunk
+from recorder.importer import ImportParsers, import_envelopes
 from recorder.statements import RECORD_COLUMNS
 
 BATCH = 500
 _serial = itertools.count()
 
 
-def realistic_envelope(n: int) -> dict[str, Any]:
-    """A Socket Mode events_api envelope carrying a channel message, as Slack sends it."""
+def realistic_envelope(n: int, *, blocks: bool = True) -> dict[str, Any]:
+    """A Socket Mode events_api envelope carrying a channel message, as Slack sends it.
+
+    About 1.8 KB of JSON with the message's rich-text blocks, about 1 KB without.
+    """
     unique = f"{uuid.uuid4().hex}{next(_serial)}"
     ts = f"{1_780_000_000 + n}.{n % 1_000_000:06d}"
-    return {
+    data: dict[str, Any] = {
         "envelope_id": f"{unique[:8]}-{unique[8:12]}-{unique[12:16]}-{unique[16:20]}-{unique[20:32]}",
         "type": "events_api",
         "accepts_response_payload": False,
@@ -153,10 +158,13 @@ def realistic_envelope(n: int) -> dict[str, Any]:
             "event_context": "4-eyJldCI6Im1lc3NhZ2UiLCJ0aWQiOiJUMDEyM0FCQ0RFRiIsImFpZCI6IkEwNDU2R0hJSktMIiwiY2lkIjoiQzAwMDAwMDAwMDEifQ",
         },
     }
+    if not blocks:
+        del data["payload"]["event"]["blocks"]
+    return data
 
 
-def envelope_lines(count: int) -> list[bytes]:
-    return [json.dumps(realistic_envelope(i)).encode() + b"\n" for i in range(count)]
+def envelope_lines(count: int, *, blocks: bool = True) -> list[bytes]:
+    return [json.dumps(realistic_envelope(i, blocks=blocks)).encode() + b"\n" for i in range(count)]
 
 
 # -- raw-driver baselines
@@ -193,8 +201,9 @@ def _sqlite_time(value: dt.datetime) -> str:
 
 
 class RawPostgres:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, batch: int = BATCH) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
+        self.batch = batch
 
     def record(self, envelope: dict[str, Any]) -> bool:
         parsed = parse_envelope(envelope["envelope_id"], envelope, redaction=DEFAULT_REDACTION)
@@ -203,11 +212,11 @@ class RawPostgres:
 
     def import_lines(self, lines: Sequence[bytes]) -> int:
         new = 0
-        for start in range(0, len(lines), BATCH):
+        for start in range(0, len(lines), self.batch):
             received_at = _now()
             rows = [
                 _raw_row(parse_envelope_text(line[:-1], redaction=DEFAULT_REDACTION), received_at)
-                for line in lines[start : start + BATCH]
+                for line in lines[start : start + self.batch]
             ]
             with self.conn.transaction(), self.conn.cursor() as cursor:
                 cursor.executemany(PG_INSERT, rows, returning=False)
@@ -219,7 +228,8 @@ class RawPostgres:
 
 
 class RawSQLite:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, batch: int = BATCH) -> None:
+        self.batch = batch
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         for pragma in (
             "PRAGMA busy_timeout = 30000",
@@ -244,10 +254,10 @@ class RawSQLite:
 
     def import_lines(self, lines: Sequence[bytes]) -> int:
         new = 0
-        for start in range(0, len(lines), BATCH):
+        for start in range(0, len(lines), self.batch):
             received_at = _sqlite_time(_now())
             rows = []
-            for line in lines[start : start + BATCH]:
+            for line in lines[start : start + self.batch]:
                 row = _raw_row(parse_envelope_text(line[:-1], redaction=DEFAULT_REDACTION), _now())
                 rows.append(tuple(received_at if isinstance(v, dt.datetime) else v for v in row))
             self.conn.execute("BEGIN IMMEDIATE")
@@ -271,14 +281,32 @@ Step = Callable[[list[Any]], int]
 """Runs a slice of prepared inputs through one path; returns how many were new."""
 
 RECORD_SLICE = 50
-IMPORT_SLICE = 5 * BATCH  # several batches, so the import's overlap shows
 
 
-def steps(buffer: SQLEventBuffer, raw: RawPostgres | RawSQLite) -> dict[str, Step]:
+@dataclass(frozen=True)
+class ImportSetup:
+    """How the import pair runs: batch size (both sides), the workers, the envelopes."""
+
+    batch: int = BATCH
+    parsers: ImportParsers | None = None
+    """Started once per run (as raw's connection is): ``import`` reuses them."""
+    blocks: bool = True
+    """Rich-text blocks in the envelopes: about 1.8 KB each with them, 1 KB without."""
+
+    @property
+    def slice(self) -> int:
+        return 5 * self.batch  # several batches, so the import's overlap shows
+
+
+def steps(
+    buffer: SQLEventBuffer, raw: RawPostgres | RawSQLite, setup: ImportSetup
+) -> dict[str, Step]:
     return {
         "record": lambda envs: sum(buffer.record(e["envelope_id"], e).value == "new" for e in envs),
         "raw-record": lambda envs: sum(raw.record(e) for e in envs),
-        "import": lambda lines: import_envelopes(buffer, lines, batch_size=BATCH).new,
+        "import": lambda lines: (
+            import_envelopes(buffer, lines, batch_size=setup.batch, parsers=setup.parsers).new
+        ),
         "raw-import": raw.import_lines,
     }
 
@@ -312,23 +340,25 @@ def run_backend(
     n: int,
     n_import: int,
     rounds: int,
+    setup: ImportSetup,
 ) -> dict[str, Any]:
-    run = steps(buffer, raw)
+    run = steps(buffer, raw, setup)
 
     def envelopes(count: int) -> list[Any]:
         return [realistic_envelope(i) for i in range(count)]
 
     def lines(count: int) -> list[Any]:
-        return list(envelope_lines(count))
+        return list(envelope_lines(count, blocks=setup.blocks))
 
     plan = {
         ("record", "raw-record"): (envelopes, n, RECORD_SLICE),
-        ("import", "raw-import"): (lines, n_import, IMPORT_SLICE),
+        ("import", "raw-import"): (lines, n_import, setup.slice),
     }
+    plan = {pair: how for pair, how in plan.items() if how[1] > 0}
     # Warm-up: connections, prepared statements, caches.
     for (ours, theirs), (make, _, slice_) in plan.items():
         _time_pair(run[ours], run[theirs], make, min(2 * slice_, 1000), slice_, False)
-    results: dict[str, list[float]] = {key: [] for key in run}
+    results: dict[str, list[float]] = {key: [] for pair in plan for key in pair}
     for r in range(rounds):
         for (ours, theirs), (make, count, slice_) in plan.items():
             a, b = _time_pair(run[ours], run[theirs], make, count, slice_, r % 2 == 1)
@@ -340,11 +370,74 @@ def run_backend(
             file=sys.stderr,
         )
     summary: dict[str, Any] = {k: statistics.median(v) for k, v in results.items()}
-    for ours, theirs in PAIRS:
+    for ours, theirs in plan:
         ratios = [a / b for a, b in zip(results[ours], results[theirs], strict=True)]
         summary[f"{ours}/{theirs}"] = statistics.median(ratios)
         summary[f"{ours}/{theirs} range"] = (min(ratios), max(ratios))
     return summary
+
+
+def copy_formats(buffer: SQLEventBuffer, n: int, setup: ImportSetup) -> dict[str, Any]:
+    """The write side of one batch, COPY text (as the import sends it) against COPY BINARY.
+
+    Both get the same parsed envelopes, batches alternating. Text: the rows
+    the workers build (:func:`recorder.copy_rows.copy_row`), joined and sent.
+    Binary: psycopg's C dumpers format each row (in the writing process, as a
+    binary path would), into the same staging table. Both then run the same
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
+    """
+    from recorder import statements
+    from recorder.adapters.sql import utc_now
+
+    options = ChunkOptions(buffer.max_envelope_bytes, buffer.redaction, "now", "copy")
+    text_batches, binary_batches = [], []
+    for start in range(0, n, setup.batch):
+        count = min(setup.batch, n - start)
+        text_batches.append(
+            prepare_chunk(Chunk(1, envelope_lines(count, blocks=setup.blocks)), options).rows
+        )
+        binary_batches.append(
+            [
+                parse_envelope_text(line[:-1], redaction=DEFAULT_REDACTION)
+                for line in envelope_lines(count, blocks=setup.blocks)
+            ]
+        )
+    types = ["text", "text", "timestamptz", *["text"] * 7, "int4", "text", "text", "text", "text"]
+    copy_binary = statements.COPY_INTO_IMPORT_STAGING + " (FORMAT BINARY)"
+    elapsed = {"text": 0.0, "binary": 0.0}
+    engine = buffer.engine
+    for text_rows, parsed in zip(text_batches, binary_batches, strict=True):
+        t = time.perf_counter()
+        assert buffer.import_rows(text_rows, handled=True) == len(text_rows)
+        elapsed["text"] += time.perf_counter() - t
+        t = time.perf_counter()
+        now = utc_now()
+        with engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            with raw.cursor() as cursor:
+                cursor.execute(statements.CREATE_IMPORT_STAGING)
+                with cursor.copy(copy_binary) as copy:
+                    copy.set_types(types)
+                    for p in parsed:
+                        c = p.columns
+                        copy.write_row(
+                            (
+                                p.envelope_id, c["envelope_type"], None, c["team_id"],
+                                c["enterprise_id"], c["api_app_id"], c["event_id"],
+                                c["event_type"], c["channel_id"], c["user_id"],
+                                c["retry_attempt"], c["retry_reason"],
+                                None if p.queryable_text is p.text else p.queryable_text,
+                                p.text, p.sha256,
+                            )
+                        )  # fmt: skip
+                cursor.execute(
+                    statements.INSERT_FROM_IMPORT_STAGING,
+                    {"now": now, "status": "done", "completed_at": now},
+                )
+                assert cursor.rowcount == len(parsed)
+        elapsed["binary"] += time.perf_counter() - t
+    return {"copy-text": n / elapsed["text"], "copy-binary": n / elapsed["binary"]}
 
 
 @contextmanager
@@ -380,8 +473,14 @@ def report(name: str, summary: dict[str, Any], n: int, n_import: int, rounds: in
         f"\n{name}: median of {rounds} interleaved rounds ({n} records, {n_import} imported per round)"
     )
     for key in ("record", "raw-record", "import", "raw-import"):
-        print(f"  {key:<11} {summary[key]:>10,.0f} envelopes/s")
+        if key in summary:
+            print(f"  {key:<11} {summary[key]:>10,.0f} envelopes/s")
+    for key in ("copy-text", "copy-binary"):
+        if key in summary:
+            print(f"  {key:<11} {summary[key]:>10,.0f} envelopes/s (write side only)")
     for ours, theirs in PAIRS:
+        if ours not in summary:
+            continue
         low, high = summary[f"{ours}/{theirs} range"]
         print(
             f"  {ours + ' / ' + theirs:<23} {summary[f'{ours}/{theirs}']:.2f}x"
@@ -402,29 +501,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--import-n", type=int, default=None, help="envelopes imported per round (default 5 x n)"
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--import-batch", type=int, default=BATCH, help="envelopes per transaction, both sides"
+    )
+    parser.add_argument(
+        "--import-jobs",
+        type=int,
+        default=2,
+        help="worker processes of the import path (1: parse in the importing process)",
+    )
+    parser.add_argument(
+        "--import-envelope",
+        choices=("1k", "1.8k"),
+        default="1k",
+        help="imported envelopes without (about 1 KB) or with (1.8 KB) rich-text blocks",
+    )
+    parser.add_argument(
+        "--copy-formats",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time COPY text against COPY binary on N prepared envelopes (PostgreSQL)",
+    )
     args = parser.parse_args(argv)
     if not args.postgres and not args.sqlite:
         parser.error("give --postgres URL and/or --sqlite PATH")
-    n_import = args.import_n or 5 * args.n
+    n_import = args.import_n if args.import_n is not None else 5 * args.n
+    blocks = args.import_envelope == "1.8k"
     size = statistics.mean(len(line) for line in envelope_lines(100))
-    print(f"envelope size: {size:,.0f} bytes of JSON on average; batch {BATCH}")
-    if args.postgres:
-        with scratch_postgres(args.postgres) as url:
-            db.upgrade(url)
-            raw = RawPostgres(url)
-            with SQLEventBuffer(url) as buffer:
-                summary = run_backend("postgresql", buffer, raw, args.n, n_import, args.rounds)
-            raw.close()
-        report("PostgreSQL", summary, args.n, n_import, args.rounds)
-    if args.sqlite:
-        with scratch_sqlite(args.sqlite) as path:
-            url = f"sqlite:///{path}"
-            db.upgrade(url)
-            raw_lite = RawSQLite(path)
-            with SQLEventBuffer(url) as buffer:
-                summary = run_backend("sqlite", buffer, raw_lite, args.n, n_import, args.rounds)
-            raw_lite.close()
-        report("SQLite", summary, args.n, n_import, args.rounds)
+    import_size = statistics.mean(len(line) for line in envelope_lines(100, blocks=blocks))
+    print(
+        f"envelope size: record {size:,.0f}, import {import_size:,.0f} bytes of JSON on average;"
+        f" import batch {args.import_batch}, {args.import_jobs} import job(s)"
+    )
+    with ExitStack() as stack:
+        parsers = (
+            stack.enter_context(ImportParsers(args.import_jobs)) if args.import_jobs > 1 else None
+        )
+        setup = ImportSetup(args.import_batch, parsers, blocks)
+        if args.postgres:
+            with scratch_postgres(args.postgres) as url:
+                db.upgrade(url)
+                raw = RawPostgres(url, args.import_batch)
+                with SQLEventBuffer(url) as buffer:
+                    summary = run_backend(
+                        "postgresql", buffer, raw, args.n, n_import, args.rounds, setup
+                    )
+                    if args.copy_formats:
+                        summary.update(copy_formats(buffer, args.copy_formats, setup))
+                raw.close()
+            report("PostgreSQL", summary, args.n, n_import, args.rounds)
+        if args.sqlite:
+            with scratch_sqlite(args.sqlite) as path:
+                url = f"sqlite:///{path}"
+                db.upgrade(url)
+                raw_lite = RawSQLite(path, args.import_batch)
+                with SQLEventBuffer(url) as buffer:
+                    summary = run_backend(
+                        "sqlite", buffer, raw_lite, args.n, n_import, args.rounds, setup
+                    )
+                raw_lite.close()
+            report("SQLite", summary, args.n, n_import, args.rounds)
     return 0
 
 

@@ -8,8 +8,9 @@ What it does, in one run (a few minutes; not part of CI):
 
 1. **Load** ``--rows`` (default 1,000,000) realistic envelopes into a scratch
    database through the import path (:func:`recorder.importer.import_envelopes`
-   over JSON Lines, i.e. ``SQLEventBuffer.record_many``: COPY into a staging
-   table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``), spread evenly
+   over JSON Lines: worker processes parse, then ``SQLEventBuffer.import_rows``
+   COPYs into a staging table and runs ``INSERT ... SELECT ... ON CONFLICT DO
+   NOTHING``), spread evenly
    over the last 60 days (the buffer's clock advances one step per batch).
    500 channels, 5,000 users, three teams; events_api (message, app_mention,
    reaction_added), slash commands and interactive payloads; 1% retries.
@@ -36,6 +37,16 @@ What it does, in one run (a few minutes; not part of CI):
    and ``recorder.verify.verify`` of everything; each as rows/s and as a ratio
    to the baseline in the same run. ``--walk`` also times verify's row-by-row
    Python walk (``server_side=False``; slow, for small runs).
+
+**The scaling curve** (``--curve 100000,1000000``) instead loads each size
+into a fresh database through the import path (timed: ``--jobs`` worker
+processes parse, COPY writes), then times the channel/day query (median of
+20), ``seal`` and ``verify`` of every row, and a batched prune of the rows
+older than 30 days (about half, a writer process recording meanwhile), and
+prints a table: seconds and rows/s per step at each size, how much each
+step's time grew against the rows (linear: as much; the query: flat), and a
+linear extrapolation to ``--extrapolate`` rows (10,000,000 by default),
+labelled as not measured.
 
 ``--sections`` picks what runs (default all: ``query,stats,seal,prune``);
 ``--database NAME`` reuses a database an earlier ``--keep`` run loaded (no
@@ -205,13 +216,13 @@ class SteppingClock:
         return self.now
 
 
-def load(url: str, rows: int, now: dt.datetime) -> float:
+def load(url: str, rows: int, now: dt.datetime, jobs: int = 2) -> float:
     batches = -(-rows // IMPORT_BATCH)
     clock = SteppingClock(now - SPAN_DAYS * DAY, SPAN_DAYS * DAY / batches)
     engine = create_engine(url)
     started = time.perf_counter()
     with SQLEventBuffer(engine, clock=clock) as buffer:
-        report = import_envelopes(buffer, envelope_lines(rows), batch_size=IMPORT_BATCH)
+        report = import_envelopes(buffer, envelope_lines(rows), batch_size=IMPORT_BATCH, jobs=jobs)
     elapsed = time.perf_counter() - started
     engine.dispose()
     assert report.new == rows, report.summary()
@@ -435,6 +446,87 @@ def run_seal_and_verify(url: str, now: dt.datetime, walk: bool) -> dict[str, Any
     return out
 
 
+CURVE_STEPS = ("import", "seal", "verify", "prune")
+"""The steps of the scaling curve whose cost should grow linearly with the rows."""
+
+
+def curve_point(server: str, rows: int, jobs: int) -> dict[str, Any]:
+    """One size of the scaling curve, in a database of its own, dropped afterwards.
+
+    Import (the load, timed: parse on ``jobs`` workers, COPY), then the
+    channel/day query, seal and verify of every row, and a batched prune of
+    the rows older than 30 days (about half), each timed once.
+    """
+    name = f"recorder_curve_{os.getpid()}_{rows}"
+    url = database_url(server, name)
+    admin(server, f'CREATE DATABASE "{name}"')
+    point: dict[str, Any] = {"rows": rows}
+    try:
+        db.upgrade(url)
+        now = dt.datetime.now(UTC)
+        seconds = load(url, rows, now, jobs)
+        point["import"] = {"seconds": seconds, "rows_per_s": rows / seconds}
+        print(f"  {rows:,}: import {seconds:.1f} s ({rows / seconds:,.0f}/s)", flush=True)
+        with psycopg.connect(libpq(url), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE envelopes")
+        engine = create_engine(url)
+        day = (now - 10 * DAY).replace(hour=0, minute=0, second=0, microsecond=0)
+        spec = audit.QuerySpec(channel_id="C00042", since=day, until=day + DAY)
+        found = len(list(audit.query_envelopes(engine, spec)))
+        runs = timed(lambda: list(audit.query_envelopes(engine, spec)), 20)
+        point["query"] = {"rows": found, "median_ms": 1000 * statistics.median(runs)}
+        print(f"  {rows:,}: query {point['query']}", flush=True)
+        sealed = run_seal_and_verify(url, now, walk=False)
+        point["seal"], point["verify"] = sealed["seal"], sealed["verify"]
+        point["sha256_scan"] = sealed["sha256_scan"]
+        retention.set_policy(engine, "all", keep="30d", actor="bench")
+        engine.dispose()
+        pruned = run_batched_prune(url, retention.DEFAULT_BATCH_SIZE)
+        point["prune"] = {
+            "rows": pruned["deleted"],
+            "seconds": pruned["seconds"],
+            "rows_per_s": pruned["rows_per_s"],
+            "writer_p99_ms": pruned["writer"]["p99_ms"],
+        }
+        print(f"  {rows:,}: prune {point['prune']}", flush=True)
+    finally:
+        admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return point
+
+
+def curve_table(points: list[dict[str, Any]], extrapolate_to: int) -> str:
+    """Markdown: seconds per step at each size, growth per 10x, and a linear extrapolation."""
+    lines = [
+        "| rows | import | seal | verify | prune (rows older than 30 days) "
+        "| channel/day query, median |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in points:
+        cells = [f"{p[s]['seconds']:.1f} s ({p[s]['rows_per_s']:,.0f}/s)" for s in CURVE_STEPS]
+        lines.append(
+            f"| {p['rows']:,} | " + " | ".join(cells) + f" | {p['query']['median_ms']:.1f} ms |"
+        )
+    last = points[-1]
+    factor = extrapolate_to / last["rows"]
+    cells = [f"about {last[s]['seconds'] * factor / 60:,.0f} min" for s in CURVE_STEPS]
+    lines.append(
+        f"| {extrapolate_to:,} (extrapolated from {last['rows']:,}, not measured) | "
+        + " | ".join(cells)
+        + " | flat (an index range scan) |"
+    )
+    if len(points) > 1:
+        first = points[0]
+        growth = last["rows"] / first["rows"]
+        cells = [f"{last[s]['seconds'] / first[s]['seconds']:.1f}x" for s in CURVE_STEPS]
+        query = last["query"]["median_ms"] / first["query"]["median_ms"]
+        lines.append(
+            f"| time growth for {growth:.0f}x the rows (linear: {growth:.0f}x) | "
+            + " | ".join(cells)
+            + f" | {query:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -448,7 +540,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", help="reuse this loaded database (implies --keep)")
     parser.add_argument("--sections", default="query,stats,seal,prune")
     parser.add_argument("--walk", action="store_true", help="also time verify's Python walk")
+    parser.add_argument(
+        "--curve",
+        metavar="ROWS,ROWS",
+        help="the scaling curve instead: import, query, seal, verify and prune at each size "
+        "(e.g. 100000,1000000), each in a fresh database, then a linear extrapolation",
+    )
+    parser.add_argument("--extrapolate", type=int, default=10_000_000, metavar="ROWS")
+    parser.add_argument("--jobs", type=int, default=2, help="import worker processes")
     args = parser.parse_args(argv)
+    if args.curve:
+        points = []
+        for rows in (int(r) for r in args.curve.split(",")):
+            print(f"curve: {rows:,} envelopes ...", flush=True)
+            points.append(curve_point(args.postgres, rows, args.jobs))
+        print(json.dumps(points, indent=1, default=str))
+        print(curve_table(points, args.extrapolate))
+        return 0
     sections = set(args.sections.split(","))
     if args.database:
         args.keep = True
@@ -465,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         now = dt.datetime.now(UTC)
         if not args.database:
             print(f"loading {args.rows:,} envelopes through the import path ...", flush=True)
-            seconds = load(url, args.rows, now)
+            seconds = load(url, args.rows, now, args.jobs)
             results["load"] = {"seconds": seconds, "rows_per_s": args.rows / seconds}
             print(f"  {seconds:.1f} s, {args.rows / seconds:,.0f} rows/s", flush=True)
         with psycopg.connect(libpq(url), autocommit=True) as conn:

@@ -1,173 +1,85 @@
 """Bulk import of JSON Lines, as ``recorder import`` does it.
 
-A line is either a plain envelope, whose exact text (the line without its
-line ending) becomes ``envelope_text``, or an archive record as ``recorder
-query --format archive`` writes it (``received_at``, ``envelope_id``,
-``envelope_sha256``, ``envelope_text``): the exact text is stored with its own
-``received_at``, after its digest is checked. Both kinds may be mixed in one
-file, and both go through the buffer's own parser (strict JSON, size limit,
-redaction), as ``record`` does.
+Each line is parsed by :mod:`recorder.import_lines` (a plain envelope, or an
+archive record from ``recorder query --format archive``), through the
+buffer's own parser (strict JSON, size limit, redaction), as ``record`` does.
 
 Imported envelopes are an archive, not work: they are stored as already
 handled, so no bot's recovery ever dispatches them, unless the caller asks for
 ``pending`` (a backfill that bots should handle).
 
-Valid lines are recorded in batches through :meth:`SQLEventBuffer.record_many`
-(the same ``ON CONFLICT DO NOTHING`` dedupe as ``record``: a line seen before,
-or a retry carrying a known ``event_id``, counts as a duplicate). A malformed
-line is rejected with its line number and never costs the valid lines around it.
+The input is cut into chunks of at most ``batch_size`` lines. With ``jobs``
+above 1, worker processes parse, redact and hash the chunks (the CPU work),
+and return finished rows (:mod:`recorder.copy_rows`: COPY text on
+PostgreSQL); this process reads the input and writes the rows, one
+transaction per chunk, strictly in input order, through
+:meth:`SQLEventBuffer.import_rows` (the same ``ON CONFLICT DO NOTHING`` dedupe
+as ``record``: a line seen before, in an earlier chunk, the same chunk or the
+database, or a retry carrying a known ``event_id``, counts as a duplicate, and
+the first line wins). Only a few chunks are in flight at once, so memory does
+not grow with the input. A malformed line is rejected with its line number and
+never costs the valid lines around it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
+import contextlib
+import itertools
+import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Final
 
-from recorder.adapters.sql import SQLEventBuffer
-from recorder.envelope import (
-    DEFAULT_MAX_ENVELOPE_BYTES,
-    ParsedEnvelope,
-    Redaction,
-    loads_strict,
-    parse_envelope,
-    parse_envelope_text,
-)
 from recorder.errors import InvalidEnvelope, SchemaMissing, StorageUnavailable
+from recorder.import_lines import (
+    ARCHIVE_FIELDS,
+    RECEIVED_AT_CHOICES,
+    Chunk,
+    ChunkOptions,
+    ImportItem,
+    PreparedChunk,
+    ReceivedAt,
+    event_time,
+    parse_line,
+    parse_received_at,
+    prepare_chunk,
+    worker_ready,
+)
+
+if TYPE_CHECKING:  # the worker processes import this module's pool, never SQLAlchemy
+    from recorder.adapters.sql import SQLEventBuffer
+
+__all__ = [
+    "ARCHIVE_FIELDS",
+    "DEFAULT_BATCH_SIZE",
+    "MAX_KEPT_ERRORS",
+    "RECEIVED_AT_CHOICES",
+    "ImportItem",
+    "ImportParsers",
+    "ImportReport",
+    "ReceivedAt",
+    "event_time",
+    "import_envelopes",
+    "parse_line",
+    "parse_received_at",
+]
 
 DEFAULT_BATCH_SIZE = 500
 #: Rejections beyond this many are counted but their messages are not kept.
 MAX_KEPT_ERRORS = 10_000
-
-UTC = dt.timezone.utc
-
-ReceivedAt = Literal["now", "event-time"]
-"""Where a plain envelope's ``received_at`` comes from: the import's own time,
-or ``payload.event_time`` when the envelope has one (a backfill)."""
-RECEIVED_AT_CHOICES: tuple[str, ...] = get_args(ReceivedAt)
-
-#: The fields of an archive record, in the order ``recorder query --format archive`` writes them.
-ARCHIVE_FIELDS: tuple[str, ...] = ("received_at", "envelope_id", "envelope_sha256", "envelope_text")
-_ARCHIVE_MARKER = b'"envelope_text"'
-# JSON escaping can make an archive record up to six times its envelope, plus the other fields.
-_ARCHIVE_OVERHEAD = 4096
+#: A chunk also ends once its lines reach this many bytes, so that a file of
+#: large envelopes keeps the same memory bound as one of small ones.
+CHUNK_BYTES = 8 * 1024 * 1024
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of input bytes consumed since the previous call."""
 
 ErrorCallback = Callable[[int, str], None]
 """Called with the line number (from 1) and the reason, as each line is rejected."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImportItem:
-    """One parsed line: the envelope, and when it was received if the line says so."""
-
-    parsed: ParsedEnvelope
-    received_at: dt.datetime | None
-    """From an archive record or ``payload.event_time``; ``None`` means the import's time."""
-
-
-def parse_line(
-    raw: bytes,
-    *,
-    max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
-    redaction: Redaction | None = None,
-    received_at: ReceivedAt = "now",
-) -> ImportItem:
-    """Parse one JSON Lines record (no line ending): a plain envelope or an archive record.
-
-    No I/O: the import's parse step, shared by every way of writing the batch.
-
-    Raises
-    ------
-    InvalidEnvelope
-        The line cannot be stored; the message says why (for an archive
-        record whose digest is wrong: ``envelope_sha256 does not match
-        envelope_text``).
-    """
-    if _ARCHIVE_MARKER in raw:
-        archived = _archive_record(raw, max_bytes)
-        if archived is not None:
-            return _parse_archived(archived, max_bytes=max_bytes, redaction=redaction)
-    parsed = parse_envelope_text(raw, max_bytes=max_bytes, redaction=redaction)
-    at = event_time(parsed.data) if received_at == "event-time" else None
-    return ImportItem(parsed, at)
-
-
-def _archive_record(raw: bytes, max_bytes: int) -> dict[str, Any] | None:
-    """The decoded line when it is an archive record (it has ``envelope_text``), else None."""
-    if len(raw) > 6 * max_bytes + _ARCHIVE_OVERHEAD:
-        return None  # too large either way: the envelope parser says so, with sizes
-    try:
-        data = loads_strict(raw.decode("utf-8"))
-    except (InvalidEnvelope, UnicodeDecodeError):
-        return None  # not JSON: the envelope parser gives the precise reason
-    if not isinstance(data, dict) or "envelope_text" not in data:
-        return None
-    return data
-
-
-def _parse_archived(
-    record: dict[str, Any], *, max_bytes: int, redaction: Redaction | None
-) -> ImportItem:
-    unknown = sorted(set(record) - set(ARCHIVE_FIELDS))
-    if unknown:
-        raise InvalidEnvelope(f"archive record has unknown fields: {', '.join(unknown)}")
-    for name in ("received_at", "envelope_sha256", "envelope_text"):
-        if not isinstance(record.get(name), str):
-            raise InvalidEnvelope(f"archive record needs {name} as a string")
-    text: str = record["envelope_text"]
-    try:
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    except UnicodeEncodeError as exc:
-        raise InvalidEnvelope("envelope_text has a lone surrogate; it is not UTF-8 text") from exc
-    if digest != record["envelope_sha256"]:
-        raise InvalidEnvelope("envelope_sha256 does not match envelope_text")
-    at = parse_received_at(record["received_at"])
-    if "envelope_id" in record:
-        parsed = parse_envelope(
-            record["envelope_id"], text, max_bytes=max_bytes, redaction=redaction
-        )
-    else:
-        parsed = parse_envelope_text(text, max_bytes=max_bytes, redaction=redaction)
-    return ImportItem(parsed, at)
-
-
-def parse_received_at(value: str) -> dt.datetime:
-    """An archive's ``received_at``: ISO 8601 with a UTC offset, returned in UTC."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        at = dt.datetime.fromisoformat(text)
-        utc = at.astimezone(UTC) if at.tzinfo is not None else None
-    except (ValueError, OverflowError) as exc:
-        raise InvalidEnvelope(
-            f"received_at {value!r} is not an ISO 8601 time within years 1-9999"
-        ) from exc
-    if utc is None:
-        raise InvalidEnvelope(f"received_at {value!r} has no UTC offset")
-    return utc
-
-
-# Slack's event_time is whole seconds since the epoch; beyond these a value is not a time.
-_EVENT_TIME_RANGE = (0, 253402300799)  # 1970-01-01 .. 9999-12-31T23:59:59Z
-
-
-def event_time(data: dict[str, Any]) -> dt.datetime | None:
-    """``payload.event_time`` as a UTC time, or None when absent or not a plausible time."""
-    payload = data.get("payload")
-    value = payload.get("event_time") if isinstance(payload, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not _EVENT_TIME_RANGE[0] <= value <= _EVENT_TIME_RANGE[1]:
-        return None
-    return dt.datetime.fromtimestamp(value, UTC)
 
 
 @dataclass(slots=True)
@@ -213,6 +125,8 @@ def import_envelopes(
     on_error: ErrorCallback | None = None,
     pending: bool = False,
     received_at: ReceivedAt = "now",
+    jobs: int = 1,
+    parsers: ImportParsers | None = None,
 ) -> ImportReport:
     """Record every envelope in ``lines`` (JSON Lines), in batches.
 
@@ -226,7 +140,8 @@ def import_envelopes(
         object will do). Blank lines are skipped. Plain envelopes and archive
         records (see :func:`parse_line`) may be mixed.
     batch_size
-        Envelopes per transaction.
+        Lines per chunk, so at most this many envelopes per transaction
+        (fewer when the chunk's lines pass :data:`CHUNK_BYTES`).
     on_progress, on_error
         Optional callbacks for progress (bytes consumed) and each rejected line.
     pending
@@ -237,6 +152,15 @@ def import_envelopes(
         ``"now"`` (the import's time) or ``"event-time"`` (``payload.event_time``
         where present, else now) for plain envelopes. Archive records always
         keep their own ``received_at``.
+    jobs
+        Worker processes that parse the lines; 1 parses in this process
+        (while a thread writes the previous batch). Above 1, the first
+        chunks are parsed here while the workers start, and an input of two
+        chunks or fewer never starts them. Ignored when ``parsers`` is given.
+        See :class:`ImportParsers` for the ``__main__`` guard a script needs.
+    parsers
+        Worker processes to reuse (:class:`ImportParsers`), for a caller that
+        imports many inputs; the import leaves them running.
 
     Returns
     -------
@@ -251,10 +175,18 @@ def import_envelopes(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
     if received_at not in RECEIVED_AT_CHOICES:
         raise ValueError(f"received_at must be one of {', '.join(RECEIVED_AT_CHOICES)}")
     report = ImportReport(pending=pending)
     lock = threading.Lock()
+    options = ChunkOptions(
+        max_bytes=buffer.max_envelope_bytes,
+        redaction=buffer.redaction,
+        received_at=received_at,
+        row_format=buffer.import_row_format,
+    )
 
     def reject(line_no: int, reason: str) -> None:
         with lock:
@@ -264,59 +196,155 @@ def import_envelopes(
             if on_error is not None:
                 on_error(line_no, reason)
 
-    def write(batch: list[tuple[int, ImportItem]]) -> None:
-        new, duplicate = _record_batch(buffer, batch, reject, handled=not pending)
+    def write(ready: PreparedChunk) -> None:
+        new, duplicate = _record_batch(buffer, ready, reject, handled=not pending)
         with lock:
             report.new += new
             report.duplicate += duplicate
 
-    batch: list[tuple[int, ImportItem]] = []
-    pending_bytes = 0
-    with _BatchWriter(write) as writer:
-        for line_no, raw in enumerate(lines, start=1):
-            pending_bytes += len(raw)
-            text = _strip_line_ending(raw)
-            if not text or text.isspace():
-                continue
-            try:
-                item = parse_line(
-                    text,
-                    max_bytes=buffer.max_envelope_bytes,
-                    redaction=buffer.redaction,
-                    received_at=received_at,
-                )
-            except InvalidEnvelope as exc:
-                reject(line_no, str(exc))
-                continue
-            batch.append((line_no, item))
-            if len(batch) >= batch_size:
-                writer.submit(batch)
-                batch = []
-                if on_progress is not None:
-                    on_progress(pending_bytes)
-                    pending_bytes = 0
-        if batch:
-            writer.submit(batch)
-    if on_progress is not None and pending_bytes:
-        on_progress(pending_bytes)
+    chunks = _chunks(lines, batch_size)
+    if parsers is not None:
+        prepared = parsers.prepare(chunks, options)
+    elif jobs > 1:
+        prepared = _prepare_with_own_workers(chunks, options, jobs)
+    else:
+        prepared = (prepare_chunk(chunk, options) for chunk in chunks)
+    # closing: an error leaves the loop early, and the workers must stop then too.
+    with contextlib.closing(prepared), _BatchWriter(write) as writer:
+        for ready in prepared:
+            for line_no, reason in ready.errors:
+                reject(line_no, reason)
+            if ready.rows:
+                writer.submit(ready)
+            if on_progress is not None:
+                on_progress(ready.size)
     return report
 
 
-class _BatchWriter:
-    """Records batches on one background thread, in order, while the caller parses the next.
+#: Inputs of at most this many chunks are parsed in the importing process:
+#: starting worker processes costs more than parsing them.
+_INLINE_CHUNKS = 2
 
-    Parsing is CPU work in this process and recording mostly waits on the
-    database, so overlapping them is where a bulk import gains over a plain
-    loop. At most two batches wait in the queue (bounded memory). The first
-    error the writer meets stops it, and is raised in the caller at the next
-    :meth:`submit` or on leaving the ``with`` block.
+
+def _prepare_with_own_workers(
+    chunks: Iterator[Chunk], options: ChunkOptions, jobs: int
+) -> Generator[PreparedChunk, None, None]:
+    """Prepared chunks, in order, from workers started for this import.
+
+    A new interpreter takes a second or more to start on a loaded machine, so
+    this process parses the first chunks itself until the workers are up,
+    and a small input never starts them at all.
+    """
+    first = list(itertools.islice(chunks, _INLINE_CHUNKS + 1))
+    if len(first) <= _INLINE_CHUNKS:
+        for chunk in first:
+            yield prepare_chunk(chunk, options)
+        return
+    rest = itertools.chain(first, chunks)
+    with ImportParsers(jobs) as workers:
+        for chunk in rest:
+            yield prepare_chunk(chunk, options)
+            if workers.ready():
+                break
+        yield from workers.prepare(rest, options)
+
+
+def _chunks(lines: Iterable[bytes], batch_size: int) -> Iterator[Chunk]:
+    """The input as consecutive chunks of at most ``batch_size`` lines (and about CHUNK_BYTES)."""
+    first = 1
+    batch: list[bytes] = []
+    size = 0
+    for raw in lines:
+        batch.append(raw)
+        size += len(raw)
+        if len(batch) >= batch_size or size >= CHUNK_BYTES:
+            yield Chunk(first, batch)
+            first += len(batch)
+            batch = []
+            size = 0
+    if batch:
+        yield Chunk(first, batch)
+
+
+class ImportParsers:
+    """Worker processes that parse, redact and hash chunks of lines for an import.
+
+    Parameters
+    ----------
+    jobs
+        How many processes; the number of cores is the useful most (the
+        importing process itself mostly waits on the database).
+
+    Chunks come back in input order. At most two per worker are in flight,
+    so a large input is never read far ahead of what is stored. Workers are
+    started fresh (``spawn``): a fork would copy this process's database
+    connections and threads. As with any ``spawn`` pool, a script that starts
+    one must guard its own work with ``if __name__ == "__main__":`` (each
+    worker imports the main module). Close when done (or use as a context
+    manager).
+    """
+
+    #: Chunks in flight per worker: one being parsed, one waiting, so no worker idles.
+    WINDOW_PER_JOB: Final = 2
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.jobs = jobs
+        self._pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        # One task per worker starts them all now, in the background.
+        self._started = [self._pool.submit(worker_ready) for _ in range(jobs)]
+        self._used = False
+
+    def ready(self) -> bool:
+        """Whether every worker has started (:meth:`prepare` works either way)."""
+        return all(started.done() for started in self._started)
+
+    def prepare(
+        self, chunks: Iterable[Chunk], options: ChunkOptions
+    ) -> Generator[PreparedChunk, None, None]:
+        """:func:`~recorder.import_lines.prepare_chunk` over ``chunks``, in order, in parallel."""
+        window: deque[Future[PreparedChunk]] = deque()
+        try:
+            for chunk in chunks:
+                self._used = True
+                window.append(self._pool.submit(prepare_chunk, chunk, options))
+                if len(window) >= self.WINDOW_PER_JOB * self.jobs:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+    def close(self) -> None:
+        # Workers that never got a chunk (the input ended while they started)
+        # are left to exit on their own: waiting for an interpreter to finish
+        # starting would only delay the caller.
+        self._pool.shutdown(wait=self._used, cancel_futures=True)
+
+    def __enter__(self) -> ImportParsers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _BatchWriter:
+    """Records batches on one background thread, in order, while the caller prepares the next.
+
+    Preparing is CPU work (in this process or the workers) and recording
+    mostly waits on the database, so overlapping them is where a bulk import
+    gains over a plain loop. At most two batches wait in the queue (bounded
+    memory). The first error the writer meets stops it, and is raised in the
+    caller at the next :meth:`submit` or on leaving the ``with`` block.
     """
 
     _DONE: Final = None
 
-    def __init__(self, write: Callable[[list[tuple[int, ImportItem]]], None]) -> None:
+    def __init__(self, write: Callable[[PreparedChunk], None]) -> None:
         self._write = write
-        self._queue: queue.Queue[list[tuple[int, ImportItem]] | None] = queue.Queue(2)
+        self._queue: queue.Queue[PreparedChunk | None] = queue.Queue(2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="recorder-import", daemon=True)
 
@@ -324,7 +352,7 @@ class _BatchWriter:
         self._thread.start()
         return self
 
-    def submit(self, batch: list[tuple[int, ImportItem]]) -> None:
+    def submit(self, batch: PreparedChunk) -> None:
         self._raise_error()
         self._queue.put(batch)
 
@@ -350,38 +378,24 @@ class _BatchWriter:
             self._raise_error()
 
 
-def _strip_line_ending(raw: bytes) -> bytes:
-    if raw.endswith(b"\r\n"):
-        return raw[:-2]
-    if raw.endswith((b"\n", b"\r")):
-        return raw[:-1]
-    return raw
-
-
 def _record_batch(
     buffer: SQLEventBuffer,
-    batch: list[tuple[int, ImportItem]],
+    batch: PreparedChunk,
     reject: ErrorCallback,
     *,
     handled: bool,
 ) -> tuple[int, int]:
     """Record one batch; return (new, duplicate)."""
-    first_line = batch[0][0]
     try:
-        new = buffer.record_many(
-            [item.parsed for _, item in batch],
-            received_at=[item.received_at for _, item in batch],
-            handled=handled,
-        )
+        new = buffer.import_rows(batch.rows, handled=handled)
     except InvalidEnvelope:
-        # The database refused a value somewhere in the batch: find the line
-        # one envelope at a time so the others are still recorded.
+        # The database refused a value somewhere in the batch (jsonb cannot
+        # hold 1e1000000): find the line one row at a time, in order, so the
+        # others are still recorded and the first of repeated lines still wins.
         new = duplicate = 0
-        for line_no, item in batch:
+        for line_no, row in zip(batch.row_lines, batch.rows, strict=True):
             try:
-                new_one = buffer.record_many(
-                    [item.parsed], received_at=[item.received_at], handled=handled
-                )
+                new_one = buffer.import_rows([row], handled=handled)
             except InvalidEnvelope as exc:
                 reject(line_no, str(exc))
                 continue
@@ -392,7 +406,7 @@ def _record_batch(
         raise
     except StorageUnavailable as exc:
         raise StorageUnavailable(
-            f"import stopped at line {first_line}: {exc}; the lines before it are recorded "
-            "(its own batch may be too), and importing the file again is safe"
+            f"import stopped at line {batch.row_lines[0]}: {exc}; the lines before it are "
+            "recorded (its own batch may be too), and importing the file again is safe"
         ) from exc
-    return new, len(batch) - new
+    return new, len(batch.rows) - new

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Delete, Insert, ReturningDelete, Update
 
+from recorder import copy_rows
 from recorder.envelope import MAX_COLUMN_LENGTH, MAX_ENVELOPE_ID_LENGTH, ParsedEnvelope
 from recorder.schema import (
     DONE,
@@ -39,23 +40,7 @@ from recorder.schema import (
 )
 
 #: Columns written on record, in the order the COPY import path sends them.
-RECORD_COLUMNS: tuple[str, ...] = (
-    "envelope_id",
-    "envelope_type",
-    "received_at",
-    "team_id",
-    "enterprise_id",
-    "api_app_id",
-    "event_id",
-    "event_type",
-    "channel_id",
-    "user_id",
-    "retry_attempt",
-    "retry_reason",
-    "envelope",
-    "envelope_text",
-    "envelope_sha256",
-)
+RECORD_COLUMNS: tuple[str, ...] = copy_rows.STAGED_COLUMNS
 
 
 def record_params(parsed: ParsedEnvelope, received_at: dt.datetime) -> dict[str, Any]:
@@ -273,33 +258,38 @@ def select_dedupe_keys() -> sa.Select[Any]:
 
 # -- bulk import on PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT
 
-IMPORT_STAGING_TABLE = "recorder_import_staging"
+IMPORT_STAGING_TABLE = "recorder_import_rows"
 
 CREATE_IMPORT_STAGING = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {IMPORT_STAGING_TABLE} (
     envelope_id text, envelope_type text, received_at timestamptz, team_id text,
     enterprise_id text, api_app_id text, event_id text, event_type text,
     channel_id text, user_id text, retry_attempt integer, retry_reason text,
-    envelope text, envelope_text text, envelope_sha256 text,
-    status text, completed_at timestamptz
+    envelope text, envelope_text text, envelope_sha256 text
 ) ON COMMIT DELETE ROWS
 """
 
-#: Columns of a COPY row into the staging table, in order.
-IMPORT_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + IMPORT_STATE_COLUMNS
-
-COPY_INTO_IMPORT_STAGING = f"COPY {IMPORT_STAGING_TABLE} ({', '.join(IMPORT_COLUMNS)}) FROM STDIN"
+COPY_INTO_IMPORT_STAGING = (
+    f"COPY {IMPORT_STAGING_TABLE} ({', '.join(copy_rows.STAGED_COLUMNS)}) FROM STDIN"
+)
 
 # No conflict target, as in insert_envelope: both unique keys dedupe, and rows
-# repeated inside one batch are skipped like any other duplicate. The staged
-# ``envelope`` is NULL when the queryable copy equals the exact text (nearly
-# always), so each envelope crosses the wire once.
+# repeated inside one batch are skipped like any other duplicate. The first
+# of them wins: a temporary table just filled by COPY is read back in the
+# order it was written (one backend's local buffers, no synchronized scans).
+# A staged NULL received_at is the time of this write; a NULL envelope means
+# the queryable copy is the exact text.
 _STAGED_VALUES = ", ".join(
-    "COALESCE(envelope, envelope_text)::jsonb" if c == "envelope" else c for c in IMPORT_COLUMNS
+    "COALESCE(envelope, envelope_text)::jsonb"
+    if c == "envelope"
+    else "COALESCE(received_at, %(now)s::timestamptz)"
+    if c == "received_at"
+    else c
+    for c in copy_rows.STAGED_COLUMNS
 )
 INSERT_FROM_IMPORT_STAGING = f"""
-INSERT INTO envelopes ({", ".join(IMPORT_COLUMNS)})
-SELECT {_STAGED_VALUES}
+INSERT INTO envelopes ({", ".join(copy_rows.STAGED_COLUMNS)}, {", ".join(IMPORT_STATE_COLUMNS)})
+SELECT {_STAGED_VALUES}, %(status)s::text, %(completed_at)s::timestamptz
 FROM {IMPORT_STAGING_TABLE}
 ON CONFLICT DO NOTHING
 """

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from sqlalchemy.engine import URL, Engine
 
-from recorder import statements
+from recorder import copy_rows, statements
 from recorder.adapter import ClaimedEnvelope, EnvelopeInput, RecordResult, StoredEnvelope
 from recorder.engine import create_engine, is_sqlite, read_only, storage_errors
 from recorder.envelope import ParsedEnvelope, decode_stored, parse_envelope, validate_envelope_id
@@ -127,9 +127,10 @@ class SQLEventBuffer:
     ) -> int:
         """Record a batch atomically (one transaction); return how many were new.
 
-        Used by ``recorder import``. On PostgreSQL the batch goes through COPY
-        into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
-        NOTHING``; on SQLite through one executemany in ``BEGIN IMMEDIATE``.
+        On PostgreSQL the batch goes through COPY into a temporary table and
+        one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``; on SQLite through
+        one executemany in ``BEGIN IMMEDIATE``. Envelopes repeated in the
+        batch are stored once, the first one.
 
         Parameters
         ----------
@@ -140,64 +141,60 @@ class SQLEventBuffer:
             Store the envelopes as already handled (``done``): recovery never
             dispatches them. By default they are pending, as ``record`` leaves them.
         """
-        if not parsed:
+        given = [None] * len(parsed) if received_at is None else received_at
+        if len(given) != len(parsed):
+            raise ValueError("received_at needs one time per envelope")
+        make_row = copy_rows.copy_row if self.import_row_format == "copy" else copy_rows.bind_row
+        return self.import_rows(
+            [make_row(p, at) for p, at in zip(parsed, given, strict=True)], handled=handled
+        )
+
+    @property
+    def import_row_format(self) -> Literal["copy", "bind"]:
+        """What :meth:`import_rows` takes: ``copy`` rows (PostgreSQL) or ``bind`` rows (SQLite)."""
+        return "bind" if is_sqlite(self._engine) else "copy"
+
+    def import_rows(self, rows: Sequence[Any], *, handled: bool = False) -> int:
+        """Store rows already built by :mod:`recorder.copy_rows`, in one transaction.
+
+        The bulk path under :meth:`record_many` and ``recorder import``, whose
+        worker processes build the rows (:func:`~recorder.copy_rows.copy_row`
+        on PostgreSQL, :func:`~recorder.copy_rows.bind_row` on SQLite, as
+        :attr:`import_row_format` says) from envelopes this buffer's parser
+        accepted, with this buffer's limits and redaction. A row without a
+        ``received_at`` gets now by this buffer's clock. Returns how many
+        were new.
+        """
+        if not rows:
             return 0
         now = self._clock()
-        given = [None] * len(parsed) if received_at is None else received_at
-        times = [now if at is None else at for at in given]
-        if len(times) != len(parsed):
-            raise ValueError("received_at needs one time per envelope")
         state = statements.import_state(handled, now)
-        with storage_errors(f"recording a batch of {len(parsed)} envelopes"):
+        with storage_errors(f"recording a batch of {len(rows)} envelopes"):
             if is_sqlite(self._engine):
                 imported = self._imported
                 assert imported is not None
-                rows = [
-                    imported.bind({**statements.record_params(p, at), **state})
-                    for p, at in zip(parsed, times, strict=True)
+                params = [
+                    imported.bind({**row, "received_at": row["received_at"] or now, **state})
+                    for row in rows
                 ]
                 with self._writes.transaction() as conn:
                     driver = conn.connection.driver_connection
                     assert isinstance(driver, sqlite3.Connection)
-                    return int(driver.executemany(imported.sql, rows).rowcount)
-            return self._copy_batch(parsed, times, state)
+                    return int(driver.executemany(imported.sql, params).rowcount)
+            return self._copy_rows(rows, {"now": now, **state})
 
-    def _copy_batch(
-        self,
-        parsed: Iterable[ParsedEnvelope],
-        received_at: Iterable[dt.datetime],
-        state: dict[str, Any],
-    ) -> int:
+    def _copy_rows(self, rows: Sequence[bytes], params: dict[str, Any]) -> int:
         with self._writes.transaction() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             with raw.cursor() as cursor:
+                if raw.info.encoding != "utf-8":
+                    # The rows are UTF-8 bytes, sent as they are.
+                    cursor.execute("SET LOCAL client_encoding TO 'UTF8'")
                 cursor.execute(statements.CREATE_IMPORT_STAGING)
                 with cursor.copy(statements.COPY_INTO_IMPORT_STAGING) as copy:
-                    for p, at in zip(parsed, received_at, strict=True):
-                        c = p.columns
-                        copy.write_row(
-                            (
-                                p.envelope_id,
-                                c["envelope_type"],
-                                at,
-                                c["team_id"],
-                                c["enterprise_id"],
-                                c["api_app_id"],
-                                c["event_id"],
-                                c["event_type"],
-                                c["channel_id"],
-                                c["user_id"],
-                                c["retry_attempt"],
-                                c["retry_reason"],
-                                None if p.queryable_text is p.text else p.queryable_text,
-                                p.text,
-                                p.sha256,
-                                state["status"],
-                                state["completed_at"],
-                            )
-                        )
-                cursor.execute(statements.INSERT_FROM_IMPORT_STAGING)
+                    copy.write(b"".join(rows))
+                cursor.execute(statements.INSERT_FROM_IMPORT_STAGING, params)
                 return int(cursor.rowcount)
 
     def seen(self, envelope_id: str) -> bool:

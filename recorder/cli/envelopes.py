@@ -44,9 +44,21 @@ from recorder.settings import Settings
     help="For plain envelopes: the import's time, or payload.event_time where present "
     "(a backfill lands on its own days). Archive records keep their own time.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes that parse, redact and hash the lines  [default: the number of CPUs]. "
+    "1 parses in the importing process.",
+)
 @click.pass_obj
 def import_command(
-    settings: Settings, file: BinaryIO, batch_size: int, pending: bool, received_at: str
+    settings: Settings,
+    file: BinaryIO,
+    batch_size: int,
+    pending: bool,
+    received_at: str,
+    jobs: int | None,
 ) -> None:
     """Record the envelopes in FILE (JSON Lines; - reads stdin).
 
@@ -55,9 +67,14 @@ def import_command(
     received_at and digest (checked). Imported envelopes are stored as
     already handled, so no bot's recovery runs handlers on them; --pending
     opts in. Envelopes already recorded (same envelope_id, or a retry with a
-    known event_id) count as duplicates. A malformed line is reported as
-    `line N: reason` and skipped; the others are still recorded. Exit status
-    1 if any line was rejected.
+    known event_id, or repeated earlier in FILE) count as duplicates: the
+    first line wins. A malformed line is reported as `line N: reason` and
+    skipped; the others are still recorded. Exit status 1 if any line was
+    rejected.
+
+    Worker processes (--jobs) parse, redact and hash the lines; this process
+    writes their batches in file order (COPY on PostgreSQL), reading only a
+    few batches ahead, so memory stays flat on any size of file.
 
     The embedded SQLite database is created and migrated on first use;
     PostgreSQL needs `recorder db upgrade` first.
@@ -80,6 +97,7 @@ def import_command(
         on_error=None if bar_shown else on_error,
         pending=pending,
         received_at=received_at,  # type: ignore[arg-type]  # one of the Choice's values
+        jobs=jobs or _cpus(),
     )
     with (
         open_engine(settings) as engine,
@@ -103,6 +121,14 @@ def import_command(
     click.echo(report.summary())
     if report.rejected:
         sys.exit(EXIT_ERROR)
+
+
+def _cpus() -> int:
+    """Cores this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def _file_size(file: BinaryIO) -> int | None:
