@@ -114,3 +114,22 @@ def test_pending_and_event_time_options(tmp_path: Path) -> None:
     bad = run_text(url, "import", "--received-at", "yesterday", str(path))
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: Invalid value for '--received-at': 'yesterday'")
+
+
+def test_parallel_import_names_a_late_bad_line_and_keeps_the_first_copy(
+    pg_url: str, tmp_path: Path
+) -> None:
+    lines = [json.dumps(envelope(n)) for n in range(400)]
+    lines[3] = json.dumps(envelope(1, text="a later copy of line 2"))  # chunk 1, a duplicate
+    lines[333] = '{"envelope_id": "cli-broken"'  # line 334, chunk 34 of 10 lines each
+    lines[371] = json.dumps(envelope(2, text="another later copy"))  # chunk 38
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    result = run_text(pg_url, "import", "--jobs", "2", "--batch-size", "10", str(path))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[0].startswith("line 334: envelope is not valid JSON")
+    assert result.stdout.splitlines()[0] == "imported: 397 new, 2 duplicate, 1 rejected"
+    stored = {r[0]: r[2] for r in rows(pg_url)}
+    assert stored["cli-001"] == lines[1] and stored["cli-002"] == lines[2]
+    assert "cli-333" not in stored and len(stored) == 397
