@@ -465,7 +465,7 @@ def curve_point(server: str, rows: int, jobs: int) -> dict[str, Any]:
         db.upgrade(url)
         now = dt.datetime.now(UTC)
         seconds = load(url, rows, now, jobs)
-        point["import"] = {"seconds": seconds, "rows_per_s": rows / seconds}
+        point["import"] = {"seconds": seconds, "rows_per_s": rows / seconds, "load": _load()}
         print(f"  {rows:,}: import {seconds:.1f} s ({rows / seconds:,.0f}/s)", flush=True)
         with psycopg.connect(libpq(url), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE envelopes")
@@ -478,6 +478,7 @@ def curve_point(server: str, rows: int, jobs: int) -> dict[str, Any]:
         print(f"  {rows:,}: query {point['query']}", flush=True)
         sealed = run_seal_and_verify(url, now, walk=False)
         point["seal"], point["verify"] = sealed["seal"], sealed["verify"]
+        point["verify"]["load"] = _load()  # seal's own load is not kept apart: the same minute
         point["sha256_scan"] = sealed["sha256_scan"]
         retention.set_policy(engine, "all", keep="30d", actor="bench")
         engine.dispose()
@@ -487,11 +488,17 @@ def curve_point(server: str, rows: int, jobs: int) -> dict[str, Any]:
             "seconds": pruned["seconds"],
             "rows_per_s": pruned["rows_per_s"],
             "writer_p99_ms": pruned["writer"]["p99_ms"],
+            "load": _load(),
         }
         print(f"  {rows:,}: prune {point['prune']}", flush=True)
     finally:
         admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return point
+
+
+def _load() -> float:
+    """The machine's 1-minute load average: each curve figure says what it shared the cores with."""
+    return os.getloadavg()[0]
 
 
 def curve_table(points: list[dict[str, Any]], extrapolate_to: int) -> str:
@@ -502,7 +509,11 @@ def curve_table(points: list[dict[str, Any]], extrapolate_to: int) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for p in points:
-        cells = [f"{p[s]['seconds']:.1f} s ({p[s]['rows_per_s']:,.0f}/s)" for s in CURVE_STEPS]
+        cells = [
+            f"{p[s]['seconds']:.1f} s ({p[s]['rows_per_s']:,.0f}/s"
+            + (f", load {p[s]['load']:.0f})" if "load" in p[s] else ")")
+            for s in CURVE_STEPS
+        ]
         lines.append(
             f"| {p['rows']:,} | " + " | ".join(cells) + f" | {p['query']['median_ms']:.1f} ms |"
         )
