@@ -131,5 +131,7 @@ def test_parallel_import_names_a_late_bad_line_and_keeps_the_first_copy(
     assert result.stderr.splitlines()[0].startswith("line 334: envelope is not valid JSON")
     assert result.stdout.splitlines()[0] == "imported: 397 new, 2 duplicate, 1 rejected"
     stored = {r[0]: r[2] for r in rows(pg_url)}
-    assert stored["cli-001"] == lines[1] and stored["cli-002"] == lines[2]
-    assert "cli-333" not in stored and len(stored) == 397
+    assert stored["cli-001"] == lines[1]
+    assert stored["cli-002"] == lines[2]
+    assert "cli-333" not in stored
+    assert len(stored) == 397

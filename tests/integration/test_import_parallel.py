@@ -87,7 +87,11 @@ def test_a_refused_line_keeps_its_number_in_a_later_chunk(
     errors: list[tuple[int, str]] = []
     with SQLEventBuffer(database_url) as buffer:
         report = import_envelopes(
-            buffer, lines, batch_size=100, parsers=parsers, on_error=lambda n, m: errors.append((n, m))
+            buffer,
+            lines,
+            batch_size=100,
+            parsers=parsers,
+            on_error=lambda n, m: errors.append((n, m)),
         )
     numbers = sorted(n for n, _ in report.errors)
     assert sorted(errors) == sorted(report.errors)
