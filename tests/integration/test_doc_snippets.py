@@ -53,10 +53,8 @@ NOT_RUN = {
     "CREATE OR REPLACE PROCEDURE recorder_prune(batch_size intege": "needs the pg_cron extension on the server",
     "SELECT cron.schedule('recorder-prune', '17 3 * * *', 'CALL r": "needs the pg_cron extension on the server",
     "-- what pg_cron did": "needs the pg_cron extension on the server",
-    "psql -c \"CREATE ROLE recorder_bot LOGIN PASSWORD '...'\"   # ": "creates roles on a production server",
     '{"envelope_id":"E1","type":"events_api","recorder_erasure":{': "an example of stored data, not code",
     "# postgresql.conf": "scheduler or server configuration for a host",
-    "CREATE ROLE recorder_auditor NOLOGIN;": "creates roles on a production server",
     "recorder prune --archive /mnt/snaplock/recorder --max-seconds": "needs a WORM (SnapLock) mount",
     "# once: versioning and a default retention on the bucket": "needs an S3 bucket and the aws CLI",
 }
