@@ -22,6 +22,11 @@ schema owner, ``SECURITY DEFINER``, every name schema-qualified,
   removal itself, and ``recorder_prune_requires_archive`` (internal) reads
   the snapshot.
 
+Roles already granted ``EXECUTE`` on ``recorder_prune_delete`` (a pruner
+set up by ``recorder db grant`` before this migration) are granted it on
+``recorder_prune_delete_archived`` too, so ``prune --archive`` keeps working
+after the upgrade without granting again.
+
 The SQL below is frozen here, like every migration: a later change writes a
 new migration rather than editing this one. Downgrading restores 0007's
 definitions.
@@ -245,6 +250,27 @@ $$""",
 }
 
 
+# Who may delete through recorder_prune_delete may delete through the archived
+# variant (narrower: it also needs a written manifest row); PUBLIC (0) and the
+# owner are left out.
+CARRY_GRANTS = """
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOR v_role IN
+        SELECT DISTINCT a.grantee::regrole::text
+        FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+        WHERE p.oid = '@S@.recorder_prune_delete(integer, text, text[])'::regprocedure
+          AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner
+    LOOP
+        EXECUTE 'GRANT EXECUTE ON FUNCTION '
+            '@S@.recorder_prune_delete_archived(integer, text, text, text, text[]) TO ' || v_role;
+    END LOOP;
+END
+$$"""
+
+
 def _schema() -> str:
     name = op.get_bind().execute(sa.text("SELECT current_schema()")).scalar_one()
     return '"' + str(name).replace('"', '""') + '"'
@@ -291,6 +317,7 @@ def upgrade() -> None:
             *REPLACED.values(),
             *(f"REVOKE ALL ON FUNCTION @S@.{signature} FROM PUBLIC" for signature in NEW_FUNCTIONS),
             *(f"REVOKE ALL ON FUNCTION @S@.{signature} FROM PUBLIC" for signature in REPLACED),
+            CARRY_GRANTS,
         ]
     )
 

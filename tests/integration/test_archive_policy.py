@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recorder import retention, seal, verify
+from recorder import db, retention, seal, verify
 from recorder.archive import ArchiveOptions
 from recorder.archive.verify import verify_archive
 from recorder.engine import create_engine
@@ -262,3 +263,42 @@ def test_a_scheduled_prune_with_two_policy_archives_keeps_them_apart(
     for directory in (tmp_path / "a", tmp_path / "b"):
         checked = verify_archive(engine, directory)
         assert checked.ok, [f.line() for f in checked.findings]
+
+
+@pytest.mark.postgres
+def test_upgrading_to_0008_carries_the_pruners_grant_to_the_new_function(
+    pg_empty_url: str,
+) -> None:
+    """A pruner granted before 0008 can still prune --archive after the upgrade."""
+    suffix = uuid.uuid4().hex[:8]
+    pruner, other = f"rec_old_pruner_{suffix}", f"rec_other_{suffix}"
+    engine = create_engine(pg_empty_url)
+    try:
+        db.upgrade(engine, "0007")
+        with engine.begin() as conn:
+            for role in (pruner, other):
+                conn.execute(sa.text(f'CREATE ROLE "{role}"'))
+            # What `recorder db grant --pruner` gave at 0007.
+            conn.execute(
+                sa.text(
+                    "GRANT EXECUTE ON FUNCTION recorder_prune_delete(integer, text, text[]) "
+                    f'TO "{pruner}"'
+                )
+            )
+        db.upgrade(engine)
+        signature = "recorder_prune_delete_archived(integer, text, text, text, text[])"
+        with engine.connect() as conn:
+            allowed = {
+                role: conn.execute(
+                    sa.text("SELECT has_function_privilege(:role, :f, 'EXECUTE')"),
+                    {"role": role, "f": signature},
+                ).scalar_one()
+                for role in (pruner, other)
+            }
+        assert allowed == {pruner: True, other: False}
+    finally:
+        with engine.begin() as conn:
+            for role in (pruner, other):
+                conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+                conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        engine.dispose()
