@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recorder import db, retention, seal, verify
-from recorder.archive import ArchiveOptions
+from recorder.archive import ArchiveOptions, open_archive
 from recorder.archive.verify import verify_archive
 from recorder.engine import create_engine
 from recorder.prune import ArchiveRequired
@@ -302,3 +302,46 @@ def test_upgrading_to_0008_carries_the_pruners_grant_to_the_new_function(
                 conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
                 conn.execute(sa.text(f'DROP ROLE "{role}"'))
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_forged_manifest_row_gets_past_the_database_but_not_verify(
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs, tmp_path: Path
+) -> None:
+    """What docs/retention.md says the requirement does not stop, and what still catches it."""
+    fill(owner, 8)
+    directory = tmp_path / "a"
+    retention.set_policy(owner, "default", keep="30d", archive_dir=directory)
+    pruner = connect_as(roles["pruner"])
+    victims = sorted(live_rows(owner))
+    retention.prune(pruner, now=START + dt.timedelta(days=31))  # archives the first few
+    survivors = sorted(live_rows(owner))
+    assert 0 < len(survivors) < len(victims)
+    archive_id = open_archive(directory).archive_id
+    with pruner.begin() as conn:
+        run = conn.execute(
+            sa.text("SELECT run_id FROM recorder_prune_begin(false, 'mallory', 'h')")
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "INSERT INTO archive_files (archive_id, file_name, state, policy_name,"
+                " prune_run_id, deleted_by_run_id, created_at, written_at, row_count,"
+                " file_sha256)"
+                " VALUES (:a, 'month=2025-02/forged.parquet', 'written', 'default', :run, :run,"
+                " now(), now(), 3, 'x')"
+            ),
+            {"a": archive_id, "run": run},
+        )
+    with pruner.begin() as conn:
+        gone = conn.execute(
+            sa.text(
+                "SELECT * FROM recorder_prune_delete_archived("
+                ":run, 'default', :a, 'month=2025-02/forged.parquet', :ids)"
+            ),
+            {"run": run, "a": archive_id, "ids": survivors},
+        ).all()
+    assert {row.envelope_id for row in gone} == set(survivors)
+    assert pruned_by_policy(owner)["default"] == set(victims)
+    checked = verify_archive(owner, directory)
+    assert checked.of_kind("missing-file") == {"month=2025-02/forged.parquet"}
+    assert checked.of_kind("missing") == set(survivors)
