@@ -186,6 +186,10 @@ class PreparedChunk:
     """``bytes`` (``copy``) or ``dict`` (``bind``) rows, in input order."""
     row_lines: list[int]
     """The line number of each row."""
+    keys: frozenset[str]
+    """The unique keys the rows claim (``id:`` envelope_id, ``event:`` event_id):
+    two chunks whose keys are disjoint can be written at the same time in
+    either order without changing which line wins."""
     errors: list[tuple[int, str]]
     """``(line number, reason)`` of each line the parser refused."""
 
@@ -207,6 +211,7 @@ def prepare_chunk(chunk: Chunk, options: ChunkOptions) -> PreparedChunk:
     make_row = copy_row if options.row_format == "copy" else bind_row
     rows: list[Any] = []
     row_lines: list[int] = []
+    keys: set[str] = set()
     errors: list[tuple[int, str]] = []
     size = 0
     for line_no, raw in enumerate(chunk.lines, start=chunk.first_line):
@@ -226,7 +231,11 @@ def prepare_chunk(chunk: Chunk, options: ChunkOptions) -> PreparedChunk:
             continue
         rows.append(make_row(item.parsed, item.received_at))
         row_lines.append(line_no)
-    return PreparedChunk(chunk.first_line, size, rows, row_lines, errors)
+        keys.add("id:" + item.parsed.envelope_id)
+        event_id = item.parsed.columns["event_id"]
+        if event_id is not None:
+            keys.add("event:" + event_id)
+    return PreparedChunk(chunk.first_line, size, rows, row_lines, frozenset(keys), errors)
 
 
 def worker_ready() -> bool:

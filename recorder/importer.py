@@ -75,6 +75,9 @@ MAX_KEPT_ERRORS = 10_000
 #: large envelopes keeps the same memory bound as one of small ones.
 CHUNK_BYTES = 8 * 1024 * 1024
 
+#: Connections a parallel import writes on at once (PostgreSQL).
+WRITERS = 2
+
 ProgressCallback = Callable[[int], None]
 """Called with the number of input bytes consumed since the previous call."""
 
@@ -210,7 +213,10 @@ def import_envelopes(
     else:
         prepared = (prepare_chunk(chunk, options) for chunk in chunks)
     # closing: an error leaves the loop early, and the workers must stop then too.
-    with contextlib.closing(prepared), _BatchWriter(write) as writer:
+    # Several writers only where they pay: PostgreSQL (SQLite has one writer
+    # at a time) and workers that parse faster than one connection stores.
+    writers = WRITERS if options.row_format == "copy" and (parsers or jobs > 1) else 1
+    with contextlib.closing(prepared), _BatchWriter(write, writers) as writer:
         for ready in prepared:
             for line_no, reason in ready.errors:
                 reject(line_no, reason)
@@ -331,51 +337,86 @@ class ImportParsers:
 
 
 class _BatchWriter:
-    """Records batches on one background thread, in order, while the caller prepares the next.
+    """Records batches on background threads while the caller prepares the next.
 
     Preparing is CPU work (in this process or the workers) and recording
     mostly waits on the database, so overlapping them is where a bulk import
-    gains over a plain loop. At most two batches wait in the queue (bounded
-    memory). The first error the writer meets stops it, and is raised in the
-    caller at the next :meth:`submit` or on leaving the ``with`` block.
+    gains over a plain loop. With ``writers`` above 1, batches are recorded
+    on that many connections at once (the server's work per envelope, the
+    ``jsonb`` parse and the index entries, then runs on several cores), but
+    a batch that shares a key (:attr:`PreparedChunk.keys`) with an earlier
+    batch still in flight waits for it to commit: for every envelope, the
+    batches that hold it are committed in input order, so the first line
+    still wins. At most two batches wait in the queue (bounded memory). The
+    first error a writer meets stops them all, and is raised in the caller
+    at the next :meth:`submit` or on leaving the ``with`` block.
     """
 
     _DONE: Final = None
 
-    def __init__(self, write: Callable[[PreparedChunk], None]) -> None:
+    def __init__(self, write: Callable[[PreparedChunk], None], writers: int = 1) -> None:
         self._write = write
-        self._queue: queue.Queue[PreparedChunk | None] = queue.Queue(2)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="recorder-import", daemon=True)
+        self._queue: queue.Queue[
+            tuple[PreparedChunk, list[threading.Event], threading.Event] | None
+        ]
+        self._queue = queue.Queue(2)
+        self._lock = threading.Lock()
+        self._errors: dict[int, BaseException] = {}
+        """Failures by the first line of their batch."""
+        self._failed_at: int | None = None
+        """The first line of the earliest failed batch: later batches are not written."""
+        self._in_flight: list[tuple[frozenset[str], threading.Event]] = []
+        self._threads = [
+            threading.Thread(target=self._run, name=f"recorder-import-{n}", daemon=True)
+            for n in range(writers)
+        ]
 
     def __enter__(self) -> _BatchWriter:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def submit(self, batch: PreparedChunk) -> None:
-        self._raise_error()
-        self._queue.put(batch)
+        if self._failed_at is not None:
+            raise self._errors[self._failed_at]
+        self._in_flight = [(keys, done) for keys, done in self._in_flight if not done.is_set()]
+        after = [done for keys, done in self._in_flight if not keys.isdisjoint(batch.keys)]
+        done = threading.Event()
+        if len(self._threads) > 1:
+            self._in_flight.append((batch.keys, done))
+        self._queue.put((batch, after, done))
 
     def _run(self) -> None:
-        while (batch := self._queue.get()) is not self._DONE:
-            if self._error is not None:
-                continue  # drain without writing after a failure
+        while (item := self._queue.get()) is not self._DONE:
+            batch, after, done = item
             try:
-                self._write(batch)
+                for earlier in after:
+                    earlier.wait()
+                # Batches before a failed one are still written, so that the
+                # error's "the lines before it are recorded" holds.
+                failed_at = self._failed_at
+                if failed_at is None or batch.first_line < failed_at:
+                    self._write(batch)
             except BaseException as exc:  # handed to the caller's thread
-                self._error = exc
+                with self._lock:
+                    self._errors[batch.first_line] = exc
+                    self._failed_at = min(self._errors)
+            finally:
+                done.set()
 
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc is not None:
-            self._error = self._error or RuntimeError("import interrupted")
-        self._queue.put(self._DONE)
-        self._thread.join()
-        if exc is None:
-            self._raise_error()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        stopped_here = exc is not None and exc not in self._errors.values()
+        if stopped_here:
+            with self._lock:
+                self._failed_at = 0  # the caller failed: write nothing more
+        for _ in self._threads:
+            self._queue.put(self._DONE)
+        for thread in self._threads:
+            thread.join()
+        if self._errors and not stopped_here:
+            earliest = self._errors[min(self._errors)]
+            if earliest is not exc:
+                raise earliest
 
 
 def _record_batch(
@@ -407,6 +448,7 @@ def _record_batch(
     except StorageUnavailable as exc:
         raise StorageUnavailable(
             f"import stopped at line {batch.row_lines[0]}: {exc}; the lines before it are "
-            "recorded (its own batch may be too), and importing the file again is safe"
+            "recorded (its own batch may be too, and with several writers later ones), and "
+            "importing the file again is safe"
         ) from exc
     return new, len(batch.rows) - new

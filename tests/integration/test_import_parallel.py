@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.audit import QuerySpec, query_envelopes
 from recorder.engine import create_engine
-from recorder.importer import ImportParsers, import_envelopes
+from recorder.errors import StorageUnavailable
+from recorder.importer import WRITERS, ImportParsers, import_envelopes
+from recorder.testing.faults import TcpProxy
 
 
 def envelope(n: int, *, text: str = "hi", event_id: str | None = None) -> dict[str, Any]:
@@ -127,8 +130,8 @@ def test_the_reader_stays_a_few_chunks_ahead_of_the_database(
 ) -> None:
     batch, total = 50, 3000
     # Uncommitted lines at most: the chunk being cut, two per worker in flight,
-    # one being handed over, two queued for the writer and one being written.
-    bound = (1 + ImportParsers.WINDOW_PER_JOB * parsers.jobs + 1 + 2 + 1) * batch
+    # one being handed over, two queued for the writers and one per writer.
+    bound = (1 + ImportParsers.WINDOW_PER_JOB * parsers.jobs + 1 + 2 + WRITERS) * batch
     watcher = create_engine(pg_url)
     ahead: list[int] = []
 
@@ -161,3 +164,52 @@ def test_jobs_starts_and_stops_its_own_workers(database_url: str) -> None:
 def test_jobs_must_be_positive(sqlite_url: str) -> None:
     with SQLEventBuffer(sqlite_url) as buffer, pytest.raises(ValueError, match="jobs"):
         import_envelopes(buffer, [], jobs=0)
+
+
+def test_batches_written_at_once_keep_the_first_copy_of_a_shared_envelope(
+    pg_url: str, parsers: ImportParsers
+) -> None:
+    # Envelope i appears in chunks 2i and 2i+1, which the two writers would
+    # otherwise store at the same time, in either order.
+    batch, pairs = 20, 60
+    lines: list[bytes] = []
+    for i in range(pairs):
+        for half, copy in enumerate(("first", "second")):
+            lines.append(line(envelope(i, text=f"{copy} copy of {i}")))
+            # The rest of each chunk is new and its own, so only envelope i is shared.
+            filler = 1000 * (i + 1) + 100 * half
+            lines.extend(line(envelope(filler + k)) for k in range(batch - 1))
+    with SQLEventBuffer(pg_url) as buffer:
+        report = import_envelopes(buffer, lines, batch_size=batch, parsers=parsers)
+    texts = stored_texts(pg_url)
+    assert [
+        json.loads(texts[f"env-{i:05d}"])["payload"]["event"]["text"] for i in range(pairs)
+    ] == [f"first copy of {i}" for i in range(pairs)]
+    assert (report.new, report.duplicate) == (len(lines) - pairs, pairs)
+
+
+def test_an_outage_with_two_writers_keeps_every_line_before_the_one_named(
+    pg_url: str, parsers: ImportParsers
+) -> None:
+    target = make_url(pg_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+
+        def lines() -> Iterator[bytes]:
+            for n in range(3000):
+                if n == 1500:
+                    proxy.cut()  # the server goes away while both writers run
+                yield line(envelope(n))
+
+        with (
+            SQLEventBuffer(proxy.url_for(pg_url)) as buffer,
+            pytest.raises(StorageUnavailable, match="import stopped at line") as failure,
+        ):
+            import_envelopes(buffer, lines(), batch_size=100, parsers=parsers)
+    stopped_at = int(str(failure.value).split("import stopped at line ")[1].split(":")[0])
+    ids = sorted(stored_texts(pg_url))
+    # The error names the earliest batch that failed: every line before it is stored.
+    assert 0 < stopped_at <= 1501
+    assert ids[: stopped_at - 1] == [f"env-{n:05d}" for n in range(stopped_at - 1)]
+    with SQLEventBuffer(pg_url) as buffer:
+        report = import_envelopes(buffer, [line(envelope(n)) for n in range(3000)], parsers=parsers)
+    assert (report.new, report.duplicate) == (3000 - len(ids), len(ids))
