@@ -17,7 +17,9 @@ DIR``, or ``RECORDER_ARCHIVE_DIR``) for every policy; otherwise each policy's
 own ``archive_dir``, for that policy only. A policy with an ``archive_dir`` is
 never pruned without archiving: :class:`ArchiveRequired` when no archive can
 be written, and on PostgreSQL the database-side functions refuse a plain
-delete under it (migration 0008).
+delete under it (migrations 0008, 0009). A requirement set while a run is
+going stops that run's plain deletes of the policy at its next batch (the
+run fails; the next one archives).
 
 Over 450 lines: the PostgreSQL path (database-side functions) and the
 SQLite path (Python) share one run loop, its logging and the
@@ -358,15 +360,20 @@ class _SQLiteRun(_Run):
     ) -> tuple[int, statements.Keyset | None]:
         report = self.report
         assert report.run_id is not None
-        if self.archive_dirs.get(policy) is not None:
-            # What the PostgreSQL functions refuse (migration 0008), refused here too.
-            raise ArchiveRequired(
-                f"retention policy {policy} requires archiving before delete; "
-                "none of its envelopes is deleted without an archive"
-            )
         # BEGIN IMMEDIATE (the engine's begin hook): the select, the log, the
         # delete and the run's counts see one state and commit together.
         with self.engine.begin() as conn:
+            # What the PostgreSQL functions refuse (migrations 0008, 0009),
+            # refused here too: the run's snapshot or the policy as it stands
+            # now (set since the run began) requires archiving.
+            live = conn.execute(statements.select_policy_for_update(policy)).first()
+            if self.archive_dirs.get(policy) is not None or (
+                live is not None and live.archive_dir is not None
+            ):
+                raise ArchiveRequired(
+                    f"retention policy {policy} requires archiving before delete; "
+                    "none of its envelopes is deleted without an archive"
+                )
             rows = conn.execute(
                 statements.select_prune_batch(self.conditions[policy], batch_size=size, after=after)
             ).all()

@@ -18,7 +18,7 @@ reader (auditors, reports, ``recorder verify``)
     ``SELECT`` on every recorder table, nothing else.
 pruner (``recorder prune``)
     ``EXECUTE`` on the database-side prune functions (``recorder_prune_*``,
-    installed by migrations 0007 and 0008, owned by the schema owner, ``SECURITY
+    installed by migrations 0007 to 0009, owned by the schema owner, ``SECURITY
     DEFINER``) and ``SELECT`` on policies, holds and the prune log; no
     ``DELETE`` on ``envelopes``, no write on any log (``SELECT`` on
     ``envelopes`` and writes on the archive manifest serve ``prune

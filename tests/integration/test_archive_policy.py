@@ -345,3 +345,61 @@ def test_a_forged_manifest_row_gets_past_the_database_but_not_verify(
     checked = verify_archive(owner, directory)
     assert checked.of_kind("missing-file") == {"month=2025-02/forged.parquet"}
     assert checked.of_kind("missing") == set(survivors)
+
+
+@pytest.mark.postgres
+def test_archiving_required_after_a_run_began_stops_its_database_side_deletes(
+    pg_url: str, owner: Engine, roles: dict[str, str], connect_as: ConnectAs, tmp_path: Path
+) -> None:
+    fill(owner, 12)
+    before = set(live_rows(owner))
+    retention.set_policy(owner, "default", keep="30d")
+    pruner = connect_as(roles["pruner"])
+    # A scheduled (pg_cron) run begins while the policy needs no archive ...
+    with pruner.begin() as conn:
+        run = conn.execute(
+            sa.text("SELECT run_id FROM recorder_prune_begin(false, 'cron', 'h')")
+        ).scalar_one()
+    with pruner.begin() as conn:
+        conn.execute(
+            sa.text("SELECT * FROM recorder_prune_batch(:run, 'default', NULL, NULL, 4)"),
+            {"run": run},
+        )
+    assert len(live_rows(owner)) == len(before) - 4
+    # ... then the policy is made to require archiving: from then on none of
+    # its envelopes goes unarchived, not even in the run that started before.
+    retention.set_policy(owner, "default", keep="30d", archive_dir=tmp_path / "a")
+    for statement in (
+        "SELECT * FROM recorder_prune_batch(:run, 'default', NULL, NULL, 100)",
+        "SELECT * FROM recorder_prune_delete(:run, 'default', :ids)",
+    ):
+        with pytest.raises(sa.exc.DBAPIError, match="requires archiving"), pruner.begin() as conn:
+            conn.execute(sa.text(statement), {"run": run, "ids": sorted(before)})
+    assert len(live_rows(owner)) == len(before) - 4
+
+
+def test_archiving_required_during_a_library_run_stops_its_plain_deletes(
+    engine: Engine, tmp_path: Path
+) -> None:
+    fill(engine, 12)
+    before = set(live_rows(engine))
+    retention.set_policy(engine, "default", keep="30d")
+    changed: list[int] = []
+
+    def require_archive(progress: retention.PruneProgress) -> None:
+        # Between two batches of the run, someone sets the policy's archive.
+        if not changed:
+            retention.set_policy(engine, "default", keep="30d", archive_dir=tmp_path / "a")
+            changed.append(progress.deleted)
+
+    with pytest.raises(ArchiveRequired, match="requires archiving"):
+        retention.prune(engine, batch_size=4, on_progress=require_archive)
+    assert changed == [4]
+    assert len(live_rows(engine)) == len(before) - 4
+    (run,) = retention.read_prune_log(engine)
+    assert run.status == "failed"
+    # The next run archives the rest before deleting it.
+    report = retention.prune(engine)
+    assert report.status == "completed", report.error
+    assert live_rows(engine) == {}
+    assert len(archived_rows(tmp_path / "a")) == len(before) - 4
