@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -59,9 +60,11 @@ class Checkpoints:
     while they write (:class:`recorder.writer.Writer`'s).
 
     The thread starts at :meth:`start` (the writer calls it at its first
-    write) and stops at :meth:`close`, which runs a last checkpoint. Forked
-    children start their own thread at their first write; the parent's
-    connection is never used or closed in a child.
+    write) and stops at :meth:`close`, which runs a last checkpoint, or once
+    this object is garbage (a buffer dropped without ``close``): the thread
+    holds it only weakly, so it never keeps a buffer, its engine and a
+    thread alive for good. Forked children start their own thread at their
+    first write; the parent's connection is never used or closed in a child.
     """
 
     def __init__(
@@ -79,7 +82,6 @@ class Checkpoints:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
-        self._inherited: list[threading.Thread] = []
 
     def start(self) -> None:
         """Start the thread unless it runs (cheap: called on every write)."""
@@ -95,7 +97,10 @@ class Checkpoints:
                 self._stop = threading.Event()
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, args=(self._stop,), name="recorder-checkpoints", daemon=True
+                    target=_run,
+                    args=(weakref.ref(self), self._stop, self._interval, self._writer_lock),
+                    name="recorder-checkpoints",
+                    daemon=True,
                 )
                 self._thread.start()
 
@@ -107,23 +112,6 @@ class Checkpoints:
             self._stop.set()
         if thread is not None:
             thread.join()
-
-    def _run(self, stop: threading.Event) -> None:
-        try:
-            conn = self._connect()
-        except Exception:
-            logger.warning(
-                "no connection for background checkpoints; SQLite checkpoints in the writer",
-                exc_info=True,
-            )
-            return
-        try:
-            while not stop.wait(self._interval):
-                self._checkpoint(conn)
-            self._checkpoint(conn)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         pooled = self._engine.raw_connection()
@@ -137,19 +125,48 @@ class Checkpoints:
             raise
         return driver
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        previous: Any = None
-        try:
-            for _ in range(FREE_PASSES):
-                log, copied = _passive(conn)
-                if log == copied and log in (0, previous):
-                    return
-                previous = log
-            with self._writer_lock:
-                _passive(conn)
-        except sqlite3.Error as exc:
-            # The next run tries again; the writers' fallback bounds the log meanwhile.
-            logger.warning("background checkpoint failed: %s", exc)
+
+def _run(
+    owner: weakref.ref[Checkpoints],
+    stop: threading.Event,
+    interval: float,
+    writer_lock: threading.Lock,
+) -> None:
+    """The thread: its owner only weakly, so dropping the owner stops it (a last pass first)."""
+    checkpoints = owner()
+    if checkpoints is None:
+        return
+    try:
+        conn = checkpoints._connect()
+    except Exception:
+        logger.warning(
+            "no connection for background checkpoints; SQLite checkpoints in the writer",
+            exc_info=True,
+        )
+        return
+    del checkpoints
+    try:
+        while not stop.wait(interval) and owner() is not None:
+            _checkpoint(conn, writer_lock)
+        _checkpoint(conn, writer_lock)
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+def _checkpoint(conn: sqlite3.Connection, writer_lock: threading.Lock) -> None:
+    previous: Any = None
+    try:
+        for _ in range(FREE_PASSES):
+            log, copied = _passive(conn)
+            if log == copied and log in (0, previous):
+                return
+            previous = log
+        with writer_lock:
+            _passive(conn)
+    except sqlite3.Error as exc:
+        # The next run tries again; the writers' fallback bounds the log meanwhile.
+        logger.warning("background checkpoint failed: %s", exc)
 
 
 def _passive(conn: sqlite3.Connection) -> tuple[int, int]:

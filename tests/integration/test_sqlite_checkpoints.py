@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,3 +52,25 @@ def test_the_recorders_connections_leave_checkpoints_to_the_background(tmp_path:
         with buffer.engine.connect() as conn:
             pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
     assert pages == FALLBACK_PAGES
+
+
+def checkpoint_threads() -> int:
+    return sum(t.name == "recorder-checkpoints" for t in threading.enumerate())
+
+
+def test_a_buffer_dropped_without_close_leaves_no_thread_behind(tmp_path: Path) -> None:
+    before = checkpoint_threads()
+    for n in range(5):
+        buffer = SQLEventBuffer(f"sqlite:///{tmp_path / f'r{n}.db'}", upgrade=True)
+        buffer.record(f"e{n}", envelope(n))
+    assert checkpoint_threads() == before + 5
+    del buffer
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while checkpoint_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint_threads() == before
+    # Nothing recorded went with them.
+    for n in range(5):
+        with sqlite3.connect(tmp_path / f"r{n}.db") as conn:
+            assert conn.execute("SELECT count(*) FROM envelopes").fetchone() == (1,)
