@@ -104,11 +104,14 @@ def verify_archive(engine: Engine, directory: str | Path) -> ArchiveVerifyReport
     listed = {e.file_name: e for e in entries if e.state in (manifest.WRITTEN, manifest.COMPLETE)}
     report.files = len(listed)
     readable = _check_files(archive, listed, report)
-    # What a run removed under a policy whose files it completed here: a run
-    # may also delete other policies' envelopes unarchived, or into another
-    # archive (a policy's own archive directory), and those are not this one's.
+    # What a run removed under a policy whose files it wrote or completed here:
+    # a run may also delete other policies' envelopes unarchived, or into
+    # another archive (a policy's own archive directory), and those are not
+    # this one's. The writer counts too: a run interrupted while deleting a
+    # file's envelopes removed some of them, and the next run completes it.
     runs = sorted(
-        {
+        {(e.prune_run_id, e.policy_name) for e in listed.values()}
+        | {
             (e.deleted_by_run_id, e.policy_name)
             for e in listed.values()
             if e.deleted_by_run_id is not None

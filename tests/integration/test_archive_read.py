@@ -236,3 +236,46 @@ def test_verify_names_an_envelope_planted_in_a_file_whose_manifest_row_was_redig
     report = verify_archive(engine, directory)
     assert report.of_kind("unaccounted") == {"Ev-PLANTED"}, [f.line() for f in report.findings]
     assert not report.ok
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_verify_checks_what_an_interrupted_run_deleted_from_a_file_the_next_finished(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine, 20)
+    retention.set_policy(engine, "default", keep="30d")
+    directory = tmp_path / "archive"
+
+    def fail_after_the_first_batch(name: str) -> None:
+        if name == "archive.batch-deleted":
+            raise _Interrupted  # a crash with part of the file's envelopes deleted
+
+    monkeypatch.setattr("recorder.archive.archiver.failpoints.reach", fail_after_the_first_batch)
+    with pytest.raises(_Interrupted):
+        retention.prune(engine, batch_size=4, archive=ArchiveOptions(directory, file_rows=10))
+    monkeypatch.undo()
+    rerun = retention.prune(engine, batch_size=4, archive=ArchiveOptions(directory, file_rows=10))
+    assert rerun.status == "completed", rerun.error
+    assert rerun.archive is not None
+    assert len(rerun.archive.recovered) == 1
+    runs = retention.read_prune_log(engine)
+    assert [r.deleted_total for r in runs] == [4, 16]
+
+    report = verify_archive(engine, directory)
+    assert report.ok, [f.line() for f in report.findings]
+    # All 20 removals, the interrupted run's 4 included, are checked against the
+    # archive; none is taken for an archived envelope still live.
+    assert (report.pruned, report.envelopes, report.still_live) == (20, 20, 0)
+
+    # And a removal of that run missing from the archive is named.
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO pruned_envelopes (prune_run_id, envelope_id, envelope_sha256, received_at,"
+            " policy_name, pruned_at) SELECT prune_run_id, 'never-archived', envelope_sha256,"
+            " received_at, policy_name, pruned_at FROM pruned_envelopes"
+            f" WHERE prune_run_id = {runs[0].id} LIMIT 1"
+        )
+    assert verify_archive(engine, directory).of_kind("missing") == {"never-archived"}
