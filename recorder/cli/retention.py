@@ -103,7 +103,8 @@ def retention_set(
     if archive_dir is not None and archive_dir.strip():
         archive_dir = str(Path(archive_dir).expanduser().absolute())
     with open_engine(settings) as engine:
-        existed = any(p.name == name for p in retention.list_policies(engine))
+        previous = [p for p in retention.list_policies(engine) if p.name == name]
+        existed = bool(previous)
         policy = retention.set_policy(
             engine,
             name,
@@ -123,6 +124,15 @@ def retention_set(
         f"priority {policy.priority}"
         + (f", archived to {policy.archive_dir}" if policy.archive_dir else "")
     )
+    was = previous[0].archive_dir if previous else None
+    if was and not policy.archive_dir:
+        # set replaces every field: re-running it to change --keep alone
+        # drops the archive requirement, which must not pass unnoticed.
+        click.echo(
+            f"warning: policy {name} no longer archives what it expires (it archived to "
+            f"{was}); pass --archive {was} to keep that",
+            err=True,
+        )
 
 
 @retention_group.command("list")

@@ -212,3 +212,16 @@ def test_a_policy_archive_directory_from_the_command_line(tmp_path: Path) -> Non
     pruned = ok(url, "prune")
     assert "deleted 30 envelopes; held 0; skipped 0; archived 30 envelopes in" in pruned
     assert "archive OK" in ok(url, "verify", "--archive", str(directory))
+
+    # Setting the policy again without --archive drops the requirement (set
+    # replaces every field); the command says so, rather than only logging it.
+    dropped = run(url, "retention", "set", "default", "--keep", "60d")
+    assert dropped.returncode == 0, dropped.stderr
+    assert dropped.stdout.strip() == "updated policy default: keep 60d of everything, priority 0"
+    assert dropped.stderr.strip() == (
+        f"warning: policy default no longer archives what it expires (it archived to "
+        f"{directory}); pass --archive {directory} to keep that"
+    )
+    kept = run(url, "retention", "set", "default", "--keep", "60d", "--archive", str(directory))
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stderr == ""
