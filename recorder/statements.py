@@ -13,6 +13,7 @@ every statement in one place (DESIGN.md, "SQL in one place").
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -1361,28 +1362,179 @@ _PG_REPORTING = (
     "retry_reason",
 )
 
+# The exact expressions above read the parsed text through these shorthands;
+# spelled out here so that nothing is extracted for the (nearly all) rows the
+# quick test below certifies.
+_PG_SHORTHANDS = {
+    "p": "(e.c -> 'payload')",
+    "event": "(e.c -> 'payload' -> 'event')",
+    "team": "(e.c -> 'payload' -> 'team')",
+    "auth": "(e.c -> 'payload' -> 'authorizations' -> 0)",
+    "message": "(e.c -> 'payload' -> 'event' -> 'message')",
+    "type": _pg_text("e.c -> 'type'"),
+    "retry": "(e.c -> 'retry_attempt')",
+}
+
+
+def _spelled_out(sql: str) -> str:
+    return re.sub(
+        r"\be\.(" + "|".join(_PG_SHORTHANDS) + r")\b",
+        lambda m: _PG_SHORTHANDS[m.group(1)],
+        sql,
+    )
+
+
+_PG_EXACT_COLUMNS = _spelled_out(
+    " AND ".join(
+        [
+            *(f"e.{name} IS NOT DISTINCT FROM {sql}" for name, sql in _PG_EXPECTED_COLUMNS.items()),
+            _PG_RETRY_OK,
+        ]
+    )
+)
+
+
+# The quick test: a sufficient condition, cheap because each value is one
+# path lookup in the parsed text compared with the stored column. A column
+# passes when the first place extract_columns looks holds exactly its value
+# (a JSON string equal to it, which also makes it a string of that length),
+# or when the column is NULL and no place it looks holds anything. Whatever
+# fails this (another place holds the value, odd types, tombstones) is
+# decided by the exact expressions, so the test only ever saves work.
+def _pg_at(path: str) -> str:
+    return f"(e.c #> '{{{path}}}')"
+
+
+def _pg_is(column: str, path: str) -> str:
+    """The value at ``path`` is a string and the (non-NULL, storable-length) column's value."""
+    # Text and type compared apart: cheaper than building a jsonb of the column.
+    return f"((e.c #>> '{{{path}}}') = e.{column} AND jsonb_typeof({_pg_at(path)}) = 'string')"
+
+
+def _pg_id_is(column: str, path: str) -> str:
+    """recorder.envelope._id_of at ``path`` gives the column's value."""
+    return f"({_pg_is(column, path)} OR {_pg_is(column, path + ',id')})"
+
+
+def _pg_quick(column: str, first: str, *places: str, id_of: bool = False) -> str:
+    hit = _pg_id_is(column, first) if id_of else _pg_is(column, first)
+    absent = " AND ".join(f"{_pg_at(p)} IS NULL" for p in (first, *places))
+    return (
+        f"(CASE WHEN e.{column} IS NULL THEN {absent} "
+        f"ELSE length(e.{column}) BETWEEN 1 AND {MAX_COLUMN_LENGTH} AND {hit} END)"
+    )
+
+
+def _pg_quick_by_type(events_api: str, slash_commands: str, other: str) -> str:
+    # Dispatched on the stored envelope_type, which the same test checks.
+    return (
+        f"(CASE e.envelope_type WHEN 'events_api' THEN {events_api} "
+        f"WHEN 'slash_commands' THEN {slash_commands} ELSE {other} END)"
+    )
+
+
+# retry_attempt: NULL when the text holds no number there; else the text has
+# the key once (so the one jsonb and Python read) and spells the value as
+# the column's integer literal, which Python keeps as that int (1.0, 1e0 or
+# a second key would not be).
+_PG_QUICK_RETRY = """(CASE WHEN e.retry_attempt IS NULL
+    THEN e.c -> 'retry_attempt' IS NULL OR jsonb_typeof(e.c -> 'retry_attempt') <> 'number'
+    ELSE e.retry_attempt BETWEEN -2147483647 AND 2147483647
+         AND e.c -> 'retry_attempt' IS NOT NULL
+         AND octet_length(e.envelope_text)
+             - octet_length(replace(e.envelope_text, '"retry_attempt"', '')) = 15
+         AND (strpos(e.envelope_text, '"retry_attempt":' || e.retry_attempt || ',') > 0
+              OR strpos(e.envelope_text, '"retry_attempt":' || e.retry_attempt || '}') > 0)
+    END)"""
+
+_PG_QUICK_COLUMNS = " AND ".join(
+    [
+        "NOT (e.c ? 'recorder_erasure')",
+        _pg_quick("envelope_type", "type"),
+        _pg_quick("api_app_id", "payload,api_app_id"),
+        # An empty reason (Slack sends "" on first deliveries) gives NULL too.
+        "(CASE WHEN e.retry_reason IS NULL THEN "
+        f"{_pg_at('retry_reason')} IS NULL OR {_pg_at('retry_reason')} = '\"\"' "
+        f"ELSE {_pg_quick('retry_reason', 'retry_reason')} END)",
+        _pg_quick_by_type(
+            _pg_quick("team_id", "payload,team_id", "payload,authorizations,0,team_id"),
+            _pg_quick("team_id", "payload,team_id"),
+            _pg_quick("team_id", "payload,team", "payload,team_id", id_of=True),
+        ),
+        _pg_quick_by_type(
+            _pg_quick(
+                "enterprise_id", "payload,enterprise_id", "payload,authorizations,0,enterprise_id"
+            ),
+            _pg_quick("enterprise_id", "payload,enterprise_id"),
+            _pg_quick(
+                "enterprise_id",
+                "payload,enterprise",
+                "payload,team,enterprise_id",
+                "payload,enterprise_id",
+                id_of=True,
+            ),
+        ),
+        _pg_quick_by_type(
+            _pg_quick("event_id", "payload,event_id"), "e.event_id IS NULL", "e.event_id IS NULL"
+        ),
+        _pg_quick_by_type(
+            _pg_quick("event_type", "payload,event,type"),
+            _pg_quick("event_type", "payload,command"),
+            _pg_quick("event_type", "payload,type"),
+        ),
+        _pg_quick_by_type(
+            _pg_quick(
+                "channel_id",
+                "payload,event,channel",
+                "payload,event,item,channel",
+                "payload,event,channel_id",
+                id_of=True,
+            ),
+            _pg_quick("channel_id", "payload,channel_id"),
+            _pg_quick("channel_id", "payload,channel", "payload,channel_id", id_of=True),
+        ),
+        _pg_quick_by_type(
+            _pg_quick(
+                "user_id",
+                "payload,event,user",
+                "payload,event,user_id",
+                "payload,event,message",
+                "payload,event,previous_message",
+                id_of=True,
+            ),
+            _pg_quick("user_id", "payload,user_id"),
+            _pg_quick("user_id", "payload,user", "payload,user_id", id_of=True),
+        ),
+        _PG_QUICK_RETRY,
+    ]
+)
+
 _PG_CONSISTENT = " AND ".join(
     [
         "e.c IS NOT NULL",
-        "e.envelope = e.c",
+        # The same bytes are the same value: a cheap test first (a copy
+        # written from another spelling, 1.0 for 1, still compares equal).
+        "((ROW(e.c))::record *= (ROW(e.envelope))::record OR e.envelope = e.c)",
         "jsonb_typeof(e.c) = 'object'",
-        "(e.id IS NULL OR e.id = to_jsonb(e.envelope_id))",
-        *(f"e.{name} IS NOT DISTINCT FROM {sql}" for name, sql in _PG_EXPECTED_COLUMNS.items()),
-        _PG_RETRY_OK,
+        "(e.c -> 'envelope_id' IS NULL OR e.c -> 'envelope_id' = to_jsonb(e.envelope_id))",
+        f"(({_PG_QUICK_COLUMNS}) OR ({_PG_EXACT_COLUMNS}))",
     ]
 )
 
 
-def verify_rows_postgresql(through: str | None, ranged: bool) -> sa.TextClause:
+def verify_rows_postgresql(
+    through: str | None, lo: bool = False, hi: bool = False
+) -> sa.TextClause:
     """Classify every envelope row (and the sealed member it matches) in one scan.
 
-    Groups by ``member_kind`` (``ok`` or ``check``, NULL for an unsealed row),
-    ``row_kind`` (``inserted`` behind the sealed range, ``future``, ``unsealed``
-    and consistent, ``check``, NULL for a sealed row behind the range) and
-    ``logged`` (the member's digest is in the prune log); each group has its
-    row count and the ids (with block and position) Python must look at.
-    ``through`` is None, "cutoff" or "key" (see :func:`sealed_through`);
-    ``ranged`` limits the scan to ``lo <= received_at < hi``.
+    Groups by ``member_kind`` (``ok`` or ``check``, NULL for an unsealed row)
+    and ``row_kind`` (``inserted`` behind the sealed range, ``future``,
+    ``unsealed`` and consistent, ``check``, NULL for a sealed row behind the
+    range); each group has its row count and the ids (with block and
+    position) Python must look at. ``through`` is None, "cutoff" or "key"
+    (see :func:`sealed_through`); ``lo`` and ``hi`` limit the scan to
+    ``lo <= received_at`` and ``received_at < hi``, so that several
+    connections sharing one snapshot can each scan a part.
     """
     behind = {
         None: "false",
@@ -1390,111 +1542,128 @@ def verify_rows_postgresql(through: str | None, ranged: bool) -> sa.TextClause:
         "key": '(e.received_at, e.envelope_id COLLATE "C") '
         '<= (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
     }[through]
-    where = (
-        "WHERE e.received_at >= CAST(:lo AS timestamptz) AND e.received_at < CAST(:hi AS timestamptz)"
-        if ranged
-        else ""
-    )
-    # Each level is a subquery kept apart by OFFSET 0, so what one level
-    # computes (the digest, the parsed text, each jsonb path) is computed once
-    # per row and only referenced above it.
+    bounds = [
+        *(["e.received_at >= CAST(:lo AS timestamptz)"] if lo else []),
+        *(["e.received_at < CAST(:hi AS timestamptz)"] if hi else []),
+    ]
+    where = f"WHERE {' AND '.join(bounds)}" if bounds else ""
+    sealed_where = where.replace("e.received_at", "s.received_at")
+    # Each level is kept apart by OFFSET 0: the innermost computes the digest
+    # and the parsed text once per row, the next reduces each row to whether
+    # it is sound (digest column and text agree, columns and copy agree with
+    # the text), so only narrow rows meet the sealed members in the join.
     return sa.text(
         f"""
-SELECT member_kind, row_kind, logged, count(*) AS n,
+SELECT member_kind, row_kind, count(*) AS n,
        array_agg(envelope_id) FILTER (WHERE flagged) AS ids,
        array_agg(block_no) FILTER (WHERE flagged) AS blocks,
        array_agg(position) FILTER (WHERE flagged) AS positions
 FROM (
-    SELECT envelope_id, block_no, position, logged, member_kind, row_kind,
+    SELECT envelope_id, block_no, position, member_kind, row_kind,
            (member_kind = 'check' OR row_kind <> 'unsealed') IS TRUE AS flagged
     FROM (
-        SELECT e.envelope_id, e.block_no, e.position, e.logged,
+        SELECT e.envelope_id, s.block_no, s.position,
             CASE
-                WHEN e.block_no IS NULL THEN NULL
-                WHEN e.sha = e.sealed_sha256 AND e.envelope_sha256 = e.sealed_sha256
-                     AND {_PG_CONSISTENT} THEN 'ok'
+                WHEN s.block_no IS NULL THEN NULL
+                WHEN e.sound AND e.envelope_sha256 = s.sealed_sha256 THEN 'ok'
                 ELSE 'check'
             END AS member_kind,
             CASE
-                WHEN {behind} THEN CASE WHEN e.block_no IS NULL THEN 'inserted' END
-                WHEN e.block_no IS NOT NULL THEN 'check'
+                WHEN {behind} THEN CASE WHEN s.block_no IS NULL THEN 'inserted' END
+                WHEN s.block_no IS NOT NULL THEN 'check'
                 WHEN e.received_at > CAST(:latest_plausible AS timestamptz) THEN 'future'
-                WHEN e.sha = e.envelope_sha256 AND {_PG_CONSISTENT} THEN 'unsealed'
+                WHEN e.sound THEN 'unsealed'
                 ELSE 'check'
             END AS row_kind
         FROM (
-            SELECT j2.*, j2.p -> 'event' AS event, j2.p -> 'team' AS team,
-                   j2.p -> 'authorizations' -> 0 AS auth, j2.p -> 'event' -> 'message' AS message
+            SELECT e.envelope_id, e.received_at, e.envelope_sha256,
+                   (e.sha = e.envelope_sha256 AND {_PG_CONSISTENT}) IS TRUE AS sound
             FROM (
-                SELECT j1.*, j1.c -> 'payload' AS p, {_pg_text("j1.c -> 'type'")} AS type,
-                       j1.c -> 'retry_attempt' AS retry, j1.c -> 'envelope_id' AS id
-                FROM (
-                    SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
-                           e.envelope_sha256, {", ".join("e." + c for c in _PG_REPORTING)},
-                           s.block_no, s.position, s.envelope_sha256 AS sealed_sha256,
-                           p.envelope_id IS NOT NULL AS logged,
-                           encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
-                           CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
-                    FROM envelopes e
-                    LEFT JOIN sealed_envelopes s
-                        ON s.envelope_id = e.envelope_id AND s.received_at = e.received_at
-                    LEFT JOIN pruned_envelopes p
-                        ON p.envelope_id = s.envelope_id AND p.received_at = s.received_at
-                       AND p.envelope_sha256 = s.envelope_sha256
-                    {where}
-                    OFFSET 0
-                ) j1 OFFSET 0
-            ) j2 OFFSET 0
-        ) e OFFSET 0
-    ) classified OFFSET 0
+                SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
+                       e.envelope_sha256, {", ".join("e." + c for c in _PG_REPORTING)},
+                       encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
+                       CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
+                FROM envelopes e
+                {where}
+                OFFSET 0
+            ) e
+            OFFSET 0
+        ) e
+        LEFT JOIN (
+            SELECT s.block_no, s.position, s.envelope_id, s.received_at,
+                   s.envelope_sha256 AS sealed_sha256
+            FROM sealed_envelopes s {sealed_where}
+        ) s ON s.envelope_id = e.envelope_id AND s.received_at = e.received_at
+        OFFSET 0
+    ) classified
 ) c
-GROUP BY member_kind, row_kind, logged
+GROUP BY member_kind, row_kind
 """
     )
 
 
-def chain_block_postgresql() -> sa.TextClause:
-    """One block's member count, first and last keys, logged prunes and recomputed digest.
+def chain_blocks_postgresql() -> sa.TextClause:
+    """Each block's member count, first and last keys and recomputed digest, for a run of blocks.
 
-    ``plain`` is false when an id needs JSON escapes (the digest is then
-    recomputed in Python). Parameters: ``block_no`` and the header parts
-    ``head``, ``mid``, ``mid_last``, ``tail`` (recorder.seal.header_parts).
+    One statement for the blocks numbered ``first_block`` to ``last_block``,
+    whose header parts (recorder.seal.header_parts) come as the arrays
+    ``block_nos``, ``heads``, ``mids``, ``mid_lasts``, ``tails``; one row per
+    block listed. ``plain`` is false when an id needs JSON escapes, NULL when
+    the block has no members (the block is then checked in Python).
     """
-    ts = _PG_TIMESTAMP.format("received_at")
-    plain = _PG_JSON_PLAIN.format("envelope_id || envelope_sha256")
+    ts = _PG_TIMESTAMP.format("{0}.received_at")
+    plain = _PG_JSON_PLAIN.format("m.envelope_id || m.envelope_sha256")
     return sa.text(
         f"""
-WITH m AS (
-    SELECT position, envelope_id, received_at, envelope_sha256, {ts} AS ts
-    FROM sealed_envelopes
-    WHERE block_no = :block_no
+WITH h AS (
+    SELECT * FROM unnest(CAST(:block_nos AS int[]), CAST(:heads AS text[]),
+                         CAST(:mids AS text[]), CAST(:mid_lasts AS text[]),
+                         CAST(:tails AS text[])) AS h(block_no, head, mid, mid_last, tail)
 ),
-firsts AS (SELECT * FROM m ORDER BY position LIMIT 1),
-lasts AS (SELECT * FROM m ORDER BY position DESC LIMIT 1),
 agg AS (
-    SELECT count(*) AS n,
+    SELECT m.block_no, count(*) AS n,
            coalesce(bool_and({plain}
-               AND received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
-               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
-           string_agg('["' || envelope_id || '","' || ts || '","' || envelope_sha256 || E'"]\\n',
-                      '' ORDER BY position) AS lines,
-           count(*) FILTER (WHERE EXISTS (
-               SELECT 1 FROM pruned_envelopes p
-               WHERE p.envelope_id = m.envelope_id AND p.received_at = m.received_at
-                 AND p.envelope_sha256 = m.envelope_sha256)) AS logged
-    FROM m
+               AND m.received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
+               AND m.received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
+           string_agg('["' || m.envelope_id || '","' || {ts.format("m")} || '","'
+                      || m.envelope_sha256 || E'"]\\n', '' ORDER BY m.position) AS lines,
+           min(m.position) AS first_position, max(m.position) AS last_position
+    FROM sealed_envelopes m
+    WHERE m.block_no BETWEEN :first_block AND :last_block
+    GROUP BY m.block_no
 )
-SELECT a.n, a.plain, a.logged,
+SELECT h.block_no, coalesce(a.n, 0) AS n, a.plain,
        f.envelope_id AS first_id, f.received_at AS first_at,
        l.envelope_id AS last_id, l.received_at AS last_at,
        encode(sha256(convert_to(
-           CAST(:head AS text) || a.n || CAST(:mid AS text)
-           || '["' || f.ts || '","' || f.envelope_id || '"]' || CAST(:mid_last AS text)
-           || '["' || l.ts || '","' || l.envelope_id || '"]' || CAST(:tail AS text)
+           h.head || a.n || h.mid
+           || '["' || {ts.format("f")} || '","' || f.envelope_id || '"]' || h.mid_last
+           || '["' || {ts.format("l")} || '","' || l.envelope_id || '"]' || h.tail
            || E'\\n' || a.lines, 'UTF8')), 'hex') AS digest
-FROM agg a LEFT JOIN firsts f ON true LEFT JOIN lasts l ON true
+FROM h
+LEFT JOIN agg a ON a.block_no = h.block_no
+LEFT JOIN sealed_envelopes f ON f.block_no = h.block_no AND f.position = a.first_position
+LEFT JOIN sealed_envelopes l ON l.block_no = h.block_no AND l.position = a.last_position
+ORDER BY h.block_no
 """
     )
+
+
+#: How many sealed members the prune log lists (``logged``), and of those how many still
+#: have their row (same id and received_at: pruned, then the same row written again).
+COUNT_LOGGED_MEMBERS_POSTGRESQL = sa.text(
+    """
+SELECT count(*) AS logged,
+       count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM envelopes e
+           WHERE e.envelope_id = s.envelope_id AND e.received_at = s.received_at)) AS matched
+FROM sealed_envelopes s
+WHERE EXISTS (
+    SELECT 1 FROM pruned_envelopes p
+    WHERE p.envelope_id = s.envelope_id AND p.received_at = s.received_at
+      AND p.envelope_sha256 = s.envelope_sha256)
+"""
+)
 
 
 #: Sealed members with neither their row (same id and received_at) nor a matching prune log row.

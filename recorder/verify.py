@@ -133,6 +133,7 @@ def verify(
     future_tolerance: dt.timedelta = DEFAULT_MARGIN,
     now: dt.datetime | None = None,
     server_side: bool = True,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Recompute the seal chain and check every envelope against it.
 
@@ -160,6 +161,11 @@ def verify(
         plain reference the fast walks are tested against). On SQLite the
         fast walk streams each table once and rechecks only what a quick
         test cannot pass (:mod:`recorder.verify_sqlite`).
+    workers
+        PostgreSQL: how many connections share the work, each importing the
+        verifier's snapshot (default: the server's
+        ``max_parallel_workers_per_gather`` plus one, once the archive holds
+        100,000 sealed envelopes; one below that).
 
     Returns
     -------
@@ -180,7 +186,9 @@ def verify(
         if server_side and not is_sqlite(conn):
             from recorder import verify_postgresql
 
-            verify_postgresql.check(conn, blocks, through, report, ledger, latest_plausible)
+            verify_postgresql.check(
+                conn, blocks, through, report, ledger, latest_plausible, workers
+            )
         elif server_side:
             from recorder import verify_sqlite
 

@@ -30,8 +30,13 @@ in halves, and the smallest range holding the culprit is checked in Python.
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import pairwise
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -39,8 +44,9 @@ from sqlalchemy.engine import Connection
 
 from recorder import sealed_logs, statements
 from recorder.erasure_check import ErasureLedger
-from recorder.schema import envelopes, pruned_envelopes, sealed_envelopes
+from recorder.schema import envelopes, sealed_envelopes
 from recorder.seal import GENESIS_DIGEST, Member, SealBlock, SealedThrough, header_parts
+from recorder.sealed_logs import LogEntry
 from recorder.verify import (
     Finding,
     VerifyReport,
@@ -52,6 +58,10 @@ from recorder.verify import (
 #: A range that fails to cast and holds no more rows than this is checked in Python.
 _PYTHON_RANGE_ROWS = 500
 _CHUNK = 1_000
+#: Blocks recomputed per statement (each block's lines are one string in the server).
+_CHAIN_CHUNK = 50
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(slots=True)
@@ -76,13 +86,25 @@ def check(
     report: VerifyReport,
     ledger: ErasureLedger,
     latest_plausible: dt.datetime,
+    workers: int | None = None,
 ) -> None:
-    """Fill ``report`` as :func:`recorder.verify.verify` does, with the server doing the work."""
+    """Fill ``report`` as :func:`recorder.verify.verify` does, with the server doing the work.
+
+    ``workers`` connections (default: the server's ``max_parallel_workers_per_gather``
+    plus one, as many processes as it lets one query use) each check a part of
+    the rows and of the chain inside the verifier's snapshot.
+    """
     # A hash join over every sealed member wants more than the default work_mem.
     conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
-    logged = _check_chain(conn, blocks, report, ledger)
+    count = _workers(conn, blocks, workers)
+    if count > 1:  # each connection is one process; more would only contend
+        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
     tally = _Tally()
-    _scan(conn, through, latest_plausible, None, tally, report, ledger)
+    with _Helpers(conn, count - 1) as helpers:
+        _check_chain(conn, blocks, report, ledger, helpers)
+        parts = _row_parts(blocks, count)
+        _scan_parts(conn, through, latest_plausible, parts, tally, report, ledger, helpers)
+    logged, tally.matched_logged = conn.execute(statements.COUNT_LOGGED_MEMBERS_POSTGRESQL).one()
     _check_flagged_members(conn, blocks, tally, report, ledger)
     unaccounted = report.sealed - tally.matched - (logged - tally.matched_logged)
     report.pruned += logged - tally.matched_logged
@@ -92,38 +114,118 @@ def check(
     report.unsealed += tally.unsealed
 
 
+# -- helper connections: parts of the work inside the verifier's snapshot
+
+#: Archives with fewer sealed envelopes than this are checked on one connection by default.
+_PARALLEL_FROM = 100_000
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+class _Helpers:
+    """Extra connections that import the verifier's snapshot, so every part sees the same rows.
+
+    What ``pg_dump --jobs`` does: the verifier's transaction exports its
+    snapshot and each helper starts a REPEATABLE READ transaction on it.
+    :meth:`map` runs the first part on the verifier's own connection (in
+    this thread) and each other part on a helper, in a thread of its own
+    (the driver releases the GIL while the server works).
+    """
+
+    def __init__(self, conn: Connection, extra: int) -> None:
+        self.conn = conn
+        self.extra = extra
+        self.conns: list[Connection] = []
+        self._stack = ExitStack()
+
+    def __enter__(self) -> _Helpers:
+        if self.extra <= 0:
+            return self
+        with self._stack:
+            snapshot = self.conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+            if not _SNAPSHOT_ID.fullmatch(snapshot):
+                raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+            for _ in range(self.extra):
+                helper = self._stack.enter_context(self.conn.engine.connect())
+                helper = helper.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
+                self._stack.enter_context(helper.begin())
+                helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                helper.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+                helper.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+                self.conns.append(helper)
+            self._stack = self._stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def map(self, fn: Callable[[Connection, _T], _R], parts: Sequence[_T]) -> list[_R]:
+        """``fn(connection, part)`` for every part, the first here, the others on the helpers."""
+        if len(parts) > 1 + len(self.conns):
+            raise ValueError("more parts than connections")
+        if len(parts) <= 1:
+            return [fn(self.conn, part) for part in parts]
+        with ThreadPoolExecutor(len(parts) - 1) as pool:
+            futures = [
+                pool.submit(fn, helper, part)
+                for helper, part in zip(self.conns, parts[1:], strict=False)
+            ]
+            first = fn(self.conn, parts[0])
+            return [first, *(f.result() for f in futures)]
+
+
+def _workers(conn: Connection, blocks: list[SealBlock], workers: int | None) -> int:
+    if workers is None:
+        if sum(b.envelope_count for b in blocks) < _PARALLEL_FROM:
+            return 1
+        # As many processes as the server lets one query use.
+        setting = conn.exec_driver_sql(
+            "SELECT current_setting('max_parallel_workers_per_gather')::int"
+        ).scalar_one()
+        workers = min(8, int(setting) + 1)
+    return max(1, min(workers, len(blocks)))
+
+
+Bounds = tuple[dt.datetime | None, dt.datetime | None]
+
+
+def _row_parts(blocks: list[SealBlock], count: int) -> list[Bounds]:
+    """``count`` ranges of received_at covering every time, split where blocks start.
+
+    Range blocks hold equal numbers of rows in time order, so their first keys
+    split the sealed rows evenly; the ends are open, so nothing is left out.
+    """
+    starts = sorted({blocks[len(blocks) * k // count].first_received_at for k in range(1, count)})
+    edges: list[dt.datetime | None] = [None, *starts, None]
+    return list(pairwise(edges))
+
+
+def _block_parts(blocks: list[SealBlock], count: int) -> list[list[SealBlock]]:
+    size = -(-len(blocks) // count) if blocks else 1
+    return [blocks[i : i + size] for i in range(0, len(blocks), size)] or [[]]
+
+
 # -- the chain
 
 
 def _check_chain(
-    conn: Connection, blocks: list[SealBlock], report: VerifyReport, ledger: ErasureLedger
-) -> int:
-    """Check every block; return how many members the prune log accounts for."""
-    prev = GENESIS_DIGEST
-    logged = 0
+    conn: Connection,
+    blocks: list[SealBlock],
+    report: VerifyReport,
+    ledger: ErasureLedger,
+    helpers: _Helpers,
+) -> None:
+    """Check every block: digests recomputed in the server, a part of the blocks per connection."""
     sealed = sealed_logs.entries_by_block(conn)
+    parts = _block_parts(blocks, 1 + len(helpers.conns))
+    recomputed: dict[int, Any] = {}
+    for rows in helpers.map(lambda c, part: _chain_rows(c, part, sealed), parts):
+        recomputed.update((row.block_no, row) for row in rows)
+    prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
-        logs = sealed.get(block.block_no, [])
-        head, mid, mid_last, tail = header_parts(
-            block_no=block.block_no,
-            kind=block.kind,
-            sealed_at=block.sealed_at,
-            cutoff=block.cutoff,
-            prev_digest=block.prev_digest,
-            logs=sealed_logs.logs_digest(logs) if logs else None,
-        )
-        row = conn.execute(
-            statements.chain_block_postgresql(),
-            {
-                "block_no": block.block_no,
-                "head": head,
-                "mid": mid,
-                "mid_last": mid_last,
-                "tail": tail,
-            },
-        ).one()
+        row = recomputed[block.block_no]
         report.sealed += row.n
-        logged += row.logged
         if (
             row.plain
             and row.digest == block.digest
@@ -137,12 +239,49 @@ def _check_chain(
                 Member(r.envelope_id, r.received_at, r.envelope_sha256)
                 for r in conn.execute(statements.select_block_members(block.block_no))
             ]
+            logs = sealed.get(block.block_no, [])
             problems = block_problems(block, expected_no, prev, members, logs)
         report.findings.extend(
             Finding("chain", None, problem, block.block_no) for problem in problems
         )
         prev = block.digest
-    return logged
+
+
+def _chain_rows(
+    conn: Connection, blocks: list[SealBlock], sealed: dict[int, list[LogEntry]]
+) -> list[Any]:
+    """The server's recomputation of ``blocks`` (consecutive in number), in chunks."""
+    rows: list[Any] = []
+    for start in range(0, len(blocks), _CHAIN_CHUNK):
+        chunk = blocks[start : start + _CHAIN_CHUNK]
+        parts = [
+            header_parts(
+                block_no=block.block_no,
+                kind=block.kind,
+                sealed_at=block.sealed_at,
+                cutoff=block.cutoff,
+                prev_digest=block.prev_digest,
+                logs=sealed_logs.logs_digest(logs)
+                if (logs := sealed.get(block.block_no))
+                else None,
+            )
+            for block in chunk
+        ]
+        rows.extend(
+            conn.execute(
+                statements.chain_blocks_postgresql(),
+                {
+                    "first_block": chunk[0].block_no,
+                    "last_block": chunk[-1].block_no,
+                    "block_nos": [block.block_no for block in chunk],
+                    "heads": [p[0] for p in parts],
+                    "mids": [p[1] for p in parts],
+                    "mid_lasts": [p[2] for p in parts],
+                    "tails": [p[3] for p in parts],
+                },
+            )
+        )
+    return rows
 
 
 def _link_problems(block: SealBlock, expected_no: int, prev: str) -> list[str]:
@@ -158,16 +297,29 @@ def _link_problems(block: SealBlock, expected_no: int, prev: str) -> list[str]:
 # -- the rows
 
 
-def _scan(
+def _scan_parts(
     conn: Connection,
     through: SealedThrough,
     latest_plausible: dt.datetime,
-    bounds: tuple[dt.datetime, dt.datetime] | None,
+    parts: list[Bounds],
     tally: _Tally,
     report: VerifyReport,
     ledger: ErasureLedger,
+    helpers: _Helpers,
 ) -> None:
-    """Classify the rows received in ``bounds`` (all rows when None), halving on cast errors."""
+    """Classify every row, a range of received_at per connection."""
+    results = helpers.map(lambda c, bounds: _fetch(c, through, latest_plausible, bounds), parts)
+    for bounds, groups in zip(parts, results, strict=True):
+        if groups is None:  # a text the server could not cast: narrow it down here
+            _split(conn, through, latest_plausible, bounds, tally, report, ledger)
+        else:
+            _tally(groups, tally)
+
+
+def _fetch(
+    conn: Connection, through: SealedThrough, latest_plausible: dt.datetime, bounds: Bounds
+) -> list[Any] | None:
+    """The scan's groups for the rows in ``bounds``; None when a text cannot be cast."""
     variant: str | None = None
     params: dict[str, Any] = {"latest_plausible": latest_plausible}
     if through.cutoff is not None:
@@ -175,23 +327,23 @@ def _scan(
     elif through.last is not None:
         variant = "key"
         params["through_at"], params["through_id"] = through.last
-    if bounds is not None:
-        params["lo"], params["hi"] = bounds
-    stmt = statements.verify_rows_postgresql(variant, bounds is not None)
+    lo, hi = bounds
+    params.update({"lo": lo} if lo is not None else {}, **({"hi": hi} if hi is not None else {}))
+    stmt = statements.verify_rows_postgresql(variant, lo is not None, hi is not None)
     try:
         with conn.begin_nested():
-            groups = conn.execute(stmt, params).all()
+            return list(conn.execute(stmt, params).all())
     except sa_exc.DBAPIError as exc:
         if not _is_data_error(exc):
             raise
-        _split(conn, through, latest_plausible, bounds, tally, report, ledger)
-        return
+        return None
+
+
+def _tally(groups: list[Any], tally: _Tally) -> None:
     for g in groups:
         flagged = list(zip(g.ids or [], g.blocks or [], g.positions or [], strict=True))
         if g.member_kind is not None:
             tally.matched += g.n
-            if g.logged:
-                tally.matched_logged += g.n
         if g.member_kind == "check":
             tally.members.update((b, p) for _, b, p in flagged)
         if g.row_kind is not None:
@@ -199,6 +351,23 @@ def _scan(
                 tally.unsealed += g.n
             else:
                 tally.rows.setdefault(g.row_kind, set()).update(i for i, _, _ in flagged)
+
+
+def _scan(
+    conn: Connection,
+    through: SealedThrough,
+    latest_plausible: dt.datetime,
+    bounds: Bounds,
+    tally: _Tally,
+    report: VerifyReport,
+    ledger: ErasureLedger,
+) -> None:
+    """Classify the rows received in ``bounds``, halving on cast errors."""
+    groups = _fetch(conn, through, latest_plausible, bounds)
+    if groups is None:
+        _split(conn, through, latest_plausible, bounds, tally, report, ledger)
+    else:
+        _tally(groups, tally)
 
 
 def _is_data_error(exc: sa_exc.DBAPIError) -> bool:
@@ -211,24 +380,32 @@ def _split(
     conn: Connection,
     through: SealedThrough,
     latest_plausible: dt.datetime,
-    bounds: tuple[dt.datetime, dt.datetime] | None,
+    bounds: Bounds,
     tally: _Tally,
     report: VerifyReport,
     ledger: ErasureLedger,
 ) -> None:
-    if bounds is None:
-        lo, hi = conn.execute(
-            sa.select(sa.func.min(envelopes.c.received_at), sa.func.max(envelopes.c.received_at))
-        ).one()
-        bounds = (lo, hi + dt.timedelta(microseconds=1))
     lo, hi = bounds
+    e = envelopes.c
+    if lo is None or hi is None:  # an open end: as far as the rows go
+        inside = [
+            *([e.received_at >= lo] if lo is not None else []),
+            *([e.received_at < hi] if hi is not None else []),
+        ]
+        first, last = conn.execute(
+            sa.select(sa.func.min(e.received_at), sa.func.max(e.received_at)).where(*inside)
+        ).one()
+        if first is None:
+            return
+        lo = first if lo is None else lo
+        hi = last + dt.timedelta(microseconds=1) if hi is None else hi
     count = conn.execute(
         sa.select(sa.func.count())
         .select_from(envelopes)
-        .where(envelopes.c.received_at >= lo, envelopes.c.received_at < hi)
+        .where(e.received_at >= lo, e.received_at < hi)
     ).scalar_one()
     if count <= _PYTHON_RANGE_ROWS or hi - lo <= dt.timedelta(microseconds=1):
-        _python_range(conn, through, latest_plausible, bounds, tally, report, ledger)
+        _python_range(conn, through, latest_plausible, (lo, hi), tally, report, ledger)
         return
     mid = lo + (hi - lo) / 2
     for half in ((lo, mid), (mid, hi)):
@@ -258,13 +435,6 @@ def _python_range(
             behind.label("behind"),
             sealed_envelopes.c.block_no,
             sealed_envelopes.c.position,
-            sa.exists()
-            .where(
-                pruned_envelopes.c.envelope_id == sealed_envelopes.c.envelope_id,
-                pruned_envelopes.c.received_at == sealed_envelopes.c.received_at,
-                pruned_envelopes.c.envelope_sha256 == sealed_envelopes.c.envelope_sha256,
-            )
-            .label("logged"),
         )
         .select_from(
             envelopes.outerjoin(
@@ -280,7 +450,6 @@ def _python_range(
     for row in conn.execute(stmt):
         if row.block_no is not None:
             tally.matched += 1
-            tally.matched_logged += bool(row.logged)
             tally.members.add((row.block_no, row.position))
             if row.behind:
                 continue

@@ -103,6 +103,11 @@ TAMPERING = st.lists(
                 "not_json",
                 "retry_exponent",
                 "duplicate_key",
+                "column_null",
+                "retry_twice",
+                "retry_nested",
+                "number_column",
+                "copy_respelled",
             ]
         ),
         st.integers(0, ROWS - 1),
@@ -136,6 +141,12 @@ def tamper(engine: Engine, kind: str, n: int) -> None:
     postgres = engine.dialect.name == "postgresql"
     envelope_id = f"e{n:05d}"
     at = T0 + dt.timedelta(seconds=n // 2, microseconds=n)
+
+    def copy_of(param: str) -> str:
+        # The queryable copy rewritten to match the new text, so that only the
+        # reporting columns can give the change away.
+        return f"CAST(CAST(:{param} AS text) AS jsonb)" if postgres else f":{param}"
+
     run = {
         "text": "UPDATE envelopes SET envelope_text = replace(envelope_text, 'T1', 'T7') "
         "WHERE envelope_id = :id",
@@ -158,12 +169,43 @@ def tamper(engine: Engine, kind: str, n: int) -> None:
         "envelope_sha256 = :exp_sha, retry_attempt = 1 WHERE envelope_id = :id",
         "duplicate_key": "UPDATE envelopes SET envelope_text = :dup_text, "
         "envelope_sha256 = :dup_sha WHERE envelope_id = :id",
+        # Cases the server's quick test must leave to the exact one: a column
+        # emptied, a value the text holds twice or only nested, a number
+        # where the column holds its digits.
+        "column_null": "UPDATE envelopes SET team_id = NULL WHERE envelope_id = :id",
+        "retry_twice": "UPDATE envelopes SET envelope_text = :twice_text, "
+        f"envelope = {copy_of('twice_text')}, envelope_sha256 = :twice_sha, retry_attempt = 1 "
+        "WHERE envelope_id = :id",
+        "retry_nested": "UPDATE envelopes SET envelope_text = :nested_text, "
+        f"envelope = {copy_of('nested_text')}, envelope_sha256 = :nested_sha, "
+        "retry_attempt = 2 WHERE envelope_id = :id",
+        "number_column": "UPDATE envelopes SET envelope_text = :number_text, "
+        f"envelope = {copy_of('number_text')}, envelope_sha256 = :number_sha, team_id = '123' "
+        "WHERE envelope_id = :id",
+        # The same value spelled otherwise in the copy (1.0 for 1): not a finding.
+        "copy_respelled": "UPDATE envelopes SET envelope_text = :number_text, "
+        "envelope_sha256 = :number_sha, "
+        + (
+            "envelope = jsonb_set(CAST(CAST(:number_text AS text) AS jsonb), '{n}', '1.0') "
+            if postgres
+            else "envelope = json_set(:number_text, '$.n', 1.0) "
+        )
+        + "WHERE envelope_id = :id",
     }
     changed = json.dumps({**envelope(n), "extra": "x"}, separators=(",", ":"))
     exponent = json.dumps({**envelope(n), "retry_attempt": 0}, separators=(",", ":")).replace(
         '"retry_attempt":0', '"retry_attempt":1e0'
     )
     duplicate = '{"type":"x",' + json.dumps(envelope(n), separators=(",", ":"))[1:]
+    compact = {"separators": (",", ":")}
+    twice = json.dumps({**envelope(n), "retry_attempt": 1}, **compact)[:-1]  # type: ignore[arg-type]
+    twice += ',"retry_attempt":1.0}'
+    plain = {k: v for k, v in envelope(n).items() if k != "retry_attempt"}
+    nested = json.dumps({**plain, "payload": {**plain["payload"], "retry_attempt": 2}}, **compact)  # type: ignore[arg-type]
+    number = json.dumps(
+        {**envelope(n), "n": 1, "payload": {**envelope(n)["payload"], "team_id": 123}},
+        **compact,  # type: ignore[arg-type]
+    )
     params = {
         "id": envelope_id,
         "text": changed,
@@ -176,6 +218,12 @@ def tamper(engine: Engine, kind: str, n: int) -> None:
         "exp_sha": text_sha256(exponent),
         "dup_text": duplicate,
         "dup_sha": text_sha256(duplicate),
+        "twice_text": twice,
+        "twice_sha": text_sha256(twice),
+        "nested_text": nested,
+        "nested_sha": text_sha256(nested),
+        "number_text": number,
+        "number_sha": text_sha256(number),
     }
     if kind in ("forge_behind", "forge_future"):
         when = (
@@ -319,6 +367,17 @@ def test_an_untouched_archive_has_no_findings_either_way(engine: Engine) -> None
 @example(  # the server's fallbacks: a text it cannot cast, cases it must not certify
     tampering=[("not_json", 10), ("retry_exponent", 20), ("duplicate_key", 1200), ("copy", 1500)]
 )
+@example(
+    tampering=[
+        ("column_null", 4),
+        ("retry_twice", 9),  # slash commands: every other column passes the quick test
+        ("retry_twice", 1209),
+        ("retry_nested", 1205),
+        ("number_column", 1201),
+        ("copy_respelled", 12),
+        ("copy_respelled", 1300),
+    ]
+)
 def test_fast_verify_names_exactly_what_the_reference_names(
     engine: Engine, tampering: list[tuple[str, int]]
 ) -> None:
@@ -328,6 +387,14 @@ def test_fast_verify_names_exactly_what_the_reference_names(
     expected = reference(engine)
     fast = verify(engine, now=NOW)
     assert keys(fast) == expected
+    # Three connections on PostgreSQL, each checking a part inside one snapshot.
+    parallel = verify(engine, now=NOW, workers=3)
+    assert keys(parallel) == expected
+    assert (parallel.sealed, parallel.pruned, parallel.unsealed) == (
+        fast.sealed,
+        fast.pruned,
+        fast.unsealed,
+    )
     walked = verify(engine, now=NOW, server_side=False)
     assert keys(walked) == expected
     assert (fast.sealed, fast.pruned, fast.unsealed) == (
