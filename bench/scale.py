@@ -34,9 +34,10 @@ What it does, in one run (a few minutes; not part of CI):
    every stored text (``SELECT ... sha256(convert_to(envelope_text, 'UTF8'))``,
    the baseline: what the server itself needs to hash the archive once), then
    ``recorder.seal.seal`` of every row, an incremental seal with nothing new,
-   and ``recorder.verify.verify`` of everything; each as rows/s and as a ratio
-   to the baseline in the same run. ``--walk`` also times verify's row-by-row
-   Python walk (``server_side=False``; slow, for small runs).
+   and ``recorder.verify.verify`` of everything (as it runs by default, then
+   on one connection); each as rows/s and as a ratio to the baseline in the
+   same run. ``--walk`` also times verify's row-by-row Python walk
+   (``server_side=False``; slow, for small runs).
 
 **The scaling curve** (``--curve 100000,1000000``) instead loads each size
 into a fresh database through the import path (timed: ``--jobs`` worker
@@ -396,7 +397,9 @@ def run_single_logged_statement(url: str) -> dict[str, Any]:
     }
 
 
-def run_seal_and_verify(url: str, now: dt.datetime, walk: bool) -> dict[str, Any]:
+def run_seal_and_verify(
+    url: str, now: dt.datetime, walk: bool, one_connection: bool = False
+) -> dict[str, Any]:
     """Seal and verify everything, as ratios to a warm in-database SHA-256 scan."""
     out: dict[str, Any] = {}
     with psycopg.connect(libpq(url), autocommit=True) as conn:
@@ -428,11 +431,19 @@ def run_seal_and_verify(url: str, now: dt.datetime, walk: bool) -> dict[str, Any
     again = seal.seal(engine, margin=dt.timedelta(0), now=at)
     out["seal_nothing_new_ms"] = 1000 * (time.perf_counter() - t)
     assert again.sealed == 0
-    for name, server_side in (("verify", True), ("verify_walk", False)):
-        if name == "verify_walk" and not walk:
+    # verify as it runs by default (several connections sharing one snapshot
+    # from 100,000 sealed envelopes on), then on one connection, then walked.
+    for name, server_side, workers in (
+        ("verify", True, None),
+        ("verify_one_connection", True, 1),
+        ("verify_walk", False, None),
+    ):
+        if (name == "verify_walk" and not walk) or (
+            name == "verify_one_connection" and not one_connection
+        ):
             continue
         t = time.perf_counter()
-        report = verify.verify(engine, now=at, server_side=server_side)
+        report = verify.verify(engine, now=at, server_side=server_side, workers=workers)
         elapsed = time.perf_counter() - t
         assert report.ok, report.findings[:3]
         out[name] = {
@@ -633,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         if "seal" in sections:
-            results["seal"] = run_seal_and_verify(url, now, args.walk)
+            results["seal"] = run_seal_and_verify(url, now, args.walk, one_connection=True)
         if "prune" not in sections:
             engine.dispose()
         else:

@@ -1523,18 +1523,21 @@ _PG_CONSISTENT = " AND ".join(
 
 
 def verify_rows_postgresql(
-    through: str | None, lo: bool = False, hi: bool = False
+    through: str | None, lo: bool = False, hi: bool = False, pages: bool = False
 ) -> sa.TextClause:
     """Classify every envelope row (and the sealed member it matches) in one scan.
 
-    Groups by ``member_kind`` (``ok`` or ``check``, NULL for an unsealed row)
-    and ``row_kind`` (``inserted`` behind the sealed range, ``future``,
-    ``unsealed`` and consistent, ``check``, NULL for a sealed row behind the
-    range); each group has its row count and the ids (with block and
-    position) Python must look at. ``through`` is None, "cutoff" or "key"
-    (see :func:`sealed_through`); ``lo`` and ``hi`` limit the scan to
-    ``lo <= received_at`` and ``received_at < hi``, so that several
-    connections sharing one snapshot can each scan a part.
+    One row: ``matched`` (rows that are sealed members), ``unsealed`` (rows
+    not sealed, not behind the sealed range, consistent), the ``block_no``
+    and ``position`` of the members Python must check (``check_blocks``,
+    ``check_positions``) and the ids and kinds (``inserted`` behind the
+    sealed range, ``future``, ``check``) of the unsealed rows it must judge
+    (``row_ids``, ``row_kinds``). ``through`` is None, "cutoff" or "key" (see
+    :func:`sealed_through`); ``lo`` and ``hi`` limit the scan to
+    ``lo <= received_at`` and ``received_at < hi``; ``pages`` to the heap
+    pages from ``first_tid`` (when given) up to ``end_tid`` (when given), so
+    that several connections sharing one snapshot can each read a part of
+    the table, and only that part.
     """
     behind = {
         None: "false",
@@ -1542,62 +1545,64 @@ def verify_rows_postgresql(
         "key": '(e.received_at, e.envelope_id COLLATE "C") '
         '<= (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
     }[through]
+    if pages:  # a tid range scan reads only those pages
+        column, first, end = "e.ctid", "CAST(:first_tid AS tid)", "CAST(:end_tid AS tid)"
+    else:
+        column, first, end = "e.received_at", "CAST(:lo AS timestamptz)", "CAST(:hi AS timestamptz)"
     bounds = [
-        *(["e.received_at >= CAST(:lo AS timestamptz)"] if lo else []),
-        *(["e.received_at < CAST(:hi AS timestamptz)"] if hi else []),
+        *([f"{column} >= {first}"] if lo else []),
+        *([f"{column} < {end}"] if hi else []),
     ]
     where = f"WHERE {' AND '.join(bounds)}" if bounds else ""
-    sealed_where = where.replace("e.received_at", "s.received_at")
+    sealed_where = "" if pages else where.replace("e.received_at", "s.received_at")
     # Each level is kept apart by OFFSET 0: the innermost computes the digest
     # and the parsed text once per row, the next reduces each row to whether
     # it is sound (digest column and text agree, columns and copy agree with
     # the text), so only narrow rows meet the sealed members in the join.
+    # One aggregate row, no grouping: nothing to sort.
     return sa.text(
         f"""
-SELECT member_kind, row_kind, count(*) AS n,
-       array_agg(envelope_id) FILTER (WHERE flagged) AS ids,
-       array_agg(block_no) FILTER (WHERE flagged) AS blocks,
-       array_agg(position) FILTER (WHERE flagged) AS positions
+SELECT count(*) FILTER (WHERE member_kind IS NOT NULL) AS matched,
+       count(*) FILTER (WHERE row_kind = 'unsealed') AS unsealed,
+       array_agg(block_no) FILTER (WHERE member_kind = 'check') AS check_blocks,
+       array_agg(position) FILTER (WHERE member_kind = 'check') AS check_positions,
+       array_agg(envelope_id) FILTER (WHERE row_kind <> 'unsealed') AS row_ids,
+       array_agg(row_kind) FILTER (WHERE row_kind <> 'unsealed') AS row_kinds
 FROM (
-    SELECT envelope_id, block_no, position, member_kind, row_kind,
-           (member_kind = 'check' OR row_kind <> 'unsealed') IS TRUE AS flagged
+    SELECT e.envelope_id, s.block_no, s.position,
+        CASE
+            WHEN s.block_no IS NULL THEN NULL
+            WHEN e.sound AND e.envelope_sha256 = s.sealed_sha256 THEN 'ok'
+            ELSE 'check'
+        END AS member_kind,
+        CASE
+            WHEN {behind} THEN CASE WHEN s.block_no IS NULL THEN 'inserted' END
+            WHEN s.block_no IS NOT NULL THEN 'check'
+            WHEN e.received_at > CAST(:latest_plausible AS timestamptz) THEN 'future'
+            WHEN e.sound THEN 'unsealed'
+            ELSE 'check'
+        END AS row_kind
     FROM (
-        SELECT e.envelope_id, s.block_no, s.position,
-            CASE
-                WHEN s.block_no IS NULL THEN NULL
-                WHEN e.sound AND e.envelope_sha256 = s.sealed_sha256 THEN 'ok'
-                ELSE 'check'
-            END AS member_kind,
-            CASE
-                WHEN {behind} THEN CASE WHEN s.block_no IS NULL THEN 'inserted' END
-                WHEN s.block_no IS NOT NULL THEN 'check'
-                WHEN e.received_at > CAST(:latest_plausible AS timestamptz) THEN 'future'
-                WHEN e.sound THEN 'unsealed'
-                ELSE 'check'
-            END AS row_kind
+        SELECT e.envelope_id, e.received_at, e.envelope_sha256,
+               (e.sha = e.envelope_sha256 AND {_PG_CONSISTENT}) IS TRUE AS sound
         FROM (
-            SELECT e.envelope_id, e.received_at, e.envelope_sha256,
-                   (e.sha = e.envelope_sha256 AND {_PG_CONSISTENT}) IS TRUE AS sound
-            FROM (
-                SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
-                       e.envelope_sha256, {", ".join("e." + c for c in _PG_REPORTING)},
-                       encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
-                       CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
-                FROM envelopes e
-                {where}
-                OFFSET 0
-            ) e
+            SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
+                   e.envelope_sha256, {", ".join("e." + c for c in _PG_REPORTING)},
+                   encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
+                   CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
+            FROM envelopes e
+            {where}
             OFFSET 0
         ) e
-        LEFT JOIN (
-            SELECT s.block_no, s.position, s.envelope_id, s.received_at,
-                   s.envelope_sha256 AS sealed_sha256
-            FROM sealed_envelopes s {sealed_where}
-        ) s ON s.envelope_id = e.envelope_id AND s.received_at = e.received_at
         OFFSET 0
-    ) classified
-) c
-GROUP BY member_kind, row_kind
+    ) e
+    LEFT JOIN (
+        SELECT s.block_no, s.position, s.envelope_id, s.received_at,
+               s.envelope_sha256 AS sealed_sha256
+        FROM sealed_envelopes s {sealed_where}
+    ) s ON s.envelope_id = e.envelope_id AND s.received_at = e.received_at
+    OFFSET 0
+) classified
 """
     )
 

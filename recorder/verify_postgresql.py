@@ -102,7 +102,7 @@ def check(
     tally = _Tally()
     with _Helpers(conn, count - 1) as helpers:
         _check_chain(conn, blocks, report, ledger, helpers)
-        parts = _row_parts(blocks, count)
+        parts = _page_parts(conn, count)
         _scan_parts(conn, through, latest_plausible, parts, tally, report, ledger, helpers)
     logged, tally.matched_logged = conn.execute(statements.COUNT_LOGGED_MEMBERS_POSTGRESQL).one()
     _check_flagged_members(conn, blocks, tally, report, ledger)
@@ -188,17 +188,22 @@ def _workers(conn: Connection, blocks: list[SealBlock], workers: int | None) -> 
 
 
 Bounds = tuple[dt.datetime | None, dt.datetime | None]
+Pages = tuple[int | None, int | None]
 
 
-def _row_parts(blocks: list[SealBlock], count: int) -> list[Bounds]:
-    """``count`` ranges of received_at covering every time, split where blocks start.
+def _page_parts(conn: Connection, count: int) -> list[Pages]:
+    """``count`` ranges of heap pages covering the whole table (the last one open-ended).
 
-    Range blocks hold equal numbers of rows in time order, so their first keys
-    split the sealed rows evenly; the ends are open, so nothing is left out.
+    Physical ranges rather than times: each connection reads only its pages
+    (a tid range scan), and every row, whatever its date, is in one of them.
     """
-    starts = sorted({blocks[len(blocks) * k // count].first_received_at for k in range(1, count)})
-    edges: list[dt.datetime | None] = [None, *starts, None]
-    return list(pairwise(edges))
+    if count <= 1:
+        return [(None, None)]
+    pages = conn.exec_driver_sql(
+        "SELECT pg_relation_size('envelopes') / current_setting('block_size')::int"
+    ).scalar_one()
+    edges = sorted({int(pages) * k // count for k in range(1, count)} - {0})
+    return list(pairwise([None, *edges, None]))
 
 
 def _block_parts(blocks: list[SealBlock], count: int) -> list[list[SealBlock]]:
@@ -301,25 +306,32 @@ def _scan_parts(
     conn: Connection,
     through: SealedThrough,
     latest_plausible: dt.datetime,
-    parts: list[Bounds],
+    parts: list[Pages],
     tally: _Tally,
     report: VerifyReport,
     ledger: ErasureLedger,
     helpers: _Helpers,
 ) -> None:
-    """Classify every row, a range of received_at per connection."""
-    results = helpers.map(lambda c, bounds: _fetch(c, through, latest_plausible, bounds), parts)
-    for bounds, groups in zip(parts, results, strict=True):
-        if groups is None:  # a text the server could not cast: narrow it down here
-            _split(conn, through, latest_plausible, bounds, tally, report, ledger)
-        else:
-            _tally(groups, tally)
+    """Classify every row, a range of heap pages per connection."""
+    results = helpers.map(
+        lambda c, pages: _fetch(c, through, latest_plausible, (None, None), pages), parts
+    )
+    if any(result is None for result in results):
+        # A text the server could not cast: narrow it down by time, on this connection.
+        _scan(conn, through, latest_plausible, (None, None), tally, report, ledger)
+        return
+    for result in results:
+        _tally(result, tally)
 
 
 def _fetch(
-    conn: Connection, through: SealedThrough, latest_plausible: dt.datetime, bounds: Bounds
-) -> list[Any] | None:
-    """The scan's groups for the rows in ``bounds``; None when a text cannot be cast."""
+    conn: Connection,
+    through: SealedThrough,
+    latest_plausible: dt.datetime,
+    bounds: Bounds,
+    pages: Pages = (None, None),
+) -> Any | None:
+    """The scan's row for the rows in ``bounds`` and ``pages``; None when a text cannot be cast."""
     variant: str | None = None
     params: dict[str, Any] = {"latest_plausible": latest_plausible}
     if through.cutoff is not None:
@@ -327,30 +339,32 @@ def _fetch(
     elif through.last is not None:
         variant = "key"
         params["through_at"], params["through_id"] = through.last
-    lo, hi = bounds
-    params.update({"lo": lo} if lo is not None else {}, **({"hi": hi} if hi is not None else {}))
-    stmt = statements.verify_rows_postgresql(variant, lo is not None, hi is not None)
+    by_page = pages != (None, None)
+    ends: tuple[Any, Any] = (_tid(pages[0]), _tid(pages[1])) if by_page else bounds
+    names = ("first_tid", "end_tid") if by_page else ("lo", "hi")
+    params.update((name, end) for name, end in zip(names, ends, strict=True) if end is not None)
+    stmt = statements.verify_rows_postgresql(
+        variant, ends[0] is not None, ends[1] is not None, by_page
+    )
     try:
         with conn.begin_nested():
-            return list(conn.execute(stmt, params).all())
+            return conn.execute(stmt, params).one()
     except sa_exc.DBAPIError as exc:
         if not _is_data_error(exc):
             raise
         return None
 
 
-def _tally(groups: list[Any], tally: _Tally) -> None:
-    for g in groups:
-        flagged = list(zip(g.ids or [], g.blocks or [], g.positions or [], strict=True))
-        if g.member_kind is not None:
-            tally.matched += g.n
-        if g.member_kind == "check":
-            tally.members.update((b, p) for _, b, p in flagged)
-        if g.row_kind is not None:
-            if g.row_kind == "unsealed":
-                tally.unsealed += g.n
-            else:
-                tally.rows.setdefault(g.row_kind, set()).update(i for i, _, _ in flagged)
+def _tid(page: int | None) -> str | None:
+    return None if page is None else f"({page},0)"
+
+
+def _tally(row: Any, tally: _Tally) -> None:
+    tally.matched += row.matched
+    tally.unsealed += row.unsealed
+    tally.members.update(zip(row.check_blocks or [], row.check_positions or [], strict=True))
+    for envelope_id, kind in zip(row.row_ids or [], row.row_kinds or [], strict=True):
+        tally.rows.setdefault(kind, set()).add(envelope_id)
 
 
 def _scan(
@@ -363,11 +377,11 @@ def _scan(
     ledger: ErasureLedger,
 ) -> None:
     """Classify the rows received in ``bounds``, halving on cast errors."""
-    groups = _fetch(conn, through, latest_plausible, bounds)
-    if groups is None:
+    row = _fetch(conn, through, latest_plausible, bounds)
+    if row is None:
         _split(conn, through, latest_plausible, bounds, tally, report, ledger)
     else:
-        _tally(groups, tally)
+        _tally(row, tally)
 
 
 def _is_data_error(exc: sa_exc.DBAPIError) -> bool:

@@ -58,29 +58,40 @@ def _check_members(conn: Connection, report: VerifyReport, ledger: ErasureLedger
     stmt = sa.select(
         s.block_no,
         s.position,
-        s.envelope_id,
         _raw(s.received_at).label("sealed_at"),
         s.envelope_sha256.label("sealed_sha256"),
         _raw(e.received_at).label("received_at"),
-        e.envelope_text,
-        e.envelope_sha256,
-        sa.cast(e.envelope, sa.Text).label("copy"),
-        *(e[name] for name in REPORTING_COLUMNS),
+        *_checked(s.envelope_id),
     ).select_from(sealed_envelopes.outerjoin(envelopes, e.envelope_id == s.envelope_id))
     flagged: list[tuple[int, int]] = []
+    # Plain tuples: a row's attributes by name cost more than its checks.
     for row in conn.execute(stmt):
-        if row.envelope_text is None or row.received_at != row.sealed_at:
-            flagged.append((row.block_no, row.position))
+        block_no, position, sealed_at, sealed_sha256, received_at, *checked = row
+        text = checked[1]
+        if text is None or received_at != sealed_at:
+            flagged.append((block_no, position))
             continue
-        sha = hashlib.sha256(row.envelope_text.encode("utf-8", "surrogatepass")).hexdigest()
-        if sha != row.sealed_sha256 or not _consistent(row, sha):
-            flagged.append((row.block_no, row.position))
+        sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if sha != sealed_sha256 or not _consistent(checked, sha):
+            flagged.append((block_no, position))
     for start in range(0, len(flagged), _CHUNK):
         chunk = flagged[start : start + _CHUNK]
         members = conn.execute(
             sa.select(sealed_envelopes).where(sa.tuple_(s.block_no, s.position).in_(chunk))
         ).all()
         judge_members(conn, members, report, ledger)
+
+
+def _checked(envelope_id: Any) -> list[Any]:
+    """What :func:`_consistent` reads, in its order."""
+    e = envelopes.c
+    return [
+        envelope_id,
+        e.envelope_text,
+        e.envelope_sha256,
+        sa.cast(e.envelope, sa.Text).label("copy"),
+        *(e[name] for name in REPORTING_COLUMNS),
+    ]
 
 
 def _check_rows(
@@ -97,29 +108,27 @@ def _check_rows(
         else sa.false()
     )
     stmt = sa.select(
-        e.envelope_id,
-        e.envelope_text,
-        e.envelope_sha256,
-        sa.cast(e.envelope, sa.Text).label("copy"),
-        *(e[name] for name in REPORTING_COLUMNS),
         behind.label("behind"),
         statements.is_sealed().label("sealed"),
         (e.received_at > sa.literal(latest_plausible, UTCDateTime)).label("future"),
+        *_checked(e.envelope_id),
     )
     kinds: dict[str, str] = {}
     for row in conn.execute(stmt):
-        if row.behind:
-            if not row.sealed:
-                kinds[row.envelope_id] = "inserted"
+        is_behind, sealed, future, *checked = row
+        envelope_id = checked[0]
+        if is_behind:
+            if not sealed:
+                kinds[envelope_id] = "inserted"
             continue
-        if row.future:
-            kinds[row.envelope_id] = "future"
+        if future:
+            kinds[envelope_id] = "future"
             continue
-        sha = hashlib.sha256(row.envelope_text.encode("utf-8", "surrogatepass")).hexdigest()
-        if _consistent(row, sha):
+        sha = hashlib.sha256(checked[1].encode("utf-8", "surrogatepass")).hexdigest()
+        if _consistent(checked, sha):
             report.unsealed += 1
         else:
-            kinds[row.envelope_id] = "check"
+            kinds[envelope_id] = "check"
     judge_unsealed(conn, kinds, through, report, ledger)
 
 
@@ -127,20 +136,26 @@ def _no_constants(name: str) -> Any:
     raise ValueError(name)
 
 
-def _consistent(row: Any, sha: str) -> bool:
-    """A quick pass of recorder.verify.check_consistent; False means: ask it."""
-    text = row.envelope_text
+#: json.loads(text, parse_constant=...) without building a decoder per row.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def _consistent(checked: list[Any], sha: str) -> bool:
+    """A quick pass of recorder.verify.check_consistent; False means: ask it.
+
+    ``checked`` is the row as :func:`_checked` lists it.
+    """
+    envelope_id, text, stored_sha, copy, *columns = checked
     # \\u escapes may need the copy rewritten (NUL, lone surrogates): leave those to it.
-    if row.envelope_sha256 != sha or row.copy != text or "\\u" in text:
+    if stored_sha != sha or copy != text or "\\u" in text:
         return False
-    envelope_id = row.envelope_id
     if not 0 < len(envelope_id) <= MAX_ENVELOPE_ID_LENGTH or "\x00" in envelope_id:
         return False
     try:
-        data = json.loads(text, parse_constant=_no_constants)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return False
     if not isinstance(data, dict) or data.get("envelope_id", envelope_id) != envelope_id:
         return False
     expected = extract_columns(data)
-    return all(getattr(row, name) == expected[name] for name in REPORTING_COLUMNS)
+    return columns == [expected[name] for name in REPORTING_COLUMNS]
