@@ -104,6 +104,10 @@ class Checkpoints:
                 )
                 self._thread.start()
 
+    def forked(self, writer_lock: threading.Lock) -> None:
+        """In a forked child, before :meth:`start`: the writers' lock the child made."""
+        self._writer_lock = writer_lock
+
     def close(self) -> None:
         """Stop the thread; its last checkpoint runs before this returns."""
         with self._lock:

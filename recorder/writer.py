@@ -114,6 +114,7 @@ class Writer:
         self._sqlite = is_sqlite(engine)
         # SQLite lets one writer in at a time: this process's writers queue here.
         self._sqlite_writer = threading.Lock() if self._sqlite else None
+        self._lock_pid = os.getpid()
         self._dedicated: _DedicatedConnections | None = None
         self._checkpoints: Checkpoints | None = None
         if isinstance(engine.pool, QueuePool) and (
@@ -175,6 +176,8 @@ class Writer:
         if lock is None:
             yield
             return
+        if self._lock_pid != os.getpid():
+            lock = self._fresh_lock_after_fork()
         if self._checkpoints is not None:
             self._checkpoints.start()
         timeout = self.record_timeout if bounded and self.record_timeout is not None else -1
@@ -187,6 +190,14 @@ class Writer:
             yield
         finally:
             lock.release()
+
+    def _fresh_lock_after_fork(self) -> threading.Lock:
+        """In a forked child: a lock of its own (the copy may be held by a parent's thread)."""
+        self._sqlite_writer = threading.Lock()
+        self._lock_pid = os.getpid()
+        if self._checkpoints is not None:
+            self._checkpoints.forked(self._sqlite_writer)
+        return self._sqlite_writer
 
     @contextmanager
     def _storage_errors(self, action: str) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sqlite3
 import threading
 import time
@@ -74,3 +75,30 @@ def test_a_buffer_dropped_without_close_leaves_no_thread_behind(tmp_path: Path) 
     for n in range(5):
         with sqlite3.connect(tmp_path / f"r{n}.db") as conn:
             assert conn.execute("SELECT count(*) FROM envelopes").fetchone() == (1,)
+
+
+def test_a_child_forked_while_the_writers_lock_was_held_can_write(tmp_path: Path) -> None:
+    path = tmp_path / "recorder.db"
+    with SQLEventBuffer(f"sqlite:///{path}", upgrade=True, record_timeout=2) as buffer:
+        buffer.record("e0", envelope(0))
+        # The fork lands while a thread of the parent holds the writers' lock
+        # (a record in progress, or the background checkpoint's last pass):
+        # no thread of the child would ever release that copy of it.
+        lock = buffer._writes._sqlite_writer
+        assert lock is not None
+        with lock:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (the child)
+                code = 1
+                try:
+                    buffer.record("e1", envelope(1))
+                    buffer.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        buffer.record("e2", envelope(2))
+    with sqlite3.connect(path) as conn:
+        ids = {r[0] for r in conn.execute("SELECT envelope_id FROM envelopes")}
+    assert ids == {"e0", "e1", "e2"}
