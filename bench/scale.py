@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import multiprocessing
 import os
@@ -536,15 +537,13 @@ def curve_table(points: list[dict[str, Any]], extrapolate_to: int) -> str:
         + " | ".join(cells)
         + " | flat (an index range scan) |"
     )
-    if len(points) > 1:
-        first = points[0]
-        growth = last["rows"] / first["rows"]
-        cells = [f"{last[s]['seconds'] / first[s]['seconds']:.1f}x" for s in CURVE_STEPS]
-        query = last["query"]["median_ms"] / first["query"]["median_ms"]
+    for before, after in itertools.pairwise(points):
+        growth = after["rows"] / before["rows"]
+        cells = [f"{after[s]['seconds'] / before[s]['seconds']:.1f}x" for s in CURVE_STEPS]
+        query = after["query"]["median_ms"] / before["query"]["median_ms"]
         lines.append(
-            f"| time growth for {growth:.0f}x the rows (linear: {growth:.0f}x) | "
-            + " | ".join(cells)
-            + f" | {query:.1f}x |"
+            f"| time growth from {before['rows']:,} to {after['rows']:,} "
+            f"({growth:.1f}x the rows) | " + " | ".join(cells) + f" | {query:.1f}x |"
         )
     return "\n".join(lines)
 
