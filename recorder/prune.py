@@ -574,7 +574,9 @@ def _prune_locked(
         made: dict[str, Archiver] = {}
         for name, options in targets.items():
             if options is not None:
-                key = str(options.path)
+                # One archiver per archive, however its directory is spelled
+                # (a symlink, "x/../a"): recovery finds a file by its archive.
+                key = str(options.path.resolve())
                 if key not in made:
                     made[key] = Archiver(
                         run.engine, options, run_id=report.run_id, progress=report.archive

@@ -403,3 +403,35 @@ def test_archiving_required_during_a_library_run_stops_its_plain_deletes(
     assert report.status == "completed", report.error
     assert live_rows(engine) == {}
     assert len(archived_rows(tmp_path / "a")) == len(before) - 4
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_two_spellings_of_one_policy_archive_directory_are_one_archive(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine, 24)
+    before = set(live_rows(engine))
+    (tmp_path / "sub").mkdir()
+    retention.set_policy(engine, "default", keep="30d", archive_dir=tmp_path / "a")
+    retention.set_policy(
+        engine, "c1", keep="30d", channel_id="C1", priority=5, archive_dir=f"{tmp_path}/sub/../a"
+    )
+
+    def interrupt(name: str) -> None:
+        if name == "archive.file-written":
+            raise _Interrupted  # a crash with a written file not yet deleted from
+
+    monkeypatch.setattr("recorder.archive.archiver.failpoints.reach", interrupt)
+    with pytest.raises(_Interrupted):
+        retention.prune(engine, batch_size=4)
+    monkeypatch.undo()
+    # The next run finishes that file through the archive both policies share.
+    report = retention.prune(engine, batch_size=4)
+    assert report.status == "completed", report.error
+    assert live_rows(engine) == {}
+    assert {r["envelope_id"] for r in archived_rows(tmp_path / "a")} == before
+    checked = verify_archive(engine, tmp_path / "a")
+    assert checked.ok, [f.line() for f in checked.findings]
