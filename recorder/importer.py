@@ -31,10 +31,11 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from recorder.errors import InvalidEnvelope, SchemaMissing, StorageUnavailable
+from recorder.errors import InvalidEnvelope, RecorderError, SchemaMissing, StorageUnavailable
 from recorder.import_lines import (
     ARCHIVE_FIELDS,
     RECEIVED_AT_CHOICES,
@@ -309,18 +310,28 @@ class ImportParsers:
     def prepare(
         self, chunks: Iterable[Chunk], options: ChunkOptions
     ) -> Generator[PreparedChunk, None, None]:
-        """:func:`~recorder.import_lines.prepare_chunk` over ``chunks``, in order, in parallel."""
-        window: deque[Future[PreparedChunk]] = deque()
+        """:func:`~recorder.import_lines.prepare_chunk` over ``chunks``, in order, in parallel.
+
+        Raises
+        ------
+        RecorderError
+            A worker process ended abruptly (killed, out of memory).
+        """
+        window: deque[tuple[int, Future[PreparedChunk]]] = deque()
         try:
             for chunk in chunks:
                 self._used = True
-                window.append(self._pool.submit(prepare_chunk, chunk, options))
+                try:
+                    future = self._pool.submit(prepare_chunk, chunk, options)
+                except BrokenProcessPool as exc:  # a worker died since the last result
+                    raise _worker_died(window[0][0] if window else chunk.first_line) from exc
+                window.append((chunk.first_line, future))
                 if len(window) >= self.WINDOW_PER_JOB * self.jobs:
-                    yield window.popleft().result()
+                    yield _result(*window.popleft())
             while window:
-                yield window.popleft().result()
+                yield _result(*window.popleft())
         finally:
-            for future in window:
+            for _, future in window:
                 future.cancel()
 
     def close(self) -> None:
@@ -334,6 +345,22 @@ class ImportParsers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _result(first_line: int, future: Future[PreparedChunk]) -> PreparedChunk:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise _worker_died(first_line) from exc
+
+
+def _worker_died(first_line: int) -> RecorderError:
+    # Not a traceback: what happened, where, and that a rerun is the remedy.
+    return RecorderError(
+        f"import stopped at line {first_line}: a worker process of the import ended "
+        "abruptly (killed, or out of memory); lines before it may be recorded, and "
+        "importing the file again is safe"
+    )
 
 
 class _BatchWriter:

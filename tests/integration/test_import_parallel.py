@@ -10,6 +10,8 @@ text is stored, and the reader never runs far ahead of what is committed.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +22,7 @@ from sqlalchemy.engine import make_url
 from recorder.adapters.sql import SQLEventBuffer
 from recorder.audit import QuerySpec, query_envelopes
 from recorder.engine import create_engine
-from recorder.errors import StorageUnavailable
+from recorder.errors import RecorderError, StorageUnavailable
 from recorder.importer import WRITERS, ImportParsers, import_envelopes
 from recorder.testing.faults import TcpProxy
 
@@ -213,3 +215,26 @@ def test_an_outage_with_two_writers_keeps_every_line_before_the_one_named(
     with SQLEventBuffer(pg_url) as buffer:
         report = import_envelopes(buffer, [line(envelope(n)) for n in range(3000)], parsers=parsers)
     assert (report.new, report.duplicate) == (3000 - len(ids), len(ids))
+
+
+def test_a_worker_killed_mid_import_is_a_clear_error_and_a_rerun_completes(
+    sqlite_url: str,
+) -> None:
+    with ImportParsers(2) as workers:
+
+        def lines() -> Iterator[bytes]:
+            for n in range(3000):
+                if n == 1500:  # the OOM killer, or kill -9, takes a worker
+                    os.kill(next(iter(workers._pool._processes)), signal.SIGKILL)
+                yield line(envelope(n))
+
+        with (
+            SQLEventBuffer(sqlite_url) as buffer,
+            pytest.raises(RecorderError, match="a worker process of the import ended") as failure,
+        ):
+            import_envelopes(buffer, lines(), batch_size=100, parsers=workers)
+    assert "importing the file again is safe" in str(failure.value)
+    with SQLEventBuffer(sqlite_url) as buffer:
+        report = import_envelopes(buffer, [line(envelope(n)) for n in range(3000)], jobs=1)
+    assert report.new + report.duplicate == 3000
+    assert len(stored_texts(sqlite_url)) == 3000
