@@ -79,6 +79,21 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 PENDING = adapter.PENDING
 DONE = adapter.DONE
 
+#: The reporting columns extracted from every envelope, in the table's order
+#: (what verify checks against the stored text).
+REPORTING_COLUMNS: tuple[str, ...] = (
+    "envelope_type",
+    "team_id",
+    "enterprise_id",
+    "api_app_id",
+    "event_id",
+    "event_type",
+    "channel_id",
+    "user_id",
+    "retry_attempt",
+    "retry_reason",
+)
+
 envelopes = Table(
     "envelopes",
     metadata,

@@ -26,6 +26,7 @@ from recorder.envelope import MAX_COLUMN_LENGTH, MAX_ENVELOPE_ID_LENGTH, ParsedE
 from recorder.schema import (
     DONE,
     PENDING,
+    REPORTING_COLUMNS,
     UTCDateTime,
     change_log,
     envelopes,
@@ -1349,18 +1350,6 @@ _PG_CERTIFIABLE = f"""(strpos(e.envelope_text, '\\u') = 0
              AND (octet_length(e.envelope_text) < 4300
                   OR e.envelope_text !~ '[0-9]{{4300}}'))))"""
 
-_PG_REPORTING = (
-    "envelope_type",
-    "team_id",
-    "enterprise_id",
-    "api_app_id",
-    "event_id",
-    "event_type",
-    "channel_id",
-    "user_id",
-    "retry_attempt",
-    "retry_reason",
-)
 
 # The exact expressions above read the parsed text through these shorthands;
 # spelled out here so that nothing is extracted for the (nearly all) rows the
@@ -1587,7 +1576,7 @@ FROM (
                (e.sha = e.envelope_sha256 AND {_PG_CONSISTENT}) IS TRUE AS sound
         FROM (
             SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
-                   e.envelope_sha256, {", ".join("e." + c for c in _PG_REPORTING)},
+                   e.envelope_sha256, {", ".join("e." + c for c in REPORTING_COLUMNS)},
                    encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
                    CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
             FROM envelopes e

@@ -44,7 +44,7 @@ from recorder.envelope import stored_columns
 from recorder.erasure_check import ErasureLedger
 from recorder.errors import InvalidEnvelope
 from recorder.prune_checks import check_deletion_log
-from recorder.schema import envelopes
+from recorder.schema import REPORTING_COLUMNS, envelopes
 from recorder.seal import (
     DEFAULT_MARGIN,
     GENESIS_DIGEST,
@@ -61,18 +61,6 @@ from recorder.sealed_logs import LogEntry
 from recorder.wording import counted
 
 _FETCH_CHUNK = 1_000
-REPORTING_COLUMNS = (
-    "envelope_type",
-    "team_id",
-    "enterprise_id",
-    "api_app_id",
-    "event_id",
-    "event_type",
-    "channel_id",
-    "user_id",
-    "retry_attempt",
-    "retry_reason",
-)
 
 
 @dataclass(frozen=True, slots=True)

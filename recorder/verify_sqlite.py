@@ -23,10 +23,9 @@ from sqlalchemy.engine import Connection
 from recorder import statements
 from recorder.envelope import MAX_ENVELOPE_ID_LENGTH, extract_columns
 from recorder.erasure_check import ErasureLedger
-from recorder.schema import UTCDateTime, envelopes, sealed_envelopes
+from recorder.schema import REPORTING_COLUMNS, UTCDateTime, envelopes, sealed_envelopes
 from recorder.seal import SealedThrough
 from recorder.verify import (
-    REPORTING_COLUMNS,
     VerifyReport,
     judge_members,
     judge_unsealed,

@@ -27,9 +27,15 @@ from recorder.adapters.sql import SQLEventBuffer
 from recorder.engine import create_engine
 from recorder.envelope import stored_columns
 from recorder.errors import InvalidEnvelope
-from recorder.schema import envelopes, pruned_envelopes, seal_blocks, sealed_envelopes
+from recorder.schema import (
+    REPORTING_COLUMNS,
+    envelopes,
+    pruned_envelopes,
+    seal_blocks,
+    sealed_envelopes,
+)
 from recorder.seal import DEFAULT_MARGIN, GENESIS_DIGEST, Member, block_digest, seal, text_sha256
-from recorder.verify import REPORTING_COLUMNS, verify
+from recorder.verify import verify
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
