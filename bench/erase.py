@@ -36,7 +36,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from scale import (  # type: ignore[import-not-found]
+from scale import (
     DAY,
     IMPORT_BATCH,
     SPAN_DAYS,
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 with psycopg.connect(libpq(server), autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(json.dumps(results, indent=2, default=str))
     return 0
 

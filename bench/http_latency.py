@@ -122,14 +122,14 @@ def scratch_postgres(server_url: str) -> Iterator[str]:
     libpq = make_url(server_url).set(drivername="postgresql")
     admin = libpq.render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     url = libpq.set(database=name).render_as_string(hide_password=False)
     try:
         db.upgrade(url)
         yield url
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def requests(factory: EnvelopeFactory, count: int) -> list[tuple[str, str]]:

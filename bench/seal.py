@@ -96,7 +96,7 @@ def main() -> None:
     admin = make_url(args.postgres).set(drivername="postgresql")
     libpq = admin.render_as_string(hide_password=False)
     with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     url = admin.set(database=name).render_as_string(hide_password=False)
     figures: dict[str, Any] = {"rows": args.rows}
     try:
@@ -118,8 +118,8 @@ def main() -> None:
                 for n in range(first, min(first + 5000, args.rows))
             ]
             loader.record_many(parsed)
-        with engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
+        with engine.connect() as sa_conn:
+            sa_conn.exec_driver_sql("ANALYZE")
 
         started = time.perf_counter()
         report = seal(engine)
@@ -168,7 +168,7 @@ def main() -> None:
         engine.dispose()
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(json.dumps(figures, indent=2))
 
 

@@ -84,7 +84,7 @@ def _database_url(server_url: str, name: str) -> str:
 def _admin(server_url: str, *statements: str) -> None:
     with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
         for statement in statements:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
 
 @pytest.fixture(scope="session")

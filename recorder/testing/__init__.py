@@ -9,7 +9,19 @@ the simulator needs no pytest.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Type checkers do not run __getattr__; these give users real types, not Any.
+    # "X as X" marks them as re-exported under strict mypy (no implicit re-export).
+    from recorder.testing.clock import ManualClock as ManualClock
+    from recorder.testing.conformance import AdapterConformance as AdapterConformance
+    from recorder.testing.conformance import CrossProcessConformance as CrossProcessConformance
+    from recorder.testing.conformance import TTLConformance as TTLConformance
+    from recorder.testing.faults import TcpProxy as TcpProxy
+    from recorder.testing.recovery import RecoveryConformance as RecoveryConformance
+    from recorder.testing.simulator import SocketModeSimulator as SocketModeSimulator
+    from recorder.testing.slack_http import SlackHttpSender as SlackHttpSender
 
 _EXPORTS = {
     "SocketModeSimulator": "recorder.testing.simulator",

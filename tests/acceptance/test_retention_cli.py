@@ -15,7 +15,7 @@ import shutil
 import struct
 import subprocess
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,11 @@ from tests.acceptance.conftest import run_text as run
 UTC = dt.timezone.utc
 DAY = dt.timedelta(days=1)
 TODAY = dt.datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+
+
+def clock_at(at: dt.datetime) -> Callable[[], dt.datetime]:
+    """A buffer clock stuck at ``at`` (bound now, not to the loop variable)."""
+    return lambda: at
 
 
 def events_api(
@@ -85,7 +90,7 @@ def seed(url: str, days: int = 10) -> int:
         n = 0
         for day in range(days):
             at = TODAY - (days - 1 - day) * DAY
-            buffer = SQLEventBuffer(engine, clock=lambda at=at: at)
+            buffer = SQLEventBuffer(engine, clock=clock_at(at))
             batch: list[dict[str, Any]] = []
             for i in range(5 + 3 * day):
                 n += 1

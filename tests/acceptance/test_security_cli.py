@@ -79,7 +79,7 @@ def test_db_grant_prints_its_sql_and_runs_it(pg_url: str) -> None:
     role = f"rec_cli_{uuid.uuid4().hex[:8]}"
     libpq = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN')  # type: ignore[arg-type]
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
     try:
         granted = run(pg_url, "db", "grant", "--reader", role)
         assert granted.returncode == 0, granted.stderr
@@ -89,8 +89,8 @@ def test_db_grant_prints_its_sql_and_runs_it(pg_url: str) -> None:
         assert missing.stderr.startswith("error: no such role: rec_no_such_role")
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]
-            conn.execute(f'DROP ROLE "{role}"')  # type: ignore[arg-type]
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
 
 
 @pytest.mark.parametrize("args", [["seal", "--block-size", "0"], ["db", "grant"]])

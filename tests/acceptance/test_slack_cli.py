@@ -39,7 +39,7 @@ def test_demo_records_the_stream_and_says_how_to_query_it(tmp_path: Path) -> Non
     with SQLEventBuffer(url) as buffer:
         assert buffer.count_pending() == 0
         with buffer.engine.connect() as conn:
-            types = dict(
+            types: dict[str, int] = dict(
                 conn.execute(
                     sa.text("SELECT envelope_type, count(*) FROM envelopes GROUP BY envelope_type")
                 ).all()
@@ -107,7 +107,7 @@ def test_demo_over_http_records_each_delivery_once(tmp_path: Path) -> None:
     with SQLEventBuffer(url) as buffer:
         assert buffer.count_pending() == 0
         with buffer.engine.connect() as conn:
-            types = dict(
+            types: dict[str, int] = dict(
                 conn.execute(
                     sa.text("SELECT envelope_type, count(*) FROM envelopes GROUP BY envelope_type")
                 ).all()

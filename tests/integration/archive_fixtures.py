@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ UTC = dt.timezone.utc
 #: Old enough for a 30-day policy whenever the tests run, spread over three months.
 START = dt.datetime(2025, 1, 28, 9, 30, tzinfo=UTC)
 _seq = itertools.count()
+
+
+def clock_at(at: dt.datetime) -> Callable[[], dt.datetime]:
+    """A buffer clock stuck at ``at`` (bound now, not to the loop variable)."""
+    return lambda: at
 
 
 def envelope(channel: str, user: str = "U1") -> dict[str, Any]:
@@ -44,7 +50,7 @@ def fill(engine: Engine, count: int, *, step: dt.timedelta = dt.timedelta(hours=
     for i in range(count):
         at = START + i * step
         data = envelope(f"C{i % 3 + 1}")
-        buffer = SQLEventBuffer(engine, clock=lambda at=at: at)
+        buffer = SQLEventBuffer(engine, clock=clock_at(at))
         assert buffer.record(data["envelope_id"], data) is RecordResult.NEW
 
 

@@ -29,14 +29,14 @@ def roles(pg_url: str) -> Iterator[dict[str, str]]:
     names = {part: f"rec_{part}_{suffix}" for part in PARTS}
     with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
         for name in names.values():
-            conn.execute(f'CREATE ROLE "{name}" LOGIN')  # type: ignore[arg-type]
+            conn.execute(f'CREATE ROLE "{name}" LOGIN')
     try:
         yield names
     finally:
         with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
             for name in names.values():
-                conn.execute(f'DROP OWNED BY "{name}"')  # type: ignore[arg-type]
-                conn.execute(f'DROP ROLE "{name}"')  # type: ignore[arg-type]
+                conn.execute(f'DROP OWNED BY "{name}"')
+                conn.execute(f'DROP ROLE "{name}"')
 
 
 @pytest.fixture

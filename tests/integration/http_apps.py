@@ -64,7 +64,9 @@ class Calls:
             self.counts[key] += 1
             self.changed.notify_all()
 
-    def wait_for(self, predicate: Callable[[collections.Counter[str]], bool], timeout: float = 10):
+    def wait_for(
+        self, predicate: Callable[[collections.Counter[str]], bool], timeout: float = 10
+    ) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: predicate(self.counts), timeout), dict(self.counts)
 

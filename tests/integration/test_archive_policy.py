@@ -171,6 +171,8 @@ def test_the_policy_archive_is_shown_and_logged(engine: Engine, tmp_path: Path) 
     (policy,) = retention.list_policies(engine)
     assert policy.archive_dir is None
     create, update = retention.read_change_log(engine)
+    assert create.details is not None
+    assert update.details is not None
     assert create.details["after"]["archive_dir"] == str(tmp_path / "a")
     assert "archive_dir" not in update.details["after"]
     assert update.details["before"]["archive_dir"] == str(tmp_path / "a")

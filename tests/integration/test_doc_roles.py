@@ -70,14 +70,14 @@ def _drop_roles(pg_url: str) -> None:
         for name in ROLE_NAMES:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
             if exists:
-                conn.execute(f'DROP OWNED BY "{name}"')  # type: ignore[arg-type]
-                conn.execute(f'DROP ROLE "{name}"')  # type: ignore[arg-type]
+                conn.execute(f'DROP OWNED BY "{name}"')
+                conn.execute(f'DROP ROLE "{name}"')
 
 
 def create_roles(pg_url: str, *names: str) -> None:
     with psycopg.connect(_libpq(pg_url), autocommit=True) as conn:
         for name in names:
-            conn.execute(f'CREATE ROLE "{name}" LOGIN')  # type: ignore[arg-type]
+            conn.execute(f'CREATE ROLE "{name}" LOGIN')
 
 
 def privileges(pg_url: str, role: str) -> set[str]:

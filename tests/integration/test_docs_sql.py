@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from tests.integration.conftest import ConnectAs
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 UTC = dt.timezone.utc
+
+
+def clock_at(at: dt.datetime) -> Callable[[], dt.datetime]:
+    """A buffer clock stuck at ``at`` (bound now, not to the loop variable)."""
+    return lambda: at
 
 
 def sql_blocks(name: str) -> list[str]:
@@ -54,7 +60,7 @@ def seed(url: str) -> None:
             ("E0PRUNED01", dt.datetime(2026, 1, 1, tzinfo=UTC), "C0OLD", "U0OLD", "T0OLD", 0),
         ]
         for n, (envelope_id, at, channel, user, team, retry) in enumerate(rows):
-            buffer = SQLEventBuffer(engine, clock=lambda at=at: at)
+            buffer = SQLEventBuffer(engine, clock=clock_at(at))
             buffer.record(
                 envelope_id,
                 message(envelope_id, n, channel=channel, user=user, team=team, retry=retry),
@@ -131,7 +137,7 @@ def test_the_pg_cron_procedure_prunes_like_recorder_prune(
                     n += 1
                     at = now - age * day - dt.timedelta(hours=1)
                     envelope_id = f"P{n:04d}"
-                    buffer = SQLEventBuffer(engine, clock=lambda at=at: at)
+                    buffer = SQLEventBuffer(engine, clock=clock_at(at))
                     buffer.record(
                         envelope_id, message(envelope_id, 1000 + n, channel=channel, user=user)
                     )

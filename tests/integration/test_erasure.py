@@ -380,7 +380,7 @@ def test_tombstone_and_scrub_are_the_same_text_on_both_engines(
                         {"id": g.envelope_id},
                     )
                     .one()
-                    ._mapping
+                    ._asdict()
                 )
             expected = tombstone_text(
                 envelope_id=g.envelope_id,

@@ -88,7 +88,7 @@ def test_eraser_functions_refuse_what_the_erasure_does_not_name(
 ) -> None:
     eraser = connect_as(roles["eraser"])
     with owner.connect() as conn:
-        before = dict(
+        before: dict[str, str] = dict(
             conn.execute(sa.text("SELECT envelope_id, envelope_text FROM envelopes")).all()
         )
     report = erasure.erase(eraser, "U0NOBODY", reason="no such user")
@@ -107,7 +107,7 @@ def test_eraser_functions_refuse_what_the_erasure_does_not_name(
             {"id": started, "env": recorded[0]},
         )
     with owner.connect() as conn:
-        after = dict(
+        after: dict[str, str] = dict(
             conn.execute(sa.text("SELECT envelope_id, envelope_text FROM envelopes")).all()
         )
         logged = conn.execute(

@@ -91,7 +91,7 @@ def envelopes(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     if kind == "events_api":
         # a unique event_id: a collision with an earlier example would be a (correct) DUPLICATE
         payload["event_id"] = f"Ev{uuid.uuid4().hex}"
-    envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload}
+    envelope: dict[str, Any] = {"envelope_id": envelope_id, "type": kind, "payload": payload}
     envelope.update(draw(st.dictionaries(TEXT, JSON, max_size=3)))
     envelope["envelope_id"] = envelope_id
     return envelope_id, envelope

@@ -16,7 +16,7 @@ from recorder.testing.slack_http import http_body
 from tests.integration.http_apps import serve_app
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "http.md"
-EXAMPLES = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+EXAMPLES: list[str] = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
 SECRET = "docs-signing-secret"
 
 

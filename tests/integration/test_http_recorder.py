@@ -72,7 +72,7 @@ def test_an_event_and_its_retries_dispatch_once(http: HttpRecorder, buffer: SQLE
 def test_refusals_store_nothing(http: HttpRecorder, buffer: SQLEventBuffer) -> None:
     body, headers = signed(SLACK.factory.message())
     stale = SLACK.signed_headers(body, timestamp=int(time.time()) - 301)
-    for bad_headers, bad_body in [
+    refused: list[tuple[dict[str, str], str | bytes]] = [
         ({}, body),
         ({**headers, "X-Slack-Signature": "v0=" + "0" * 64}, body),
         (headers, body + " "),
@@ -80,7 +80,8 @@ def test_refusals_store_nothing(http: HttpRecorder, buffer: SQLEventBuffer) -> N
         ({**headers, "X-Slack-Request-Timestamp": "-1"}, body),
         ({**headers, "X-Slack-Request-Timestamp": "1e9"}, body),
         (headers, body.encode() + b"\xff"),
-    ]:
+    ]
+    for bad_headers, bad_body in refused:
         decision = http.decide(bad_headers, bad_body)
         assert (decision.dispatch, decision.status) == (False, 401)
     assert count(buffer) == 0
@@ -192,6 +193,6 @@ def test_no_buffer_means_the_configured_database(
     with HttpRecorder(signing_secret=SECRET, spool_path=tmp_path / "s.db") as http:
         body, headers = signed(SLACK.factory.message())
         assert http.decide(headers, body).dispatch
-        http.buffer.close()  # type: ignore[attr-defined]
+        http.buffer.close()
     with SQLEventBuffer(url) as configured:
         assert count(configured) == 1

@@ -74,7 +74,7 @@ def shadow_and_delete(pg_url: str, role: str, received_at: dt.datetime) -> None:
     url = make_url(pg_url).set(drivername="postgresql", username=role)
     with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
         for statement in filter(str.strip, SHADOW.split(";")):
-            conn.execute(statement, {"at": received_at})  # type: ignore[arg-type]
+            conn.execute(statement, {"at": received_at})
         conn.commit()
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from recorder import RecordResult
 from recorder import engine as engine_module
@@ -28,7 +29,9 @@ def envelope(n: int) -> dict[str, Any]:
 
 def backend_pids(engine: sa.Engine) -> set[int]:
     """PIDs of the server backends behind every connection now idle in the pool."""
-    held = [engine.raw_connection() for _ in range(engine.pool.checkedin())]
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)  # only a queue pool counts its idle connections
+    held = [engine.raw_connection() for _ in range(pool.checkedin())]
     try:
         pids = set()
         for pooled in held:
@@ -64,7 +67,8 @@ def test_full_pre_ping_runs_only_when_in_doubt(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full_pings: list[bool] = []
-    original = PGDialect_psycopg.do_ping
+    # SQLAlchemy leaves do_ping unannotated; the dialect returns a bool-like value
+    original: Callable[[PGDialect_psycopg, Any], object] = PGDialect_psycopg.do_ping
 
     def counting_ping(self: PGDialect_psycopg, dbapi_connection: Any) -> bool:
         try:

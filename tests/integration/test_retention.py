@@ -436,12 +436,17 @@ def test_prune_agrees_with_the_pure_model_on_random_policies_and_holds(engine: E
                 event_type=rnd.choice(["message", "app_mention", None]),
             )
         for i in range(rnd.randrange(0, 3)):
+            # the same draws in the same order as before: since, then each matched column
+            since = rnd.choice([None, NOW - 25 * DAY])
+            match = {k: rnd.choice(v) for k, v in values.items()}
             retention.add_hold(
                 engine,
                 f"h{round_no}-{i}",
                 reason="r",
-                since=rnd.choice([None, NOW - 25 * DAY]),
-                **{k: rnd.choice(v) for k, v in values.items()},
+                since=since,
+                team_id=match["team_id"],
+                channel_id=match["channel_id"],
+                user_id=match["user_id"],
             )
         columns: dict[str, tuple[dict[str, Any], dt.datetime]] = {}
         for _ in range(40):

@@ -65,7 +65,7 @@ def test_unknown_policy_is_a_configuration_error(sqlite_url: str, tmp_path: Path
         SQLEventBuffer(sqlite_url) as buffer,
         pytest.raises(ConfigurationError, match="spool, nack, raise"),
     ):
-        recorder_for(buffer, tmp_path, on_storage_error="drop")  # type: ignore[arg-type]
+        recorder_for(buffer, tmp_path, on_storage_error="drop")
 
 
 def test_invalid_envelope_is_rejected_not_acked_and_logged(

@@ -274,8 +274,8 @@ def reference(engine: Engine) -> set[Key]:
         }
     found: set[Key] = set()
     by_block: dict[int, list[Any]] = {}
-    for m in members:
-        by_block.setdefault(m.block_no, []).append(m)
+    for member_row in members:
+        by_block.setdefault(member_row.block_no, []).append(member_row)
     prev = GENESIS_DIGEST
     for expected, b in enumerate(blocks, start=1):
         ms = [
@@ -346,8 +346,8 @@ def consistent(row: Any, postgres: bool) -> bool:
     if row.copy == queryable:
         return True
     try:
-        decimal = {"parse_float": Decimal, "parse_int": Decimal}
-        return bool(json.loads(row.copy, **decimal) == json.loads(queryable, **decimal))
+        copy = json.loads(row.copy, parse_float=Decimal, parse_int=Decimal)
+        return bool(copy == json.loads(queryable, parse_float=Decimal, parse_int=Decimal))
     except ValueError:
         return False
 

@@ -37,8 +37,32 @@ def test_parse_keep_refuses(text: str) -> None:
         parse_keep(text)
 
 
-def policy(name: str, priority: int = 0, **match: str) -> RetentionPolicy:
-    return RetentionPolicy(name=name, keep=dt.timedelta(days=1), priority=priority, **match)
+def policy(
+    name: str,
+    priority: int = 0,
+    *,
+    team_id: str | None = None,
+    channel_id: str | None = None,
+    user_id: str | None = None,
+    envelope_type: str | None = None,
+    event_type: str | None = None,
+) -> RetentionPolicy:
+    return RetentionPolicy(
+        name=name,
+        keep=dt.timedelta(days=1),
+        priority=priority,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        envelope_type=envelope_type,
+        event_type=event_type,
+    )
+
+
+def deciding_name(policies: list[RetentionPolicy], columns: dict[str, str]) -> str:
+    decided = deciding_policy(policies, columns)
+    assert decided is not None
+    return decided.name
 
 
 def test_highest_priority_then_name_decides() -> None:
@@ -48,9 +72,9 @@ def test_highest_priority_then_name_decides() -> None:
         policy("a-chan", 5, channel_id="C1"),
         policy("user", 9, user_id="U1"),
     ]
-    assert deciding_policy(policies, {"channel_id": "C1", "user_id": "U2"}).name == "a-chan"  # type: ignore[union-attr]
-    assert deciding_policy(policies, {"channel_id": "C1", "user_id": "U1"}).name == "user"  # type: ignore[union-attr]
-    assert deciding_policy(policies, {"channel_id": "C2"}).name == "z-any"  # type: ignore[union-attr]
+    assert deciding_name(policies, {"channel_id": "C1", "user_id": "U2"}) == "a-chan"
+    assert deciding_name(policies, {"channel_id": "C1", "user_id": "U1"}) == "user"
+    assert deciding_name(policies, {"channel_id": "C2"}) == "z-any"
     assert deciding_policy(policies[1:], {"channel_id": "C2"}) is None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from recorder.errors import RecorderError
 from recorder.testing.envelopes import EnvelopeFactory, SimulatorError
 
 
-def _all_kinds(factory: EnvelopeFactory) -> list[dict[str, object]]:
+def _all_kinds(factory: EnvelopeFactory) -> list[dict[str, Any]]:
     return [
         factory.message("hi"),
         factory.app_mention("help"),
