@@ -16,7 +16,7 @@ from recorder.errors import ConfigurationError, StorageUnavailable
 from recorder.roles import RoleNames, grant, grant_statements, render_sql
 from recorder.seal import seal
 from recorder.verify import verify
-from tests.integration.conftest import denied
+from tests.integration.conftest import ConnectAs, denied
 
 pytestmark = pytest.mark.postgres
 
@@ -32,9 +32,9 @@ def envelope(n: int) -> dict[str, object]:
 
 
 def test_writer_records_and_completes_but_cannot_rewrite_or_delete(
-    owner: Engine, roles: dict[str, str], connect_as: object
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs
 ) -> None:
-    writer = connect_as(roles["writer"])  # type: ignore[operator]
+    writer = connect_as(roles["writer"])
     buffer = SQLEventBuffer(writer)
     assert buffer.record("e1", envelope(1)) is RecordResult.NEW
     assert buffer.record("e1", envelope(1)) is RecordResult.DUPLICATE
@@ -68,11 +68,11 @@ def test_writer_records_and_completes_but_cannot_rewrite_or_delete(
 
 
 def test_reader_only_selects_and_can_verify(
-    owner: Engine, roles: dict[str, str], connect_as: object
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs
 ) -> None:
     SQLEventBuffer(owner).record("e1", envelope(1))
     seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
-    reader = connect_as(roles["reader"])  # type: ignore[operator]
+    reader = connect_as(roles["reader"])
     with reader.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM envelopes")).scalar_one() == 1
         assert conn.execute(sa.text("SELECT count(*) FROM seal_blocks")).scalar_one() == 1
@@ -87,7 +87,7 @@ def test_reader_only_selects_and_can_verify(
 
 
 def test_pruner_deletes_only_through_the_prune_functions(
-    owner: Engine, roles: dict[str, str], connect_as: object
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs
 ) -> None:
     start = dt.datetime.now(UTC) - dt.timedelta(days=10)
     old = SQLEventBuffer(owner, clock=lambda: start)
@@ -97,7 +97,7 @@ def test_pruner_deletes_only_through_the_prune_functions(
     seal(owner, now=dt.datetime.now(UTC) + dt.timedelta(hours=1))
     retention.set_policy(owner, "week", keep="7d")
 
-    pruner = connect_as(roles["pruner"])  # type: ignore[operator]
+    pruner = connect_as(roles["pruner"])
     report = retention.prune(pruner, batch_size=2)
     assert report.deleted_total == 5
     assert verify(owner).ok
@@ -118,10 +118,10 @@ def test_pruner_deletes_only_through_the_prune_functions(
 
 
 def test_sealer_appends_to_the_chain_and_nothing_more(
-    owner: Engine, roles: dict[str, str], connect_as: object
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs
 ) -> None:
     SQLEventBuffer(owner).record("e1", envelope(1))
-    sealer = connect_as(roles["sealer"])  # type: ignore[operator]
+    sealer = connect_as(roles["sealer"])
     assert seal(sealer, now=dt.datetime.now(UTC) + dt.timedelta(hours=1)).sealed == 1
     denied(sealer, "UPDATE seal_blocks SET digest = 'x'")
     denied(sealer, "DELETE FROM sealed_envelopes")
@@ -130,17 +130,17 @@ def test_sealer_appends_to_the_chain_and_nothing_more(
 
 
 def test_a_writer_backdating_a_row_behind_a_seal_is_named_and_not_adopted(
-    owner: Engine, roles: dict[str, str], connect_as: object
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs
 ) -> None:
     """Issue 8, item 2, as the least-privileged writer forging history with raw SQL."""
     start = dt.datetime.now(UTC) - dt.timedelta(days=1)
     bot = SQLEventBuffer(owner, clock=lambda: start)
     for n in range(3):
         bot.record(f"e{n}", envelope(n))
-    sealer = connect_as(roles["sealer"])  # type: ignore[operator]
+    sealer = connect_as(roles["sealer"])
     assert seal(sealer).sealed == 3
 
-    writer = connect_as(roles["writer"])  # type: ignore[operator]
+    writer = connect_as(roles["writer"])
     forged = SQLEventBuffer(writer).parse("forged", envelope(7) | {"envelope_id": "forged"})
     params = forged.row() | {"received_at": start + dt.timedelta(hours=2)}
     columns = [c for c in params if c != "envelope_json"]
@@ -152,7 +152,7 @@ def test_a_writer_backdating_a_row_behind_a_seal_is_named_and_not_adopted(
             ),
             params,
         )
-    report = verify(connect_as(roles["reader"]))  # type: ignore[operator]
+    report = verify(connect_as(roles["reader"]))
     assert report.of_kind("inserted") == {"forged"}
     assert not report.of_kind("modified")  # consistent in itself: only its date gives it away
     assert seal(sealer).sealed == 0
@@ -160,11 +160,11 @@ def test_a_writer_backdating_a_row_behind_a_seal_is_named_and_not_adopted(
 
 
 def test_grant_is_idempotent_and_print_sql_shows_what_runs(
-    owner: Engine, roles: dict[str, str], connect_as: object
+    owner: Engine, roles: dict[str, str], connect_as: ConnectAs
 ) -> None:
     names = RoleNames(**roles)
     assert grant(owner, names) == grant_statements(names)
-    writer = connect_as(roles["writer"])  # type: ignore[operator]
+    writer = connect_as(roles["writer"])
     assert SQLEventBuffer(writer).record("e1", envelope(1)) is RecordResult.NEW
     denied(writer, "DELETE FROM envelopes")
     script = render_sql(grant_statements(RoleNames(writer='bot"; DROP TABLE x; --')))

@@ -203,14 +203,16 @@ def tamper(engine: Engine, kind: str, n: int) -> None:
         '"retry_attempt":0', '"retry_attempt":1e0'
     )
     duplicate = '{"type":"x",' + json.dumps(envelope(n), separators=(",", ":"))[1:]
-    compact = {"separators": (",", ":")}
-    twice = json.dumps({**envelope(n), "retry_attempt": 1}, **compact)[:-1]  # type: ignore[arg-type]
+    compact = (",", ":")
+    twice = json.dumps({**envelope(n), "retry_attempt": 1}, separators=compact)[:-1]
     twice += ',"retry_attempt":1.0}'
     plain = {k: v for k, v in envelope(n).items() if k != "retry_attempt"}
-    nested = json.dumps({**plain, "payload": {**plain["payload"], "retry_attempt": 2}}, **compact)  # type: ignore[arg-type]
+    nested = json.dumps(
+        {**plain, "payload": {**plain["payload"], "retry_attempt": 2}}, separators=compact
+    )
     number = json.dumps(
         {**envelope(n), "n": 1, "payload": {**envelope(n)["payload"], "team_id": 123}},
-        **compact,  # type: ignore[arg-type]
+        separators=compact,
     )
     params = {
         "id": envelope_id,
