@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("http_app_process.py")
 
 
+def first_line(process: subprocess.Popen[str]) -> str:
+    """The first line a process printed (its URL), without the newline."""
+    assert process.stdout is not None  # stdout=PIPE
+    return process.stdout.readline().strip()
+
+
 @pytest.mark.timeout(120)
 def test_two_processes_behind_one_postgresql_handle_each_event_once(
     pg_url: str, tmp_path: Path
@@ -37,7 +43,7 @@ def test_two_processes_behind_one_postgresql_handle_each_event_once(
         for i in range(2)
     ]
     try:
-        urls = [process.stdout.readline().strip() for process in processes]  # type: ignore[union-attr]
+        urls = [first_line(process) for process in processes]
         assert all(url.startswith("http://") for url in urls), urls
         factory = EnvelopeFactory(seed=21)
         senders = [SlackHttpSender(url, SIGNING_SECRET, factory=factory) for url in urls]
@@ -81,7 +87,8 @@ def test_two_processes_behind_one_postgresql_handle_each_event_once(
         # Each process exits once its stdin closes, after Bolt's listener threads
         # finish: a second run of any event is in the log read below.
         for process in processes:
-            process.stdin.close()  # type: ignore[union-attr]
+            assert process.stdin is not None  # stdin=PIPE
+            process.stdin.close()
         for process in processes:
             process.wait(timeout=30)
     lines = handled.read_text().splitlines()

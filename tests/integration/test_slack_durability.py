@@ -65,11 +65,11 @@ def attempts_of(buffer: SQLEventBuffer, envelope_id: str) -> tuple[str, int]:
 
 def claimed_at(buffer: SQLEventBuffer, envelope_id: str) -> dt.datetime | None:
     with buffer.engine.connect() as conn:
-        value = conn.execute(
+        value: dt.datetime | None = conn.execute(
             sa.text("SELECT claimed_at FROM envelopes WHERE envelope_id = :id"),
             {"id": envelope_id},
         ).scalar_one()
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def renewed_after(buffer: SQLEventBuffer, envelope_id: str, when: dt.datetime) -> bool:

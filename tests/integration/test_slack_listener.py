@@ -142,8 +142,8 @@ def test_async_handler_runs_on_the_loop(
     buffer = sqlite_buffer
     calls = Calls()
 
-    async def handler(client: object, request: object) -> None:
-        calls.add(request)  # type: ignore[arg-type]
+    async def handler(client: object, request: SocketModeRequest) -> None:
+        calls.add(request)
 
     envelopes = [sim.envelopes.message(f"m{i}") for i in range(5)]
     with RecordingBot("aiohttp", sim, buffer, handler, spool_path=tmp_path / "s"):
