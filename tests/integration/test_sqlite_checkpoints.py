@@ -55,22 +55,27 @@ def test_the_recorders_connections_leave_checkpoints_to_the_background(tmp_path:
     assert pages == FALLBACK_PAGES
 
 
-def checkpoint_threads() -> int:
-    return sum(t.name == "recorder-checkpoints" for t in threading.enumerate())
+def checkpoint_thread(buffer: SQLEventBuffer) -> threading.Thread:
+    checkpoints = buffer._writes._checkpoints
+    assert checkpoints is not None
+    thread = checkpoints._thread
+    assert thread is not None
+    return thread
 
 
 def test_a_buffer_dropped_without_close_leaves_no_thread_behind(tmp_path: Path) -> None:
-    before = checkpoint_threads()
-    for n in range(5):
-        buffer = SQLEventBuffer(f"sqlite:///{tmp_path / f'r{n}.db'}", upgrade=True)
+    buffers = [SQLEventBuffer(f"sqlite:///{tmp_path / f'r{n}.db'}", upgrade=True) for n in range(5)]
+    for n, buffer in enumerate(buffers):
         buffer.record(f"e{n}", envelope(n))
-    assert checkpoint_threads() == before + 5
-    del buffer
+    # These buffers' own threads: others' (earlier tests in this process) may
+    # be ending meanwhile, so a count of every such thread would race them.
+    threads = [checkpoint_thread(buffer) for buffer in buffers]
+    assert all(thread.is_alive() for thread in threads)
+    del buffers, buffer
     gc.collect()
-    deadline = time.monotonic() + 10
-    while checkpoint_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint_threads() == before
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
     # Nothing recorded went with them.
     for n in range(5):
         with sqlite3.connect(tmp_path / f"r{n}.db") as conn:
