@@ -24,6 +24,7 @@ from recorder.audit import QuerySpec, query_envelopes
 from recorder.engine import create_engine
 from recorder.errors import RecorderError, StorageUnavailable
 from recorder.importer import WRITERS, ImportParsers, import_envelopes
+from recorder.redaction import Redaction
 from recorder.testing.faults import TcpProxy
 
 
@@ -238,3 +239,39 @@ def test_a_worker_killed_mid_import_is_a_clear_error_and_a_rerun_completes(
         report = import_envelopes(buffer, [line(envelope(n)) for n in range(3000)], jobs=1)
     assert report.new + report.duplicate == 3000
     assert len(stored_texts(sqlite_url)) == 3000
+
+
+def test_worker_chunks_apply_the_buffers_redaction_and_strict_parsing(
+    database_url: str, parsers: ImportParsers
+) -> None:
+    """The workers parse with the buffer's rules: nothing they skip reaches the database."""
+    secret, private = "xoxb-SECRET-from-a-worker", "https://files.example/private"
+    lines = []
+    for n in range(1, 601):
+        data = envelope(n)
+        data["payload"]["token"] = secret
+        data["payload"]["event"]["files"] = [{"url_private": private}]
+        lines.append(line(data))
+    # Line 450, in a later chunk: a repeated key, which strict parsing refuses.
+    lines[449] = b'{"envelope_id":"twice","envelope_id":"again","type":"x","payload":{}}\n'
+    redaction = Redaction(mask=("payload.token",), drop=("payload.event.files.*.url_private",))
+    with SQLEventBuffer(database_url, redaction=redaction) as buffer:
+        report = import_envelopes(buffer, lines, batch_size=50, parsers=parsers)
+        # Imports are stored as done: a bot's recovery never dispatches them.
+        assert buffer.pending() == []
+    assert [n for n, _ in report.errors] == [450]
+    assert "duplicate key: 'envelope_id' appears twice" in report.errors[0][1]
+    assert report.new == 599
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT envelope_text, CAST(envelope AS TEXT) FROM envelopes")
+            ).all()
+    finally:
+        engine.dispose()
+    assert len(rows) == 599
+    for text, queryable in rows:
+        for stored in (text, queryable):
+            assert secret not in stored
+            assert private not in stored
