@@ -24,10 +24,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from recorder.errors import ConfigurationError, InvalidEnvelope, SchemaMissing, StorageUnavailable
-from recorder.sqlite_checkpoints import FALLBACK_PAGES
 
 DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+
+#: ``wal_autocheckpoint`` of the recorder's SQLite connections: the log size
+#: (in pages, 40 MB) at which a committing connection checkpoints by itself,
+#: should the background thread not keep up (or not run).
+FALLBACK_PAGES = 10_000  # see recorder.sqlite_checkpoints
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 #: A pooled PostgreSQL connection idle longer than this gets a full pre-ping.
 PING_AFTER_IDLE_SECONDS = 5.0
@@ -222,6 +226,20 @@ def _sqlite_engine(url: URL, engine_options: dict[str, Any]) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def detached_connection(engine: Engine) -> Any:
+    """A driver connection made by ``engine``'s pool (its connect arguments and
+    events), taken out of the pool for good: the caller closes it."""
+    pooled = engine.raw_connection()
+    driver = pooled.driver_connection
+    try:
+        assert driver is not None
+        pooled.detach()
+    except BaseException:
+        pooled.close()
+        raise
+    return driver
 
 
 def is_sqlite(engine: Engine | Connection) -> bool:

@@ -35,6 +35,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from recorder.engine import FALLBACK_PAGES, detached_connection
+
 __all__ = ["CHECKPOINT_SECONDS", "FALLBACK_PAGES", "FREE_PASSES", "Checkpoints"]
 
 logger = logging.getLogger("recorder")
@@ -43,10 +45,6 @@ logger = logging.getLogger("recorder")
 #: envelopes/s the log holds about 1,300 pages (5 MB) between two runs.
 CHECKPOINT_SECONDS = 0.5
 
-#: ``wal_autocheckpoint`` of the recorder's SQLite connections: the log size
-#: (in pages, 40 MB) at which a committing connection checkpoints by itself,
-#: should the background thread not keep up (or not run).
-FALLBACK_PAGES = 10_000
 
 #: Passes per run that leave writers alone; at 200 envelopes/s four were the
 #: most a run needed to catch up.
@@ -118,15 +116,9 @@ class Checkpoints:
             thread.join()
 
     def _connect(self) -> sqlite3.Connection:
-        pooled = self._engine.raw_connection()
-        driver = pooled.driver_connection
-        try:
-            assert isinstance(driver, sqlite3.Connection)
-            # Out of the pool for good: this thread closes it.
-            pooled.detach()
-        except BaseException:
-            pooled.close()
-            raise
+        # Out of the pool for good: the thread closes it.
+        driver = detached_connection(self._engine)
+        assert isinstance(driver, sqlite3.Connection)
         return driver
 
 

@@ -54,7 +54,13 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-from recorder.engine import connection_alive, is_sqlite, storage_errors, write_statement
+from recorder.engine import (
+    connection_alive,
+    detached_connection,
+    is_sqlite,
+    storage_errors,
+    write_statement,
+)
 from recorder.errors import StorageUnavailable
 from recorder.sqlite_checkpoints import FALLBACK_PAGES, Checkpoints
 
@@ -366,15 +372,8 @@ class _DedicatedConnections:
         return connection_alive(conn, time.monotonic() - idle_since, lambda: _ping(conn))
 
     def _connect(self) -> Any:
-        pooled = self._engine.raw_connection()
-        driver = pooled.driver_connection
-        try:
-            assert driver is not None
-            # Out of the pool for good: this object closes it.
-            pooled.detach()
-        except BaseException:
-            pooled.close()
-            raise
+        # Out of the pool for good: this object closes it.
+        driver = detached_connection(self._engine)
         try:
             timeout_ms = _milliseconds(self._timeout)
             if self._sqlite:
