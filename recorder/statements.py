@@ -1390,14 +1390,27 @@ _PG_EXACT_COLUMNS = _spelled_out(
 # or when the column is NULL and no place it looks holds anything. Whatever
 # fails this (another place holds the value, odd types, tombstones) is
 # decided by the exact expressions, so the test only ever saves work.
+#: Where the quick test's paths start: the scan takes the payload and the event
+#: out of the parsed text once a row, so each lookup walks from there.
+_PG_QUICK_ROOTS = (("payload,event,", "e.ev"), ("payload,", "e.p"), ("", "e.c"))
+
+
+def _pg_lookup(path: str, operator: str) -> str:
+    """``operator`` (``->`` or ``->>``) applied along ``path`` from the nearest taken-out root."""
+    root, rest = next((r, path[len(p) :]) for p, r in _PG_QUICK_ROOTS if path.startswith(p))
+    if "," not in rest:  # one key: no path array to take apart on every row
+        return f"({root} {operator} '{rest}')"
+    return f"({root} #{operator[1:]} '{{{rest}}}')"
+
+
 def _pg_at(path: str) -> str:
-    return f"(e.c #> '{{{path}}}')"
+    return _pg_lookup(path, "->")
 
 
 def _pg_is(column: str, path: str) -> str:
     """The value at ``path`` is a string and the (non-NULL, storable-length) column's value."""
     # Text and type compared apart: cheaper than building a jsonb of the column.
-    return f"((e.c #>> '{{{path}}}') = e.{column} AND jsonb_typeof({_pg_at(path)}) = 'string')"
+    return f"({_pg_lookup(path, '->>')} = e.{column} AND jsonb_typeof({_pg_at(path)}) = 'string')"
 
 
 def _pg_id_is(column: str, path: str) -> str:
@@ -1545,7 +1558,8 @@ def verify_rows_postgresql(
     where = f"WHERE {' AND '.join(bounds)}" if bounds else ""
     sealed_where = "" if pages else where.replace("e.received_at", "s.received_at")
     # Each level is kept apart by OFFSET 0: the innermost computes the digest
-    # and the parsed text once per row, the next reduces each row to whether
+    # and the parsed text once per row, the next takes the payload and the
+    # event out of it (where the quick test's lookups start), the next reduces each row to whether
     # it is sound (digest column and text agree, columns and copy agree with
     # the text), so only narrow rows meet the sealed members in the join.
     # One aggregate row, no grouping: nothing to sort.
@@ -1575,12 +1589,16 @@ FROM (
         SELECT e.envelope_id, e.received_at, e.envelope_sha256,
                (e.sha = e.envelope_sha256 AND {_PG_CONSISTENT}) IS TRUE AS sound
         FROM (
-            SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
-                   e.envelope_sha256, {", ".join("e." + c for c in REPORTING_COLUMNS)},
-                   encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
-                   CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
-            FROM envelopes e
-            {where}
+            SELECT e.*, e.c -> 'payload' AS p, e.c #> '{{payload,event}}' AS ev
+            FROM (
+                SELECT e.envelope_id, e.received_at, e.envelope, e.envelope_text,
+                       e.envelope_sha256, {", ".join("e." + c for c in REPORTING_COLUMNS)},
+                       encode(sha256(convert_to(e.envelope_text, 'UTF8')), 'hex') AS sha,
+                       CASE WHEN {_PG_CERTIFIABLE} THEN e.envelope_text::jsonb END AS c
+                FROM envelopes e
+                {where}
+                OFFSET 0
+            ) e
             OFFSET 0
         ) e
         OFFSET 0
