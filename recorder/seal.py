@@ -151,7 +151,11 @@ _JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
 
 def member_line(envelope_id: str, received_at: dt.datetime, sha256: str) -> bytes:
     """One member's line of the block digest (JSON, ASCII-escaped, newline-terminated)."""
-    at = timestamp_text(received_at)
+    return member_line_at(envelope_id, timestamp_text(received_at), sha256)
+
+
+def member_line_at(envelope_id: str, at: str, sha256: str) -> bytes:
+    """:func:`member_line` with the time already spelled by :func:`timestamp_text`."""
     if _JSON_PLAIN.match(envelope_id) and _JSON_PLAIN.match(sha256):
         return f'["{envelope_id}","{at}","{sha256}"]\n'.encode()
     return json.dumps([envelope_id, at, sha256], separators=(",", ":")).encode() + b"\n"

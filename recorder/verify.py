@@ -180,8 +180,7 @@ def verify(
         elif server_side:
             from recorder import verify_sqlite
 
-            _check_chain(conn, blocks, report, ledger, sealed, members_too=False)
-            verify_sqlite.check(conn, through, report, ledger, latest_plausible)
+            verify_sqlite.check(conn, blocks, sealed, through, report, ledger, latest_plausible)
         else:
             _check_chain(conn, blocks, report, ledger, sealed)
             if through.started:
@@ -251,8 +250,6 @@ def _check_chain(
     report: VerifyReport,
     ledger: ErasureLedger,
     sealed: dict[int, list[LogEntry]],
-    *,
-    members_too: bool = True,
 ) -> None:
     prev = GENESIS_DIGEST
     for expected_no, block in enumerate(blocks, start=1):
@@ -267,8 +264,7 @@ def _check_chain(
         )
         prev = block.digest
         report.sealed += len(members)
-        if members_too:
-            _check_members(conn, block, members, report, ledger)
+        _check_members(conn, block, members, report, ledger)
 
 
 def block_problems(

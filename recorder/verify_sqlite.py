@@ -15,18 +15,31 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recorder import statements
+from recorder import sealed_logs, statements
 from recorder.envelope import MAX_ENVELOPE_ID_LENGTH, extract_columns
 from recorder.erasure_check import ErasureLedger
 from recorder.schema import REPORTING_COLUMNS, UTCDateTime, envelopes, sealed_envelopes
-from recorder.seal import SealedThrough
+from recorder.seal import (
+    GENESIS_DIGEST,
+    Member,
+    SealBlock,
+    SealedThrough,
+    block_header,
+    member_line_at,
+    timestamp_text,
+)
+from recorder.sealed_logs import LogEntry
 from recorder.verify import (
+    Finding,
     VerifyReport,
+    block_problems,
     judge_members,
     judge_unsealed,
 )
@@ -37,14 +50,102 @@ _RAW = sa.Text
 
 def check(
     conn: Connection,
+    blocks: list[SealBlock],
+    sealed: dict[int, list[LogEntry]],
     through: SealedThrough,
     report: VerifyReport,
     ledger: ErasureLedger,
     latest_plausible: dt.datetime,
 ) -> None:
-    """The members' and rows' checks of :func:`recorder.verify.verify` (the chain is done)."""
+    """The chain's, members' and rows' checks of :func:`recorder.verify.verify`."""
+    _check_chain(conn, blocks, sealed, report)
     _check_members(conn, report, ledger)
     _check_rows(conn, through, report, ledger, latest_plausible)
+
+
+#: A time as SQLite holds it (SQLAlchemy's spelling), in years 1000-9999: its
+#: digest spelling is the same digits with a ``T`` and a ``Z``.
+_STORED_TIME = re.compile(
+    r"[1-9]\d{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01]) "
+    r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{6}\Z"
+)
+
+
+def _digest_time(stored: Any) -> str | None:
+    """:func:`recorder.seal.timestamp_text` of a stored time, or None: ask it."""
+    if isinstance(stored, str) and _STORED_TIME.match(stored):
+        return f"{stored[:10]}T{stored[11:]}Z"
+    return None
+
+
+def _check_chain(
+    conn: Connection,
+    blocks: list[SealBlock],
+    sealed: dict[int, list[LogEntry]],
+    report: VerifyReport,
+) -> None:
+    """:func:`recorder.verify.block_problems` of each block, from the members' stored
+    spellings; a block that does not plainly pass is read again and judged by it."""
+    s = sealed_envelopes.c
+    prev = GENESIS_DIGEST
+    for expected_no, block in enumerate(blocks, start=1):
+        members = conn.execute(
+            sa.select(s.envelope_id, _raw(s.received_at), s.envelope_sha256)
+            .where(s.block_no == block.block_no)
+            .order_by(s.position)
+        ).all()
+        logs = sealed.get(block.block_no, [])
+        report.sealed += len(members)
+        if not _plainly_sound(block, expected_no, prev, members, logs):
+            full = [
+                Member(r.envelope_id, r.received_at, r.envelope_sha256)
+                for r in conn.execute(statements.select_block_members(block.block_no))
+            ]
+            report.findings.extend(
+                Finding("chain", None, problem, block.block_no)
+                for problem in block_problems(block, expected_no, prev, full, logs)
+            )
+        prev = block.digest
+
+
+def _plainly_sound(
+    block: SealBlock, expected_no: int, prev: str, members: Sequence[Any], logs: list[LogEntry]
+) -> bool:
+    if (
+        not members
+        or block.block_no != expected_no
+        or block.prev_digest != prev
+        or len(members) != block.envelope_count
+    ):
+        return False
+    first_at, last_at = _digest_time(members[0][1]), _digest_time(members[-1][1])
+    if (
+        first_at is None
+        or last_at is None
+        or (first_at, members[0][0])
+        != (timestamp_text(block.first_received_at), block.first_envelope_id)
+        or (last_at, members[-1][0])
+        != (timestamp_text(block.last_received_at), block.last_envelope_id)
+    ):
+        return False
+    header = block_header(
+        block_no=block.block_no,
+        kind=block.kind,
+        sealed_at=block.sealed_at,
+        cutoff=block.cutoff,
+        prev_digest=block.prev_digest,
+        count=len(members),
+        first=[first_at, members[0][0]],
+        last=[last_at, members[-1][0]],
+        logs=sealed_logs.logs_digest(logs) if logs else None,
+    )
+    digest = hashlib.sha256(header.encode() + b"\n")
+    for envelope_id, stored_at, sha256 in members:
+        at = _digest_time(stored_at)
+        if at is None:
+            return False
+        digest.update(member_line_at(envelope_id, at, sha256))
+    return digest.hexdigest() == block.digest
 
 
 def _raw(column: Any) -> Any:
@@ -57,17 +158,18 @@ def _check_members(conn: Connection, report: VerifyReport, ledger: ErasureLedger
     stmt = sa.select(
         s.block_no,
         s.position,
-        _raw(s.received_at).label("sealed_at"),
         s.envelope_sha256.label("sealed_sha256"),
-        _raw(e.received_at).label("received_at"),
+        # Times as stored: equal spellings are equal times (no row is missing
+        # a time, so NULL IS a time means the row is gone).
+        _raw(e.received_at).is_not_distinct_from(_raw(s.received_at)).label("same_at"),
         *_checked(s.envelope_id),
     ).select_from(sealed_envelopes.outerjoin(envelopes, e.envelope_id == s.envelope_id))
     flagged: list[tuple[int, int]] = []
     # Plain tuples: a row's attributes by name cost more than its checks.
     for row in conn.execute(stmt):
-        block_no, position, sealed_at, sealed_sha256, received_at, *checked = row
+        block_no, position, sealed_sha256, same_at, *checked = row
         text = checked[1]
-        if text is None or received_at != sealed_at:
+        if text is None or not same_at:
             flagged.append((block_no, position))
             continue
         sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -88,7 +190,9 @@ def _checked(envelope_id: Any) -> list[Any]:
         envelope_id,
         e.envelope_text,
         e.envelope_sha256,
-        sa.cast(e.envelope, sa.Text).label("copy"),
+        # The copy is the very text written: compared in SQLite (bytes, no str
+        # made of it), NULL-safe.
+        sa.cast(e.envelope, sa.Text).is_not_distinct_from(e.envelope_text).label("same_copy"),
         *(e[name] for name in REPORTING_COLUMNS),
     ]
 
@@ -106,12 +210,15 @@ def _check_rows(
         if through.started
         else sa.false()
     )
+    sealed = statements.is_sealed()
+    # A sealed row behind the sealed point was checked with its member; the
+    # scan brings back only the others (no text leaves SQLite for the rest).
     stmt = sa.select(
         behind.label("behind"),
-        statements.is_sealed().label("sealed"),
+        sealed.label("sealed"),
         (e.received_at > sa.literal(latest_plausible, UTCDateTime)).label("future"),
         *_checked(e.envelope_id),
-    )
+    ).where(sa.not_(sa.and_(behind, sealed)))
     kinds: dict[str, str] = {}
     for row in conn.execute(stmt):
         is_behind, sealed, future, *checked = row
@@ -144,9 +251,9 @@ def _consistent(checked: list[Any], sha: str) -> bool:
 
     ``checked`` is the row as :func:`_checked` lists it.
     """
-    envelope_id, text, stored_sha, copy, *columns = checked
+    envelope_id, text, stored_sha, same_copy, *columns = checked
     # \\u escapes may need the copy rewritten (NUL, lone surrogates): leave those to it.
-    if stored_sha != sha or copy != text or "\\u" in text:
+    if stored_sha != sha or not same_copy or "\\u" in text:
         return False
     if not 0 < len(envelope_id) <= MAX_ENVELOPE_ID_LENGTH or "\x00" in envelope_id:
         return False
