@@ -17,8 +17,8 @@
   seals those after review); or dated in the future.
 
 Verification reads one snapshot (REPEATABLE READ on PostgreSQL, one read
-transaction on SQLite), so prunes and writes running meanwhile never show up
-as half-done.
+transaction on SQLite, or several begun at the same commit), so prunes and
+writes running meanwhile never show up as half-done.
 
 Over 450 lines: the findings model and the row-by-row reference walk that
 the engine fast paths (:mod:`recorder.verify_postgresql`,
@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -148,12 +148,19 @@ def verify(
         False walks every row with the per-row checks alone (slower; the
         plain reference the fast walks are tested against). On SQLite the
         fast walk streams each table once and rechecks only what a quick
-        test cannot pass (:mod:`recorder.verify_sqlite`).
+        test cannot pass (:mod:`recorder.verify_sqlite`), and digests the
+        chain from the members' stored times.
     workers
         PostgreSQL: how many connections share the work, each importing the
         verifier's snapshot (default: the server's
         ``max_parallel_workers_per_gather`` plus one, once the archive holds
-        100,000 sealed envelopes; one below that).
+        100,000 sealed envelopes; one below that). SQLite: how many
+        processes share the fast walk, this one and ``workers - 1`` started
+        for it (``spawn``: a script calling this must guard its own work with
+        ``if __name__ == "__main__":``), each reading the same snapshot
+        (:class:`recorder.verify_sqlite.Helpers`); default one. ``recorder
+        verify`` uses the available cores (at most four) from 20,000
+        envelopes on. A database that is no WAL file is read by one process.
 
     Returns
     -------
@@ -163,14 +170,23 @@ def verify(
     """
     report = VerifyReport()
     latest_plausible = (now or utc_now()) + future_tolerance
-    with storage_errors("verifying the seal chain"), _snapshot(engine) as conn:
+    # Imported here: the fast walks use this module's per-row checks.
+    from recorder import verify_sqlite
+
+    sqlite_fast = server_side and is_sqlite(engine)
+    with (
+        storage_errors("verifying the seal chain"),
+        verify_sqlite.helpers(engine, workers) if sqlite_fast else nullcontext() as helpers,
+        _snapshot(engine) as conn,
+    ):
+        if helpers is not None:
+            helpers.share_snapshot(conn, engine)
         blocks = [SealBlock(**row._mapping) for row in conn.execute(statements.select_blocks())]
         report.blocks = len(blocks)
         report.latest_digest = blocks[-1].digest if blocks else None
         ledger = ErasureLedger.load(conn)
         sealed = sealed_logs.entries_by_block(conn)
         through = sealed_through(conn)
-        # Imported here: the fast walks use this module's per-row checks.
         if server_side and not is_sqlite(conn):
             from recorder import verify_postgresql
 
@@ -178,9 +194,9 @@ def verify(
                 conn, blocks, through, report, ledger, latest_plausible, workers
             )
         elif server_side:
-            from recorder import verify_sqlite
-
-            verify_sqlite.check(conn, blocks, sealed, through, report, ledger, latest_plausible)
+            verify_sqlite.check(
+                conn, blocks, sealed, through, report, ledger, latest_plausible, helpers
+            )
         else:
             _check_chain(conn, blocks, report, ledger, sealed)
             if through.started:

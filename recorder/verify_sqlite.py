@@ -1,30 +1,40 @@
 """Verification on SQLite: each table streamed once, the per-row checks only where needed.
 
 SQLite has no SHA-256 and its JSON functions re-parse a text per call, so the
-work stays in Python; what makes it fast is doing it once. Sealed members are
-read in one pass joined with their rows, unsealed rows in another; each row's
-text is hashed once, decoded once and compared with its columns and its copy
-(which SQLite keeps as the very text written). A row that passes needs
-nothing more; any other is fetched again and judged by the per-row checks of
+work stays in Python; what makes it fast is doing it once. The chain is
+digested from the members' stored times (a block that does not plainly pass
+is read again and judged by :func:`recorder.verify.block_problems`). Sealed
+members are read in one pass joined with their rows, unsealed rows in
+another (sealed rows behind the sealed point stay in SQLite); each row's text
+is hashed once, decoded once and compared with its columns, and SQLite
+compares its copy (the very text written) and its time
+(:mod:`recorder.verify_sqlite_rows`). A row that passes needs nothing more;
+any other is fetched again and judged by the per-row checks of
 :mod:`recorder.verify`, so the findings are theirs. Times are compared as
 stored (a row whose time is spelled otherwise is simply rechecked).
+
+The two passes can be split by ranges (blocks; rowids) over worker
+processes that read the verifier's own snapshot (:class:`Helpers`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
+import multiprocessing
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from recorder import sealed_logs, statements
-from recorder.envelope import MAX_ENVELOPE_ID_LENGTH, extract_columns
+from recorder.engine import SQLITE_BUSY_TIMEOUT_SECONDS, detached_connection, read_only
 from recorder.erasure_check import ErasureLedger
+from recorder.errors import StorageUnavailable
 from recorder.schema import REPORTING_COLUMNS, UTCDateTime, envelopes, sealed_envelopes
 from recorder.seal import (
     GENESIS_DIGEST,
@@ -43,6 +53,7 @@ from recorder.verify import (
     judge_members,
     judge_unsealed,
 )
+from recorder.verify_sqlite_rows import READY, SNAPSHOT, STARTED, Flagged, Part, check_part, serve
 
 _CHUNK = 1_000
 _RAW = sa.Text
@@ -56,11 +67,44 @@ def check(
     report: VerifyReport,
     ledger: ErasureLedger,
     latest_plausible: dt.datetime,
+    helpers: Helpers | None = None,
 ) -> None:
-    """The chain's, members' and rows' checks of :func:`recorder.verify.verify`."""
+    """The chain's, members' and rows' checks of :func:`recorder.verify.verify`.
+
+    With ``helpers`` (worker processes in this snapshot, see :func:`helpers`),
+    the members and rows are split into one part per process.
+    """
+    n = 1 if helpers is None else helpers.count + 1
+    block_cuts = _block_cuts(blocks, n)
+    row_cuts = _row_cuts(conn, n)
+    parts = [
+        Part(
+            members=_sql(conn, _members_stmt(_within(sealed_envelopes.c.block_no, block_cuts, i))),
+            rows=_sql(
+                conn, _rows_stmt(conn, through, latest_plausible, _within(_ROWID, row_cuts, i))
+            ),
+            columns=REPORTING_COLUMNS,
+        )
+        for i in range(n)
+    ]
+    if helpers is not None:
+        helpers.start(parts[1:])
     _check_chain(conn, blocks, sealed, report)
-    _check_members(conn, report, ledger)
-    _check_rows(conn, through, report, ledger, latest_plausible)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    flagged = check_part(driver.cursor(), parts[0])
+    if helpers is not None:
+        for other in helpers.results():
+            flagged.merge(other)
+    s = sealed_envelopes.c
+    for start in range(0, len(flagged.members), _CHUNK):
+        chunk = flagged.members[start : start + _CHUNK]
+        members = conn.execute(
+            sa.select(sealed_envelopes).where(sa.tuple_(s.block_no, s.position).in_(chunk))
+        ).all()
+        judge_members(conn, members, report, ledger)
+    report.unsealed += flagged.unsealed_ok
+    judge_unsealed(conn, flagged.rows, through, report, ledger)
 
 
 #: A time as SQLite holds it (SQLAlchemy's spelling), in years 1000-9999: its
@@ -153,38 +197,70 @@ def _raw(column: Any) -> Any:
     return sa.type_coerce(column, _RAW)
 
 
-def _check_members(conn: Connection, report: VerifyReport, ledger: ErasureLedger) -> None:
+_ROWID: sa.ColumnClause[Any] = sa.literal_column("envelopes.rowid")
+
+
+def _within(column: Any, cuts: list[int], i: int) -> sa.ColumnElement[bool]:
+    """Part ``i`` of the values of ``column`` split at ``cuts`` (ends open: nothing is missed)."""
+    conditions = []
+    if i > 0:
+        conditions.append(column > cuts[i - 1])
+    if i < len(cuts):
+        conditions.append(column <= cuts[i])
+    return sa.and_(sa.true(), *conditions)
+
+
+def _block_cuts(blocks: list[SealBlock], n: int) -> list[int]:
+    """``n - 1`` block numbers splitting the members into parts of about equal size."""
+    total = sum(max(b.envelope_count, 0) for b in blocks)
+    cuts: list[int] = []
+    seen = 0
+    for block in blocks:
+        if len(cuts) == n - 1:
+            break
+        seen += max(block.envelope_count, 0)
+        if seen * n >= total * (len(cuts) + 1):
+            cuts.append(block.block_no)
+    while len(cuts) < n - 1:
+        cuts.append(cuts[-1] if cuts else 0)
+    return cuts
+
+
+def _row_cuts(conn: Connection, n: int) -> list[int]:
+    """``n - 1`` rowids splitting the envelopes' rowid range into equal spans."""
+    if n == 1:
+        return []
+    low, high = conn.execute(
+        sa.select(sa.func.min(_ROWID), sa.func.max(_ROWID)).select_from(envelopes)
+    ).one()
+    low, high = low or 0, high or 0
+    return [low - 1 + (high - low + 1) * k // n for k in range(1, n)]
+
+
+def _sql(conn: Connection, stmt: sa.Select[Any]) -> str:
+    # Values as literals: the text runs on bare driver connections too.
+    return str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _members_stmt(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     s, e = sealed_envelopes.c, envelopes.c
-    stmt = sa.select(
-        s.block_no,
-        s.position,
-        s.envelope_sha256.label("sealed_sha256"),
-        # Times as stored: equal spellings are equal times (no row is missing
-        # a time, so NULL IS a time means the row is gone).
-        _raw(e.received_at).is_not_distinct_from(_raw(s.received_at)).label("same_at"),
-        *_checked(s.envelope_id),
-    ).select_from(sealed_envelopes.outerjoin(envelopes, e.envelope_id == s.envelope_id))
-    flagged: list[tuple[int, int]] = []
-    # Plain tuples: a row's attributes by name cost more than its checks.
-    for row in conn.execute(stmt):
-        block_no, position, sealed_sha256, same_at, *checked = row
-        text = checked[1]
-        if text is None or not same_at:
-            flagged.append((block_no, position))
-            continue
-        sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        if sha != sealed_sha256 or not _consistent(checked, sha):
-            flagged.append((block_no, position))
-    for start in range(0, len(flagged), _CHUNK):
-        chunk = flagged[start : start + _CHUNK]
-        members = conn.execute(
-            sa.select(sealed_envelopes).where(sa.tuple_(s.block_no, s.position).in_(chunk))
-        ).all()
-        judge_members(conn, members, report, ledger)
+    return (
+        sa.select(
+            s.block_no,
+            s.position,
+            s.envelope_sha256.label("sealed_sha256"),
+            # Times as stored: equal spellings are equal times (no row is
+            # missing a time, so NULL IS a time means the row is gone).
+            _raw(e.received_at).is_not_distinct_from(_raw(s.received_at)).label("same_at"),
+            *_checked(s.envelope_id),
+        )
+        .select_from(sealed_envelopes.outerjoin(envelopes, e.envelope_id == s.envelope_id))
+        .where(where)
+    )
 
 
 def _checked(envelope_id: Any) -> list[Any]:
-    """What :func:`_consistent` reads, in its order."""
+    """What :func:`recorder.verify_sqlite_rows.consistent` reads, in its order."""
     e = envelopes.c
     return [
         envelope_id,
@@ -197,13 +273,12 @@ def _checked(envelope_id: Any) -> list[Any]:
     ]
 
 
-def _check_rows(
+def _rows_stmt(
     conn: Connection,
     through: SealedThrough,
-    report: VerifyReport,
-    ledger: ErasureLedger,
     latest_plausible: dt.datetime,
-) -> None:
+    where: sa.ColumnElement[bool],
+) -> sa.Select[Any]:
     e = envelopes.c
     behind = (
         statements.sealed_through(conn.dialect, through.cutoff, through.last)
@@ -213,55 +288,155 @@ def _check_rows(
     sealed = statements.is_sealed()
     # A sealed row behind the sealed point was checked with its member; the
     # scan brings back only the others (no text leaves SQLite for the rest).
-    stmt = sa.select(
+    return sa.select(
         behind.label("behind"),
         sealed.label("sealed"),
         (e.received_at > sa.literal(latest_plausible, UTCDateTime)).label("future"),
         *_checked(e.envelope_id),
-    ).where(sa.not_(sa.and_(behind, sealed)))
-    kinds: dict[str, str] = {}
-    for row in conn.execute(stmt):
-        is_behind, sealed, future, *checked = row
-        envelope_id = checked[0]
-        if is_behind:
-            if not sealed:
-                kinds[envelope_id] = "inserted"
-            continue
-        if future:
-            kinds[envelope_id] = "future"
-            continue
-        sha = hashlib.sha256(checked[1].encode("utf-8", "surrogatepass")).hexdigest()
-        if _consistent(checked, sha):
-            report.unsealed += 1
-        else:
-            kinds[envelope_id] = "check"
-    judge_unsealed(conn, kinds, through, report, ledger)
+    ).where(sa.not_(sa.and_(behind, sealed)), where)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(name)
+# -- worker processes
+
+#: From this many envelopes on (by rowid), ``recorder verify`` splits the scan
+#: over the available cores: below it, starting a worker costs about what it saves.
+PARALLEL_FROM = 20_000
+#: At most this many processes by default (the verifier included).
+_MAX_DEFAULT_PROCESSES = 4
 
 
-#: json.loads(text, parse_constant=...) without building a decoder per row.
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+class Helpers:
+    """Worker processes of a parallel verify, each to read in the verifier's snapshot.
 
-
-def _consistent(checked: list[Any], sha: str) -> bool:
-    """A quick pass of recorder.verify.check_consistent; False means: ask it.
-
-    ``checked`` is the row as :func:`_checked` lists it.
+    SQLite has no way to hand a read snapshot to another connection, but a
+    WAL reader's snapshot is the last commit when it first reads: so the
+    verifier takes the write lock (``BEGIN IMMEDIATE`` on a connection of
+    its own), its own connection and every worker's begin and read, and the
+    lock is released; no commit can land in between, so all of them read
+    the same database. Writers wait for that handshake (a few milliseconds;
+    their busy timeout is 30 s), not for the scan. Workers are started fresh
+    (``spawn``, as the import's are) and load no SQLAlchemy
+    (:mod:`recorder.verify_sqlite_rows`).
     """
-    envelope_id, text, stored_sha, same_copy, *columns = checked
-    # \\u escapes may need the copy rewritten (NUL, lone surrogates): leave those to it.
-    if stored_sha != sha or not same_copy or "\\u" in text:
-        return False
-    if not 0 < len(envelope_id) <= MAX_ENVELOPE_ID_LENGTH or "\x00" in envelope_id:
-        return False
+
+    def __init__(self, path: str, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.count = count
+        self._pipes: list[Any] = []
+        self._processes: list[Any] = []
+        try:
+            for _ in range(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(
+                    target=serve, args=(theirs, path, SQLITE_BUSY_TIMEOUT_SECONDS), daemon=True
+                )
+                process.start()
+                theirs.close()
+                self._pipes.append(ours)
+                self._processes.append(process)
+            for pipe in self._pipes:
+                _expect(pipe, STARTED)
+        except BaseException:
+            self.close()
+            raise
+
+    def share_snapshot(self, conn: Connection, engine: Engine) -> None:
+        """Fix ``conn``'s read snapshot (its transaction begun, nothing read yet) and the
+        workers' at the same commit."""
+        lock = detached_connection(engine)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            try:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").one()
+                for pipe in self._pipes:
+                    pipe.send(SNAPSHOT)
+                for pipe in self._pipes:
+                    _expect(pipe, READY)
+            finally:
+                lock.execute("ROLLBACK")
+        finally:
+            lock.close()
+
+    def start(self, parts: Sequence[Part]) -> None:
+        for pipe, part in zip(self._pipes, parts, strict=True):
+            pipe.send(part)
+
+    def results(self) -> Iterator[Flagged]:
+        for pipe in self._pipes:
+            answer = _answer(pipe)
+            if not isinstance(answer, Flagged):
+                raise StorageUnavailable(f"verifying in a worker process: {answer}")
+            yield answer
+
+    def close(self) -> None:
+        for pipe in self._pipes:
+            pipe.close()
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+
+def _answer(pipe: Any) -> Any:
     try:
-        data = _DECODER.decode(text)
-    except (ValueError, RecursionError):
-        return False
-    if not isinstance(data, dict) or data.get("envelope_id", envelope_id) != envelope_id:
-        return False
-    expected = extract_columns(data)
-    return columns == [expected[name] for name in REPORTING_COLUMNS]
+        return pipe.recv()
+    except EOFError:
+        raise StorageUnavailable(
+            "verifying: a worker process ended abruptly (killed, or out of memory); "
+            "run verify again"
+        ) from None
+
+
+def _expect(pipe: Any, expected: str) -> None:
+    answer = _answer(pipe)
+    if answer != expected:
+        raise StorageUnavailable(f"verifying in a worker process: {answer}")
+
+
+@contextmanager
+def helpers(engine: Engine, workers: int | None) -> Iterator[Helpers | None]:
+    """Worker processes for :func:`recorder.verify.verify` on ``engine``: ``workers - 1``
+    of them (the verifier is one), or None for one process: ``workers`` None or 1, or a
+    database that is no WAL file (in memory, or with a rollback journal, where one
+    reader holds writers off anyway)."""
+    if workers is None or workers <= 1:
+        yield None
+        return
+    path = _wal_file(engine)
+    if path is None:
+        yield None
+        return
+    started = Helpers(path, workers - 1)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def default_processes(engine: Engine) -> int:
+    """How many processes ``recorder verify`` uses on ``engine``: the cores this process may
+    run on (at most four) once the table holds :data:`PARALLEL_FROM` envelopes, else one."""
+    try:
+        with read_only(engine) as conn:
+            rows = conn.execute(sa.select(sa.func.max(_ROWID)).select_from(envelopes)).scalar()
+    except sa.exc.SQLAlchemyError:
+        return 1  # verify itself reports what is wrong with the database
+    if (rows or 0) < PARALLEL_FROM:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cores = os.cpu_count() or 1
+    return min(cores, _MAX_DEFAULT_PROCESSES)
+
+
+def _wal_file(engine: Engine) -> str | None:
+    """The database's file when it is in WAL mode, else None."""
+    with read_only(engine) as conn:
+        path = next(
+            (row[2] for row in conn.exec_driver_sql("PRAGMA database_list") if row[1] == "main"),
+            "",
+        )
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    return path if path and str(mode).lower() == "wal" else None
