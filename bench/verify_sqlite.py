@@ -27,6 +27,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from recorder import db
 from recorder.adapters.sql import SQLEventBuffer
@@ -65,7 +66,25 @@ def _cpu() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
+def _lock_holds() -> list[float]:
+    """Seconds parallel verify holds the write lock, when this checkout has it."""
+    held: list[float] = []
+    try:
+        from recorder.verify_sqlite import Helpers
+    except ImportError:  # older code: one process, no lock
+        return held
+    share = Helpers.share_snapshot
+
+    def timed_share(self: Any, *args: Any) -> None:
+        share(self, *args)
+        held.append(self.lock_held)
+
+    setattr(Helpers, "share_snapshot", timed_share)  # noqa: B010 -- a timing wrapper
+    return held
+
+
 def time_verify(path: Path, workers: int | None) -> None:
+    held = _lock_holds()
     engine = create_engine(f"sqlite:///{path}")
     kwargs = {} if workers is None else {"workers": workers}
     own0, kids0 = _cpu()
@@ -88,6 +107,7 @@ def time_verify(path: Path, workers: int | None) -> None:
                 "rows_per_s_wall": round(rows / wall),
                 "rows_per_s_cpu": round(rows / own),
                 "rows_per_s_all_cpu": round(rows / (own + kids)),
+                "write_lock_held_ms": [round(1000 * h, 2) for h in held],
                 "load": os.getloadavg()[0],
             }
         ),

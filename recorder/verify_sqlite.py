@@ -24,6 +24,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -322,6 +323,9 @@ class Helpers:
     def __init__(self, path: str, count: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.count = count
+        self.lock_held: float | None = None
+        """Seconds the write lock was held to line the snapshots up (writers waited that long
+        at most)."""
         self._pipes: list[Any] = []
         self._processes: list[Any] = []
         try:
@@ -346,6 +350,7 @@ class Helpers:
         lock = detached_connection(engine)
         try:
             lock.execute("BEGIN IMMEDIATE")
+            locked = time.perf_counter()
             try:
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").one()
                 for pipe in self._pipes:
@@ -354,6 +359,7 @@ class Helpers:
                     _expect(pipe, READY)
             finally:
                 lock.execute("ROLLBACK")
+                self.lock_held = time.perf_counter() - locked
         finally:
             lock.close()
 

@@ -80,22 +80,28 @@ def check_part(cursor: sqlite3.Cursor, part: Part) -> Flagged:
 Pick = Callable[[dict[str, Any]], Any]
 
 
+#: Where :func:`consistent`'s columns begin in each statement's rows.
+_MEMBER_CHECKED = 4
+_ROW_CHECKED = 3
+
+
 def _flag_members(cursor: sqlite3.Cursor, sql: str, pick: Pick, flagged: Flagged) -> None:
     members = flagged.members
-    for block_no, position, sealed_sha256, same_at, *checked in cursor.execute(sql):
-        text = checked[1]
-        if text is None or not same_at:
-            members.append((block_no, position))
+    # Plain tuples, read by position: anything more costs more than the checks.
+    for row in cursor.execute(sql):
+        text = row[5]
+        if text is None or not row[3]:  # the row is gone, or its time moved
+            members.append((row[0], row[1]))
             continue
         sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        if sha != sealed_sha256 or not consistent(checked, sha, pick):
-            members.append((block_no, position))
+        if sha != row[2] or not consistent(row, _MEMBER_CHECKED, sha, pick):
+            members.append((row[0], row[1]))
 
 
 def _flag_rows(cursor: sqlite3.Cursor, sql: str, pick: Pick, flagged: Flagged) -> None:
     kinds = flagged.rows
-    for is_behind, sealed, future, *checked in cursor.execute(sql):
-        envelope_id = checked[0]
+    for row in cursor.execute(sql):
+        is_behind, sealed, future, envelope_id, text = row[:5]
         if is_behind:
             if not sealed:
                 kinds[envelope_id] = "inserted"
@@ -103,8 +109,8 @@ def _flag_rows(cursor: sqlite3.Cursor, sql: str, pick: Pick, flagged: Flagged) -
         if future:
             kinds[envelope_id] = "future"
             continue
-        sha = hashlib.sha256(checked[1].encode("utf-8", "surrogatepass")).hexdigest()
-        if consistent(checked, sha, pick):
+        sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if consistent(row, _ROW_CHECKED, sha, pick):
             flagged.unsealed_ok += 1
         else:
             kinds[envelope_id] = "check"
@@ -118,14 +124,15 @@ def _no_constants(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
-def consistent(checked: Sequence[Any], sha: str, pick: Pick) -> bool:
+def consistent(row: Sequence[Any], at: int, sha: str, pick: Pick) -> bool:
     """A quick pass of recorder.verify.check_consistent; False means: ask it.
 
-    ``checked`` is ``envelope_id, envelope_text, envelope_sha256, same_copy``
-    and the reporting columns; ``sha`` the text's digest; ``pick`` takes the
-    reporting columns, as a tuple in that order, from extract_columns' dict.
+    From ``row[at]`` on, ``row`` holds ``envelope_id, envelope_text,
+    envelope_sha256, same_copy`` and then the reporting columns; ``sha`` is
+    the text's digest; ``pick`` takes the reporting columns, as a tuple in
+    that order, from extract_columns' dict.
     """
-    envelope_id, text, stored_sha, same_copy, *columns = checked
+    envelope_id, text, stored_sha, same_copy = row[at : at + 4]
     # \\u escapes may need the copy rewritten (NUL, lone surrogates): leave those to it.
     if stored_sha != sha or not same_copy or "\\u" in text:
         return False
@@ -137,7 +144,7 @@ def consistent(checked: Sequence[Any], sha: str, pick: Pick) -> bool:
         return False
     if not isinstance(data, dict) or data.get("envelope_id", envelope_id) != envelope_id:
         return False
-    return bool(tuple(columns) == pick(extract_columns(data)))
+    return bool(row[at + 4 :] == pick(extract_columns(data)))
 
 
 def serve(pipe: Pipe, path: str, busy_timeout: float) -> None:
