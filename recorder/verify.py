@@ -155,12 +155,11 @@ def verify(
         verifier's snapshot (default: the server's
         ``max_parallel_workers_per_gather`` plus one, once the archive holds
         100,000 sealed envelopes; one below that). SQLite: how many
-        processes share the fast walk, this one and ``workers - 1`` started
-        for it (``spawn``: a script calling this must guard its own work with
-        ``if __name__ == "__main__":``), each reading the same snapshot
-        (:class:`recorder.verify_sqlite.Helpers`); default one. ``recorder
-        verify`` uses the available cores (at most four) from 20,000
-        envelopes on. A database that is no WAL file is read by one process.
+        processes share the fast walk, this one and ``workers - 1`` worker
+        interpreters started for it, each reading the same snapshot
+        (:class:`recorder.verify_sqlite.Helpers`; default: the available
+        cores, at most four, once the table holds 50,000 envelopes; one
+        below that). A database that is no WAL file is read by one process.
 
     Returns
     -------

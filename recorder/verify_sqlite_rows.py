@@ -173,3 +173,9 @@ def serve(pipe: Pipe, path: str, busy_timeout: float) -> None:
         return  # the verifier is gone or gave up: nothing to answer
     except Exception as exc:
         pipe.send(f"{type(exc).__name__}: {exc}")
+
+
+def main(argv: Sequence[str]) -> None:
+    """A worker's entry point: ``socket-fd path busy-timeout`` (see :func:`serve`)."""
+    fd, path, busy_timeout = argv
+    serve(Pipe(int(fd)), path, float(busy_timeout))

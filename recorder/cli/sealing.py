@@ -10,12 +10,11 @@ from typing import Any, TextIO
 import click
 from sqlalchemy.engine import Engine
 
-from recorder import seal, verify, verify_sqlite
+from recorder import seal, verify
 from recorder.archive.verify import ArchiveVerifyReport, verify_archive
 from recorder.cli.errors import EXIT_ERROR
 from recorder.cli.options import YEAR_SECONDS, Seconds, anchor_digest
 from recorder.cli.storage import open_engine
-from recorder.engine import is_sqlite
 from recorder.settings import Settings
 from recorder.wording import counted
 
@@ -135,10 +134,7 @@ def verify_command(
     """
     archived = None
     with open_engine(settings, must_exist=True) as engine:
-        # SQLite: worker processes share the scan on a large archive (PostgreSQL
-        # picks its own number of connections).
-        workers = verify_sqlite.default_processes(engine) if is_sqlite(engine) else None
-        report = verify.verify(engine, anchors=anchors, workers=workers)
+        report = verify.verify(engine, anchors=anchors)
         if archive_dir is not None:
             archived = _verify_archive(engine, archive_dir)
     failed = not report.ok or (archived is not None and not archived.ok)

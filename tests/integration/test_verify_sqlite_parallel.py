@@ -77,9 +77,10 @@ def keys(report: Any) -> set[tuple[str, str | None, int | None]]:
 
 def test_tampering_in_every_part_is_found(engine: Engine) -> None:
     load(engine, sealed=ROWS // 2)  # blocks 1-6 sealed, the rest waiting
-    # Three processes: members split by blocks (1-2, 3-4, 5-6), rows by rowid thirds.
+    # Three processes: members split by blocks (1-2, 3-4, 5-6), rows by rowid
+    # (the verifier's part the smallest: it digests the chain too).
     sealed_ids = [10, 700, 1400]  # in blocks 1, 3 and 6
-    unsealed_ids = [1600, 2200, 2900]  # the rows pass: second and third rowid thirds
+    unsealed_ids = [1600, 2200, 2900]  # the rows pass: in the second and third parts
     with engine.begin() as conn:
         for n in sealed_ids:
             conn.execute(
@@ -112,6 +113,21 @@ def test_tampering_in_every_part_is_found(engine: Engine) -> None:
     assert [f.line() for f in three.findings] == [f.line() for f in one.findings]
     assert (three.sealed, three.unsealed, three.pruned) == (one.sealed, one.unsealed, one.pruned)
     assert (one.sealed, one.unsealed) == (ROWS // 2, ROWS // 2 + 1)
+
+
+def test_tampering_in_every_part_of_the_rows_pass_is_found(engine: Engine) -> None:
+    load(engine)  # nothing sealed: every row is in the rows pass
+    tampered = [5, 1500, 2995]  # the first, middle and last rowids
+    with engine.begin() as conn:
+        for n in tampered:
+            conn.execute(
+                sa.text("UPDATE envelopes SET user_id = 'U-moved' WHERE envelope_id = :id"),
+                {"id": f"e{n:05d}"},
+            )
+    for workers in (1, 2, 3, 4):
+        report = verify(engine, now=NOW, workers=workers)
+        assert keys(report) == {("modified", f"e{n:05d}", None) for n in tampered}, workers
+        assert report.unsealed == ROWS
 
 
 def test_more_workers_than_blocks_and_an_empty_archive(engine: Engine) -> None:
