@@ -158,7 +158,7 @@ def verify(
         processes share the fast walk, this one and ``workers - 1`` worker
         interpreters started for it, each reading the same snapshot
         (:class:`recorder.verify_sqlite.Helpers`; default: the available
-        cores, at most four, once the table holds 20,000 envelopes; one
+        cores, at most four, once the table holds 50,000 envelopes; one
         below that). A database that is no WAL file is read by one process.
 
     Returns
