@@ -451,7 +451,13 @@ def helpers(engine: Engine, workers: int | None) -> Iterator[Helpers | None]:
     if path is None:
         yield None
         return
-    started = Helpers(path, workers - 1)
+    try:
+        started = Helpers(path, workers - 1)
+    except (OSError, StorageUnavailable):
+        # No worker could start (an embedded interpreter, a process limit):
+        # the one-process walk checks the same.
+        yield None
+        return
     try:
         yield started
     finally:

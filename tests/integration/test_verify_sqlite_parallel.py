@@ -219,3 +219,14 @@ def test_recorder_verify_stays_on_one_process_below_the_threshold(engine: Engine
     load(engine, rows=500)
     assert PARALLEL_FROM > 500
     assert default_processes(engine) == 1
+
+
+def test_workers_that_cannot_start_leave_verify_to_one_process(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load(engine, rows=500, sealed=250)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE envelopes SET team_id = 'T9' WHERE envelope_id = 'e00400'"))
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")  # an embedded interpreter
+    report = verify(engine, now=NOW, workers=3)
+    assert keys(report) == {("modified", "e00400", None)}
