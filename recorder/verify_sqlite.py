@@ -447,7 +447,9 @@ def helpers(engine: Engine, workers: int | None) -> Iterator[Helpers | None]:
     rollback journal, where one reader holds writers off anyway)."""
     if workers is None:
         workers = default_processes(engine)
-    path = _wal_file(engine) if workers > 1 and sys.executable else None
+    # Workers inherit their socket by descriptor (pass_fds): POSIX only.
+    parallel = workers > 1 and bool(sys.executable) and os.name == "posix"
+    path = _wal_file(engine) if parallel else None
     if path is None:
         yield None
         return
