@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -1074,6 +1075,23 @@ def insert_block() -> Insert:
 
 
 #: One statement over arrays on PostgreSQL: a block of 10,000 members in one round trip.
+def select_stray_members(block_nos: Sequence[int]) -> sa.Select[Any]:
+    """Members listed under a block number not in ``block_nos`` (the chain's): block_no, count.
+
+    Nothing else stops such a row (sealed_envelopes has no foreign key: its
+    per-row check slowed sealing). With the usual chain, numbered from 1
+    without gaps, two ranges of the primary key are read.
+    """
+    no = sealed_envelopes.c.block_no
+    condition: sa.ColumnElement[bool] = sa.true()
+    if block_nos:
+        first, last = min(block_nos), max(block_nos)
+        condition = sa.or_(no < first, no > last)
+        if last - first + 1 != len(set(block_nos)):  # gaps: check against the table itself
+            condition = ~sa.exists().where(seal_blocks.c.block_no == no)
+    return sa.select(no, sa.func.count().label("n")).where(condition).group_by(no).order_by(no)
+
+
 INSERT_MEMBERS_POSTGRESQL = sa.text(
     """
     INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
@@ -1170,48 +1188,47 @@ def seal_range_block_postgresql(through: str | None) -> sa.TextClause:
     }[through]
     ts = _PG_TIMESTAMP.format("received_at")
     plain = _PG_JSON_PLAIN.format("envelope_id")
+    # One pass in key order numbers the rows as it reads them (no second
+    # sort); the aggregate takes the block's rows (position < block_size)
+    # and sees the lookahead row only to count it.
     return sa.text(
         f"""
 WITH picked AS MATERIALIZED (
-    SELECT envelope_id, received_at,
+    SELECT (row_number() OVER (ORDER BY received_at, envelope_id COLLATE "C") - 1)::int
+               AS position,
+           envelope_id, received_at,
            encode(sha256(convert_to(envelope_text, 'UTF8')), 'hex') AS sha
     FROM envelopes
     WHERE received_at <= CAST(:cutoff AS timestamptz) {after}
     ORDER BY received_at, envelope_id COLLATE "C"
     LIMIT :lookahead
 ),
-chosen AS MATERIALIZED (
-    SELECT * FROM (
-        SELECT (row_number() OVER (ORDER BY received_at, envelope_id COLLATE "C") - 1)::int
-                   AS position,
-               envelope_id, received_at, sha, {ts} AS ts
-        FROM picked
-    ) numbered
-    WHERE position < :block_size
-),
 summary AS (
-    SELECT count(*) AS n,
+    SELECT count(*) FILTER (WHERE position < :block_size) AS n,
+           count(*) <= :block_size AS final,
            coalesce(bool_and({plain}
                AND received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
-               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
-           string_agg('["' || envelope_id || '","' || ts || '","' || sha || E'"]\\n', ''
-                      ORDER BY position) AS lines,
-           max(position) AS last_position
-    FROM chosen
+               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00')
+               FILTER (WHERE position < :block_size), false) AS plain,
+           string_agg('["' || envelope_id || '","' || {ts} || '","' || sha || E'"]\\n', ''
+                      ORDER BY position) FILTER (WHERE position < :block_size) AS lines,
+           max(position) FILTER (WHERE position < :block_size) AS last_position
+    FROM picked
 ),
 ends AS (
-    SELECT f.envelope_id AS first_id, f.received_at AS first_at, f.ts AS first_ts,
-           l.envelope_id AS last_id, l.received_at AS last_at, l.ts AS last_ts
+    SELECT f.envelope_id AS first_id, f.received_at AS first_at,
+           {_PG_TIMESTAMP.format("f.received_at")} AS first_ts,
+           l.envelope_id AS last_id, l.received_at AS last_at,
+           {_PG_TIMESTAMP.format("l.received_at")} AS last_ts
     FROM summary s
-    JOIN chosen f ON f.position = 0
-    JOIN chosen l ON l.position = s.last_position
+    JOIN picked f ON f.position = 0
+    JOIN picked l ON l.position = s.last_position
 ),
 digested AS (
-    SELECT s.n, e.*, (SELECT count(*) FROM picked) <= :block_size AS final,
+    SELECT s.n, s.final, e.*,
            encode(sha256(convert_to(
                CAST(:head AS text) || s.n
-               || CASE WHEN (SELECT count(*) FROM picked) <= :block_size
-                       THEN CAST(:mid_final AS text) ELSE CAST(:mid_open AS text) END
+               || CASE WHEN s.final THEN CAST(:mid_final AS text) ELSE CAST(:mid_open AS text) END
                || '["' || e.first_ts || '","' || e.first_id || '"]'
                || CAST(:mid_last AS text)
                || '["' || e.last_ts || '","' || e.last_id || '"]'
@@ -1232,8 +1249,8 @@ block AS (
 added AS (
     INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, envelope_sha256)
     SELECT :block_no, position, envelope_id, received_at, sha
-    FROM chosen
-    WHERE EXISTS (SELECT 1 FROM block)
+    FROM picked
+    WHERE position < :block_size AND EXISTS (SELECT 1 FROM block)
 )
 SELECT s.n, s.plain, b.*
 FROM summary s LEFT JOIN block b ON true

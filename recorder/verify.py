@@ -201,6 +201,7 @@ def verify(
             if through.started:
                 _check_unsealed_behind(conn, through, report, ledger)
             _check_beyond(conn, through, report, latest_plausible, ledger)
+        _check_stray_members(conn, blocks, report)
         _check_anchors(blocks, anchors, report)
         check_erasure_log(conn, ledger, report)
         check_covered_logs(conn, report, sealed)
@@ -240,6 +241,21 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(**options)
         with conn.begin():
             yield conn
+
+
+def _check_stray_members(conn: Connection, blocks: list[SealBlock], report: VerifyReport) -> None:
+    """Members listed under a block the chain does not hold (they would pass as sealed)."""
+    stmt = statements.select_stray_members([b.block_no for b in blocks])
+    report.findings.extend(
+        Finding(
+            "chain",
+            None,
+            f"{counted(row.n, 'sealed envelope')} listed under block {row.block_no}, "
+            "which the chain does not hold: the seal tables were edited",
+            row.block_no,
+        )
+        for row in conn.execute(stmt)
+    )
 
 
 def _check_anchors(blocks: list[SealBlock], anchors: Iterable[str], report: VerifyReport) -> None:

@@ -71,6 +71,8 @@ def tables(engine: Engine) -> set[str]:
 
 # Revisions that only replace PostgreSQL functions: nothing changes on SQLite.
 FUNCTIONS_ONLY = {"0009"}
+# Revisions that only drop a foreign key (0010: sealed_envelopes -> seal_blocks).
+FOREIGN_KEYS_ONLY = {"0010"}
 
 
 def columns(engine: Engine) -> set[tuple[str, str]]:
@@ -80,6 +82,16 @@ def columns(engine: Engine) -> set[tuple[str, str]]:
         (table, column["name"])
         for table in inspector.get_table_names()
         for column in inspector.get_columns(table)
+    }
+
+
+def foreign_keys(engine: Engine) -> set[tuple[str, str]]:
+    """(table, referred table) of every foreign key: what FOREIGN_KEYS_ONLY revisions change."""
+    inspector = sa.inspect(engine)
+    return {
+        (table, key["referred_table"])
+        for table in inspector.get_table_names()
+        for key in inspector.get_foreign_keys(table)
     }
 
 
@@ -132,6 +144,7 @@ def test_each_revision_upgrades_downgrades_and_upgrades_again(
     assert db.current_revision(empty_url) == revision
     created = columns(engine)
     defined = functions(engine)
+    keys = foreign_keys(engine)
 
     db.downgrade(empty_url, down_revision)
     assert db.current_revision(empty_url) == (None if down_revision == "base" else down_revision)
@@ -140,12 +153,16 @@ def test_each_revision_upgrades_downgrades_and_upgrades_again(
         assert remaining == created
         if engine.dialect.name == "postgresql":
             assert functions(engine) != defined, f"{revision} downgrade restored no function"
+    elif revision in FOREIGN_KEYS_ONLY:
+        assert remaining == created
+        assert foreign_keys(engine) > keys, f"{revision} downgrade restored no foreign key"
     else:
         assert remaining < created, f"{revision} downgrade removed no table or column"
 
     db.upgrade(empty_url, revision)
     assert columns(engine) == created
     assert functions(engine) == defined
+    assert foreign_keys(engine) == keys
     db.upgrade(empty_url)
     assert schema_differences(engine) == []
 

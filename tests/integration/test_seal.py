@@ -273,6 +273,52 @@ def test_edits_to_the_seal_tables_break_the_chain_and_anchors_catch_rewrites(
     assert verify(engine).ok
 
 
+def test_members_listed_under_a_block_the_chain_does_not_hold_are_reported(
+    engine: Engine, buffer: SQLEventBuffer, clock: Clock
+) -> None:
+    """sealed_envelopes has no foreign key to seal_blocks (migration 0010): verify checks it.
+
+    A forged row with a stray member row of its own would otherwise pass as
+    sealed, on every verify path.
+    """
+    record_range(buffer, clock, range(8))
+    seal(engine, block_size=4, now=sealed_now(clock))
+    forger = SQLEventBuffer(engine, clock=lambda: T0 + dt.timedelta(seconds=3, milliseconds=1))
+    assert forger.record("forged-1", {"type": "events_api", "payload": {}}) is RecordResult.NEW
+    assert verify(engine).of_kind("inserted") == {"forged-1"}
+    with engine.begin() as conn:
+        at, sha = conn.execute(
+            sa.text(
+                "SELECT received_at, envelope_sha256 FROM envelopes WHERE envelope_id = 'forged-1'"
+            )
+        ).one()
+    for block_no in (0, 99):
+        run_sql(
+            engine,
+            "INSERT INTO sealed_envelopes (block_no, position, envelope_id, received_at, "
+            "envelope_sha256) VALUES (:block_no, 0, 'forged-1', :at, :sha)",
+            block_no=block_no,
+            at=at,
+            sha=sha,
+        )
+        for server_side in (True, False):
+            report = verify(engine, server_side=server_side)
+            stray = [f for f in report.findings if f.kind == "chain"]
+            assert [f.block_no for f in stray] == [block_no], report.findings
+            assert "1 sealed envelope listed under block" in stray[0].detail
+        run_sql(engine, "DELETE FROM sealed_envelopes WHERE block_no = :n", n=block_no)
+
+    # a block removed from inside the chain leaves its members stray as well
+    assert verify(engine).of_kind("inserted") == {"forged-1"}
+    run_sql(engine, "DELETE FROM seal_blocks WHERE block_no = 1")
+    for server_side in (True, False):
+        report = verify(engine, server_side=server_side)
+        assert any(
+            f.block_no == 1 and "4 sealed envelopes listed under block 1" in f.detail
+            for f in report.findings
+        ), report.findings
+
+
 def test_late_writes_are_reported_as_inserted_and_can_be_adopted(
     engine: Engine, buffer: SQLEventBuffer, clock: Clock
 ) -> None:
