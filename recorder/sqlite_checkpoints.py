@@ -21,6 +21,16 @@ few milliseconds). When writes are so dense that :data:`FREE_PASSES` passes
 never catch up (a bulk import), the last pass holds the writer's lock: it
 copies only what the previous pass missed, so writes wait a millisecond or
 two once per run, and the log still starts over.
+
+A reader's snapshot (``recorder verify``, an export, an auditor's query)
+pins the log: nothing written after it began can be copied until it ends,
+so the log grows past :data:`FALLBACK_PAGES`. When the reader ended, the
+next commit's own checkpoint would copy all of it, tens of megabytes, with
+the writer's lock held (146 ms for a 20 s reader at 200 envelopes/s). So
+while a pass finds the log pinned the thread tells the writers to leave
+checkpoints alone (:attr:`Checkpoints.writer_pages` is 0; the writer sets
+``wal_autocheckpoint`` on the connection it writes with), and it copies the
+backlog itself, passively, once the reader is gone.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from sqlalchemy.engine import Engine
 
 from recorder.engine import FALLBACK_PAGES, detached_connection
 
-__all__ = ["CHECKPOINT_SECONDS", "FALLBACK_PAGES", "FREE_PASSES", "Checkpoints"]
+__all__ = ["CHECKPOINT_SECONDS", "FALLBACK_PAGES", "FREE_PASSES", "Checkpoints", "use_writer_pages"]
 
 logger = logging.getLogger("recorder")
 
@@ -80,6 +90,12 @@ class Checkpoints:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._threshold = _Threshold()
+
+    @property
+    def writer_pages(self) -> int:
+        """``wal_autocheckpoint`` for the writers' connections now: 0 while a reader pins the log."""
+        return self._threshold.pages
 
     def start(self) -> None:
         """Start the thread unless it runs (cheap: called on every write)."""
@@ -96,7 +112,13 @@ class Checkpoints:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=_run,
-                    args=(weakref.ref(self), self._stop, self._interval, self._writer_lock),
+                    args=(
+                        weakref.ref(self),
+                        self._stop,
+                        self._interval,
+                        self._writer_lock,
+                        self._threshold,
+                    ),
                     name="recorder-checkpoints",
                     daemon=True,
                 )
@@ -122,11 +144,19 @@ class Checkpoints:
         return driver
 
 
+class _Threshold:
+    """What the thread tells the writers: the ``wal_autocheckpoint`` their connections use."""
+
+    def __init__(self) -> None:
+        self.pages = FALLBACK_PAGES
+
+
 def _run(
     owner: weakref.ref[Checkpoints],
     stop: threading.Event,
     interval: float,
     writer_lock: threading.Lock,
+    threshold: _Threshold,
 ) -> None:
     """The thread: its owner only weakly, so dropping the owner stops it (a last pass first)."""
     checkpoints = owner()
@@ -143,29 +173,48 @@ def _run(
     del checkpoints
     try:
         while not stop.wait(interval) and owner() is not None:
-            _checkpoint(conn, writer_lock)
+            threshold.pages = 0 if _checkpoint(conn, writer_lock) else FALLBACK_PAGES
         _checkpoint(conn, writer_lock)
     finally:
+        # Nobody checkpoints for the writers any more: their fallback is back.
+        threshold.pages = FALLBACK_PAGES
         with contextlib.suppress(sqlite3.Error):
             conn.close()
 
 
-def _checkpoint(conn: sqlite3.Connection, writer_lock: threading.Lock) -> None:
+def _checkpoint(conn: sqlite3.Connection, writer_lock: threading.Lock) -> bool:
+    """One run of passes; whether a reader's snapshot pinned the log (True) or it caught up."""
     previous: Any = None
     try:
         for _ in range(FREE_PASSES):
             log, copied = _passive(conn)
             if log == copied and log in (0, previous):
-                return
+                return False
+            if copied < log:
+                # Frames after a reader's snapshot: no pass can copy them until
+                # it ends, and holding the writers' lock would only stall them.
+                return True
             previous = log
         with writer_lock:
             _passive(conn)
     except sqlite3.Error as exc:
         # The next run tries again; the writers' fallback bounds the log meanwhile.
         logger.warning("background checkpoint failed: %s", exc)
+    return False
 
 
 def _passive(conn: sqlite3.Connection) -> tuple[int, int]:
     """Frames in the log and frames copied into the database, after one passive pass."""
     _busy, log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(log), int(copied)
+
+
+def use_writer_pages(driver: Any, applied: dict[str, Any], pages: int) -> None:
+    """Set ``wal_autocheckpoint`` to ``pages`` on a writer's connection unless already set.
+
+    ``applied`` is a dict kept with the connection (its pool record's
+    ``info``, or the writer's own for a detached one).
+    """
+    if applied.get("recorder_autocheckpoint") != pages and isinstance(driver, sqlite3.Connection):
+        driver.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        applied["recorder_autocheckpoint"] = pages

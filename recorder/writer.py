@@ -62,7 +62,7 @@ from recorder.engine import (
     write_statement,
 )
 from recorder.errors import StorageUnavailable
-from recorder.sqlite_checkpoints import FALLBACK_PAGES, Checkpoints
+from recorder.sqlite_checkpoints import FALLBACK_PAGES, Checkpoints, use_writer_pages
 
 #: Dedicated connections for ``record`` per buffer on PostgreSQL (idle and in
 #: use together); more callers at once wait for one, within the time bound.
@@ -152,7 +152,7 @@ class Writer:
         with self._storage_errors(action), self._sqlite_turn(bounded=True):
             count = None
             if self._dedicated is not None:
-                count = self._dedicated.execute(write.sql, params)
+                count = self._dedicated.execute(write.sql, params, self._writer_pages())
             if count is None:
                 count = self._through_pool(write.sql, params)
             return count
@@ -161,12 +161,14 @@ class Writer:
     def statement(self) -> Iterator[Connection]:
         """A connection for one atomic write statement (autocommit on PostgreSQL)."""
         with self._sqlite_turn(bounded=False), write_statement(self.engine) as conn:
+            self._use_writer_pages(conn)
             yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection in a transaction, committed when the block ends."""
         with self._sqlite_turn(bounded=False), self.engine.begin() as conn:
+            self._use_writer_pages(conn)
             yield conn
 
     def close(self) -> None:
@@ -175,6 +177,15 @@ class Writer:
             self._dedicated.close()
         if self._checkpoints is not None:
             self._checkpoints.close()
+
+    def _writer_pages(self) -> int | None:
+        """``wal_autocheckpoint`` for the connection about to write (None: leave it)."""
+        return None if self._checkpoints is None else self._checkpoints.writer_pages
+
+    def _use_writer_pages(self, conn: Connection) -> None:
+        pages = self._writer_pages()
+        if pages is not None:
+            use_writer_pages(conn.connection.driver_connection, conn.connection.info, pages)
 
     @contextmanager
     def _sqlite_turn(self, *, bounded: bool) -> Iterator[None]:
@@ -230,6 +241,7 @@ class Writer:
 
     def _sqlite_through_pool(self, sql: str, params: Any, timeout_ms: int | None) -> int:
         with self.engine.connect() as conn:
+            self._use_writer_pages(conn)
             driver = conn.connection.driver_connection
             restore = None
             if timeout_ms is not None and isinstance(driver, sqlite3.Connection):
@@ -284,10 +296,14 @@ class _DedicatedConnections:
         # sessions) and never closed here, since closing would end the
         # parent's sessions; kept referenced so garbage collection leaves them be.
         self._inherited: list[Any] = []
+        # Per open connection (by id): settings made on it, for use_writer_pages.
+        self._applied: dict[int, dict[str, Any]] = {}
 
-    def execute(self, sql: str, params: Any) -> int | None:
+    def execute(self, sql: str, params: Any, sqlite_pages: int | None = None) -> int | None:
         """Run one statement; its row count, or None once closed (use the pool then).
 
+        ``sqlite_pages``: the ``wal_autocheckpoint`` a SQLite connection
+        writes with (:attr:`recorder.sqlite_checkpoints.Checkpoints.writer_pages`).
         Driver errors propagate (the caller translates them); a connection an
         error left unusable is closed, one a timeout merely cancelled is kept.
         """
@@ -295,6 +311,8 @@ class _DedicatedConnections:
         if conn is None:
             return None
         try:
+            if sqlite_pages is not None:
+                use_writer_pages(conn, self._applied.setdefault(id(conn), {}), sqlite_pages)
             count = self._run(conn, sql, params)
         except BaseException:
             if self._reusable(conn):
@@ -408,6 +426,7 @@ class _DedicatedConnections:
                 self._inherited.append(conn)
                 return
             self._open -= 1
+            self._applied.pop(id(conn), None)
             self._changed.notify()
         # Already broken or not: nothing more to release either way.
         with contextlib.suppress(psycopg.Error, sqlite3.Error):
