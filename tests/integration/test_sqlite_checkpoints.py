@@ -121,7 +121,8 @@ def wait_for(predicate: Any, seconds: float = 10.0) -> bool:
 def record_connection_pages(buffer: SQLEventBuffer) -> int:
     """``wal_autocheckpoint`` of the connection ``record`` writes with."""
     dedicated = buffer._writes._dedicated
-    assert dedicated is not None and dedicated._idle
+    assert dedicated is not None
+    assert dedicated._idle
     conn, _ = dedicated._idle[-1]
     return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
 
