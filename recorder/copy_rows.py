@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from recorder.envelope import ParsedEnvelope
+from recorder.envelope import REPORTING_COLUMNS, ParsedEnvelope
 
 #: Columns of the import's staging table, in COPY order. ``received_at`` is
 #: NULL for "the time of the write" (the transaction fills it in), and
@@ -26,17 +26,9 @@ from recorder.envelope import ParsedEnvelope
 #: always), so each envelope crosses the wire once.
 STAGED_COLUMNS: tuple[str, ...] = (
     "envelope_id",
-    "envelope_type",
+    REPORTING_COLUMNS[0],  # envelope_type, before received_at as in the table
     "received_at",
-    "team_id",
-    "enterprise_id",
-    "api_app_id",
-    "event_id",
-    "event_type",
-    "channel_id",
-    "user_id",
-    "retry_attempt",
-    "retry_reason",
+    *REPORTING_COLUMNS[1:],
     "envelope",
     "envelope_text",
     "envelope_sha256",

@@ -246,6 +246,24 @@ def decode_stored(text: str) -> dict[str, Any]:
     return value
 
 
+#: The reporting columns :func:`extract_columns` gives, in the envelopes
+#: table's order. Defined here, where no SQLAlchemy is imported, so that the
+#: schema, the import's COPY rows and verify's worker processes all name the
+#: same tuple.
+REPORTING_COLUMNS: tuple[str, ...] = (
+    "envelope_type",
+    "team_id",
+    "enterprise_id",
+    "api_app_id",
+    "event_id",
+    "event_type",
+    "channel_id",
+    "user_id",
+    "retry_attempt",
+    "retry_reason",
+)
+
+
 def extract_columns(data: Mapping[str, Any]) -> dict[str, Any]:
     """The reporting columns of an envelope; absent or unusable values are None.
 

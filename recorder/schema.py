@@ -34,6 +34,7 @@ from sqlalchemy.sql import expression as sa_expression
 from sqlalchemy.types import TypeDecorator
 
 from recorder import adapter
+from recorder import envelope as envelope_columns
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -80,19 +81,8 @@ PENDING = adapter.PENDING
 DONE = adapter.DONE
 
 #: The reporting columns extracted from every envelope, in the table's order
-#: (what verify checks against the stored text).
-REPORTING_COLUMNS: tuple[str, ...] = (
-    "envelope_type",
-    "team_id",
-    "enterprise_id",
-    "api_app_id",
-    "event_id",
-    "event_type",
-    "channel_id",
-    "user_id",
-    "retry_attempt",
-    "retry_reason",
-)
+#: (what verify checks against the stored text); named in recorder.envelope.
+REPORTING_COLUMNS = envelope_columns.REPORTING_COLUMNS
 
 envelopes = Table(
     "envelopes",

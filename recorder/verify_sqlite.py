@@ -91,7 +91,6 @@ def check(
             rows=_sql(
                 conn, _rows_stmt(conn, through, latest_plausible, _within(_ROWID, row_cuts, i))
             ),
-            columns=REPORTING_COLUMNS,
         )
         for i in range(n)
     ]

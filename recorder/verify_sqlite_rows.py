@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
-from recorder.envelope import MAX_ENVELOPE_ID_LENGTH, extract_columns
+from recorder.envelope import MAX_ENVELOPE_ID_LENGTH, REPORTING_COLUMNS, extract_columns
 
 #: A worker's messages: it has connected; its read snapshot is fixed.
 STARTED = "started"
@@ -42,13 +42,11 @@ class Part:
 
     ``members`` selects ``block_no, position, sealed digest, same_at``,
     ``rows`` selects ``behind, sealed, future``; each then what
-    :func:`consistent` reads, the reporting columns named by ``columns`` last.
+    :func:`consistent` reads, the reporting columns (``REPORTING_COLUMNS``) last.
     """
 
     members: str
     rows: str
-    columns: tuple[str, ...]
-    """recorder.schema.REPORTING_COLUMNS (that module imports SQLAlchemy)."""
 
 
 @dataclass(slots=True)
@@ -71,7 +69,7 @@ class Flagged:
 def check_part(cursor: sqlite3.Cursor, part: Part) -> Flagged:
     """Scan one part on ``cursor`` (inside the caller's read transaction)."""
     flagged = Flagged()
-    pick = operator.itemgetter(*part.columns)
+    pick = operator.itemgetter(*REPORTING_COLUMNS)
     _flag_members(cursor, part.members, pick, flagged)
     _flag_rows(cursor, part.rows, pick, flagged)
     return flagged
