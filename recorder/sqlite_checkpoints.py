@@ -28,8 +28,9 @@ so the log grows past :data:`FALLBACK_PAGES`. When the reader ended, the
 next commit's own checkpoint would copy all of it, tens of megabytes, with
 the writer's lock held (146 ms for a 20 s reader at 200 envelopes/s). So
 while a pass finds the log pinned the thread tells the writers to leave
-checkpoints alone (:attr:`Checkpoints.writer_pages` is 0; the writer sets
-``wal_autocheckpoint`` on the connection it writes with), and it copies the
+checkpoints alone (:attr:`Checkpoints.writer_pages` is 0; ``record``'s own
+connection and every connection the engine's pool hands out take it as
+``wal_autocheckpoint``), and it copies the
 backlog itself, passively, once the reader is gone.
 """
 

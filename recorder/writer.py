@@ -43,12 +43,14 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -133,6 +135,7 @@ class Writer:
             if self._sqlite_writer is not None:
                 # A file database (memory ones are not on QueuePool) in WAL mode.
                 self._checkpoints = Checkpoints(engine, self._sqlite_writer)
+                _follow_writer_pages(engine, self._checkpoints)
 
     def prepare(self, statement: ClauseElement) -> PreparedWrite:
         return PreparedWrite(statement, self.engine)
@@ -161,14 +164,12 @@ class Writer:
     def statement(self) -> Iterator[Connection]:
         """A connection for one atomic write statement (autocommit on PostgreSQL)."""
         with self._sqlite_turn(bounded=False), write_statement(self.engine) as conn:
-            self._use_writer_pages(conn)
             yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection in a transaction, committed when the block ends."""
         with self._sqlite_turn(bounded=False), self.engine.begin() as conn:
-            self._use_writer_pages(conn)
             yield conn
 
     def close(self) -> None:
@@ -181,11 +182,6 @@ class Writer:
     def _writer_pages(self) -> int | None:
         """``wal_autocheckpoint`` for the connection about to write (None: leave it)."""
         return None if self._checkpoints is None else self._checkpoints.writer_pages
-
-    def _use_writer_pages(self, conn: Connection) -> None:
-        pages = self._writer_pages()
-        if pages is not None:
-            use_writer_pages(conn.connection.driver_connection, conn.connection.info, pages)
 
     @contextmanager
     def _sqlite_turn(self, *, bounded: bool) -> Iterator[None]:
@@ -241,7 +237,6 @@ class Writer:
 
     def _sqlite_through_pool(self, sql: str, params: Any, timeout_ms: int | None) -> int:
         with self.engine.connect() as conn:
-            self._use_writer_pages(conn)
             driver = conn.connection.driver_connection
             restore = None
             if timeout_ms is not None and isinstance(driver, sqlite3.Connection):
@@ -257,6 +252,23 @@ class Writer:
             finally:
                 if restore is not None and isinstance(driver, sqlite3.Connection):
                     driver.execute(f"PRAGMA busy_timeout = {int(restore)}")
+
+
+def _follow_writer_pages(engine: Engine, checkpoints: Checkpoints) -> None:
+    """Every connection this engine's pool hands out writes with the checkpointer's setting.
+
+    A pool event rather than a call per write path: completions, imports and
+    every other write through the pool get it, and once the checkpointer is
+    closed or gone the next checkout puts the fallback back.
+    """
+    owner = weakref.ref(checkpoints)
+
+    def on_checkout(driver: Any, record: Any, _proxy: Any) -> None:
+        current = owner()
+        pages = FALLBACK_PAGES if current is None else current.writer_pages
+        use_writer_pages(driver, record.info, pages)
+
+    event.listen(engine, "checkout", on_checkout)
 
 
 def _milliseconds(seconds: float | None) -> int | None:

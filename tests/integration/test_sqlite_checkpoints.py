@@ -148,12 +148,16 @@ def test_a_readers_snapshot_leaves_the_backlog_to_the_background(tmp_path: Path)
         assert record_connection_pages(buffer) == 0
         with buffer._writes.transaction() as conn:  # completions and other writes too
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
+        with buffer.engine.connect() as conn:  # any connection the pool hands out
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
         reader.rollback()
         reader.close()
         # The thread copies the backlog itself, then gives the writers their fallback back.
         assert wait_for(lambda: checkpoints.writer_pages == FALLBACK_PAGES)
         buffer.record("e41", envelope(41))
         assert record_connection_pages(buffer) == FALLBACK_PAGES
+        with buffer.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == FALLBACK_PAGES
         with sqlite3.connect(path) as conn:
             _busy, log, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             assert conn.execute("SELECT count(*) FROM envelopes").fetchone() == (42,)
