@@ -73,6 +73,8 @@ def tables(engine: Engine) -> set[str]:
 FUNCTIONS_ONLY = {"0009"}
 # Revisions that only drop a foreign key (0010: sealed_envelopes -> seal_blocks).
 FOREIGN_KEYS_ONLY = {"0010"}
+# Revisions that only set PostgreSQL storage parameters (0011: envelopes stored inline).
+STORAGE_ONLY = {"0011"}
 
 
 def columns(engine: Engine) -> set[tuple[str, str]]:
@@ -93,6 +95,20 @@ def foreign_keys(engine: Engine) -> set[tuple[str, str]]:
         for table in inspector.get_table_names()
         for key in inspector.get_foreign_keys(table)
     }
+
+
+def storage(engine: Engine) -> set[tuple[str, str]]:
+    """(table, storage parameter) of every table (PostgreSQL): what STORAGE_ONLY revisions set."""
+    if engine.dialect.name != "postgresql":
+        return set()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT relname, unnest(reloptions) FROM pg_class "
+                "WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace"
+            )
+        ).all()
+    return {(table, option) for table, option in rows}
 
 
 def functions(engine: Engine) -> set[str]:
@@ -145,6 +161,7 @@ def test_each_revision_upgrades_downgrades_and_upgrades_again(
     created = columns(engine)
     defined = functions(engine)
     keys = foreign_keys(engine)
+    options = storage(engine)
 
     db.downgrade(empty_url, down_revision)
     assert db.current_revision(empty_url) == (None if down_revision == "base" else down_revision)
@@ -156,6 +173,10 @@ def test_each_revision_upgrades_downgrades_and_upgrades_again(
     elif revision in FOREIGN_KEYS_ONLY:
         assert remaining == created
         assert foreign_keys(engine) > keys, f"{revision} downgrade restored no foreign key"
+    elif revision in STORAGE_ONLY:
+        assert remaining == created
+        if engine.dialect.name == "postgresql":
+            assert storage(engine) < options, f"{revision} downgrade reset no storage parameter"
     else:
         assert remaining < created, f"{revision} downgrade removed no table or column"
 
@@ -163,6 +184,7 @@ def test_each_revision_upgrades_downgrades_and_upgrades_again(
     assert columns(engine) == created
     assert functions(engine) == defined
     assert foreign_keys(engine) == keys
+    assert storage(engine) == options
     db.upgrade(empty_url)
     assert schema_differences(engine) == []
 
