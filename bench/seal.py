@@ -15,6 +15,18 @@ envelopes (default 200,000) through the import path, then time
    process, as a bot is: what is measured is the database's interference, not
    the GIL's).
 
+With ``--steady N`` the third measure is instead taken over N alternations on
+the same database: the writer records all along while the archive is sealed
+in chunks of ``--chunk`` rows, each chunk followed by an idle pause as long as
+``--idle``; the p99 of the calls that started during a seal is compared with
+the p99 of those that started in the pauses (from ``--settle`` seconds after
+a seal ended, so that a seal's tail is not counted as idle). ``--floor``
+adds, after each seal and its pause, a CPU-bound process at the lowest
+priority for as long as the seal took (and another pause): what the
+machine's two cores cost the writer with no database work at all. A single short
+window (the default measure) moves with whatever else the machine does in
+that second; the alternation puts both sides through the same minutes.
+
 Figures go to stdout as JSON; not part of CI.
 """
 
@@ -25,6 +37,8 @@ import datetime as dt
 import json
 import multiprocessing
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -86,10 +100,131 @@ def writer_latencies(url: str, seconds: float, stop: Any) -> list[float]:
     return latencies
 
 
+def timed_writer(url: str, seconds: float, stop: Any) -> list[tuple[float, float]]:
+    """Run in a child process: record() back to back; (start, latency) of each call.
+
+    ``time.monotonic`` is the system's monotonic clock, so the parent can
+    place each call in its own windows.
+    """
+    buffer = SQLEventBuffer(url)
+    calls: list[tuple[float, float]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stop.is_set():
+        n = uuid.uuid4().int % 10**12
+        item = {"type": "events_api", "payload": {"event": {"type": "message"}}}
+        at = time.monotonic()
+        start = time.perf_counter()
+        buffer.record(f"w-{n}", item)
+        calls.append((at, time.perf_counter() - start))
+    buffer.close()
+    return calls
+
+
+def spin(seconds: float) -> None:
+    """A process at the lowest priority busy on one core, as long as the seal took.
+
+    What any CPU-bound neighbour costs the writer on this machine, with no
+    database work and no WAL: the floor under the seal's ratio.
+    """
+    code = (
+        "import os, time\nos.nice(19)\n"
+        f"end = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def steady(
+    url: str,
+    engine: Any,
+    start_at: dt.datetime,
+    batches: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The writer's p99 during chunked seals against its p99 in the pauses between them."""
+    per_chunk = max(1, args.chunk // 5000)
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(1)
+    manager = context.Manager()
+    stop = manager.Event()
+    pending = pool.apply_async(timed_writer, (url, 3600, stop))
+    time.sleep(2)  # the writer is up and running
+    sealing: list[tuple[float, float]] = []
+    spinning: list[tuple[float, float]] = []
+    idle: list[tuple[float, float]] = []
+    sealed = 0
+    seal_seconds = 0.0
+    done = 0
+    for _ in range(args.steady):
+        if done >= batches:
+            break
+        done = min(batches, done + per_chunk)
+        pause_from = time.monotonic()
+        time.sleep(args.idle)
+        idle.append((pause_from + args.settle, time.monotonic()))
+        started = time.monotonic()
+        # rows of batch k were received at start_at + k ms; seal through the chunk
+        now = start_at + dt.timedelta(milliseconds=done) + dt.timedelta(seconds=60)
+        sealed += seal(engine, now=now).sealed
+        ended = time.monotonic()
+        seal_seconds += ended - started
+        sealing.append((started, ended))
+        if args.floor:
+            pause_from = time.monotonic()
+            time.sleep(args.idle)
+            idle.append((pause_from + args.settle, time.monotonic()))
+            spun_from = time.monotonic()
+            spin(ended - started)
+            spinning.append((spun_from, time.monotonic()))
+    pause_from = time.monotonic()
+    time.sleep(args.idle)
+    idle.append((pause_from + args.settle, time.monotonic()))
+    stop.set()
+    calls = pending.get()
+    pool.close()
+    pool.join()
+    manager.shutdown()
+
+    def within(windows: list[tuple[float, float]]) -> list[float]:
+        return [lat for at, lat in calls if any(lo <= at < hi for lo, hi in windows)]
+
+    during, quiet = within(sealing), within(idle)
+    floor: dict[str, Any] = {}
+    if spinning:
+        spun = within(spinning)
+        floor = {
+            "steady_calls_cpu_only": len(spun),
+            "steady_writer_p99_ms_cpu_only": round(p99(spun) * 1000, 2),
+            "steady_writer_p99_ratio_cpu_only": round(p99(spun) / p99(quiet), 2),
+        }
+    return floor | {
+        "steady_chunks": len(sealing),
+        "steady_sealed": sealed,
+        "steady_seal_rows_per_s": round(sealed / seal_seconds) if seal_seconds else None,
+        "steady_calls_sealing": len(during),
+        "steady_calls_idle": len(quiet),
+        "steady_writer_p50_ms_idle": round(statistics.median(quiet) * 1000, 2),
+        "steady_writer_p50_ms_sealing": round(statistics.median(during) * 1000, 2),
+        "steady_writer_p99_ms_idle": round(p99(quiet) * 1000, 2),
+        "steady_writer_p99_ms_sealing": round(p99(during) * 1000, 2),
+        "steady_writer_p99_ratio": round(p99(during) / p99(quiet), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument(
+        "--steady", type=int, default=0, metavar="N", help="alternate N chunked seals and pauses"
+    )
+    parser.add_argument("--chunk", type=int, default=50_000, help="rows per chunk (--steady)")
+    parser.add_argument("--idle", type=float, default=1.0, help="seconds of each pause")
+    parser.add_argument("--settle", type=float, default=0.3, help="seconds not counted as idle")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="after each seal and pause, a CPU-bound process at nice 19 for as long (--steady)",
+    )
     args = parser.parse_args()
 
     name = f"recorder_bench_seal_{uuid.uuid4().hex[:6]}"
@@ -120,6 +255,11 @@ def main() -> None:
             loader.record_many(parsed)
         with engine.connect() as sa_conn:
             sa_conn.exec_driver_sql("ANALYZE")
+
+        if args.steady:
+            figures.update(steady(url, engine, start_at, batch_no[0], args))
+            engine.dispose()
+            return
 
         started = time.perf_counter()
         report = seal(engine)
@@ -167,9 +307,9 @@ def main() -> None:
         figures["seal_seconds_while_writing"] = round(seal_seconds, 2)
         engine.dispose()
     finally:
+        print(json.dumps(figures, indent=2))
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
