@@ -10,7 +10,9 @@ server time per row inserted with the default, 34-39 µs inline; the
 queryable copy read back in 0.6 µs instead of 3-4 (no TOAST lookup), and
 the table with its TOAST 55 MB instead of 61. Rows over 8,160 bytes are
 still compressed and moved out as before. Existing rows keep their storage
-until rewritten; nothing else changes. SQLite has no such setting.
+until rewritten; nothing else changes. A catalog change only, under SHARE
+UPDATE EXCLUSIVE: bots go on recording while it runs, nothing is rewritten.
+SQLite has no such setting.
 
 Revision ID: 0011
 Revises: 0010
