@@ -195,6 +195,8 @@ def steady(
             "steady_calls_cpu_only": len(spun),
             "steady_writer_p99_ms_cpu_only": round(p99(spun) * 1000, 2),
             "steady_writer_p99_ratio_cpu_only": round(p99(spun) / p99(quiet), 2),
+            # the seal's own share, over what any busy core costs the writer here
+            "steady_writer_p99_ratio_seal_to_cpu_only": round(p99(during) / p99(spun), 2),
         }
     return floor | {
         "steady_chunks": len(sealing),
