@@ -87,17 +87,7 @@ def p99(values: list[float]) -> float:
 
 def writer_latencies(url: str, seconds: float, stop: Any) -> list[float]:
     """Run in a child process: record() back to back until ``stop`` or ``seconds``."""
-    buffer = SQLEventBuffer(url)
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not stop.is_set():
-        n = uuid.uuid4().int % 10**12
-        item = {"type": "events_api", "payload": {"event": {"type": "message"}}}
-        start = time.perf_counter()
-        buffer.record(f"w-{n}", item)
-        latencies.append(time.perf_counter() - start)
-    buffer.close()
-    return latencies
+    return [latency for _, latency in timed_writer(url, seconds, stop)]
 
 
 def timed_writer(url: str, seconds: float, stop: Any) -> list[tuple[float, float]]:

@@ -29,12 +29,10 @@ import argparse
 import json
 import statistics
 import time
-import uuid
 from typing import Any
 
 import psycopg
-from record import envelope_lines
-from sqlalchemy.engine import make_url
+from record import envelope_lines, scratch_postgres
 
 from recorder import db
 from recorder.adapters.sql import SQLEventBuffer
@@ -89,14 +87,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
-    name = f"recorder_bench_storage_{uuid.uuid4().hex[:6]}"
-    admin = make_url(args.postgres).set(drivername="postgresql")
-    libpq = admin.render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.set(database=name).render_as_string(hide_password=False)
     figures: dict[str, Any] = {"rows": args.rows}
-    try:
+    with scratch_postgres(args.postgres) as url:
         db.upgrade(url)
         buffer = SQLEventBuffer(url)
         import_envelopes(buffer, envelope_lines(args.rows, blocks=False))
@@ -130,9 +122,6 @@ def main() -> None:
                         conn.execute(sql)
                         took.append((time.perf_counter() - started) / args.rows * 1e6)
                     figures[layout][f"{read}_us"] = round(statistics.median(took), 2)
-    finally:
-        with psycopg.connect(libpq, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(json.dumps(figures, indent=2))
 
 
