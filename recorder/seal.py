@@ -419,6 +419,7 @@ def _seal_range_block_postgresql(
     elif through.last is not None:
         variant = "key"
         params["through_at"], params["through_id"] = through.last
+    _read_in_key_order(conn)
     row = conn.execute(statements.seal_range_block_postgresql(variant), params).one()
     if row.n == 0:
         return None, True
@@ -426,6 +427,20 @@ def _seal_range_block_postgresql(
         return None, False
     sealed_logs.insert_entries(conn, block_no, logs)
     return SealBlock(**{name: getattr(row, name) for name in SealBlock.__slots__}), True
+
+
+def _read_in_key_order(conn: Connection) -> None:
+    """Make this transaction read the next block through ``ix_envelopes_received_at``.
+
+    A block is the next rows in key order, so the index scan that stops after
+    them is always the plan to take. Without statistics (right after a bulk
+    import, before autovacuum analyzes the table) the planner chose instead a
+    scan of the whole table and a sort of every row with its text, once per
+    block: sealing slowed with the square of the table's size (1M envelopes,
+    BENCHMARKS.md). SET LOCAL ends with the block's transaction.
+    """
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
 
 
 def _adopt(engine: Engine, ids: list[str], block_size: int, now: dt.datetime) -> list[SealBlock]:
