@@ -69,8 +69,8 @@ def tables(engine: Engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
 
 
-# Revisions that only replace PostgreSQL functions: nothing changes on SQLite.
-FUNCTIONS_ONLY = {"0009"}
+# Revisions that only replace PostgreSQL functions or their settings: nothing changes on SQLite.
+FUNCTIONS_ONLY = {"0009", "0012"}
 # Revisions that only drop a foreign key (0010: sealed_envelopes -> seal_blocks).
 FOREIGN_KEYS_ONLY = {"0010"}
 # Revisions that only set PostgreSQL storage parameters (0011: envelopes stored inline).
