@@ -31,6 +31,10 @@ from recorder.verify import verify
 UTC = dt.timezone.utc
 ROWS = 3000
 BLOCK = 500
+# Enough rows that looking a batch up by id through the primary key beats a
+# scan of the table, as it does at scale (20,000 rows of about 1 KB, batches of 1,000).
+PRUNE_ROWS = 20_000
+PRUNE_BATCH = 1000
 
 
 @pytest.fixture
@@ -40,8 +44,8 @@ def engine(pg_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def load_unanalyzed(engine: Engine) -> None:
-    """ROWS envelopes of about 1 KB, in a table the planner has no statistics for."""
+def load_unanalyzed(engine: Engine, rows: int = ROWS) -> None:
+    """``rows`` envelopes of about 1 KB, in a table the planner has no statistics for."""
     with engine.begin() as conn:
         # No autovacuum run may analyze the table behind the test's back.
         conn.execute(sa.text("ALTER TABLE envelopes SET (autovacuum_enabled = false)"))
@@ -53,7 +57,7 @@ def load_unanalyzed(engine: Engine) -> None:
         return start + dt.timedelta(milliseconds=ticks[0])
 
     buffer = SQLEventBuffer(engine, clock=clock)
-    for first in range(0, ROWS, 1000):
+    for first in range(0, rows, 1000):
         buffer.record_many(
             [
                 parse_envelope(
@@ -116,8 +120,10 @@ def test_each_seal_block_reads_envelopes_through_the_index(engine: Engine) -> No
     assert verify(engine).ok
 
 
-def test_each_prune_batch_reads_envelopes_through_the_index(pg_url: str, engine: Engine) -> None:
-    load_unanalyzed(engine)
+def test_each_prune_batch_is_listed_and_removed_through_an_index(
+    pg_url: str, engine: Engine
+) -> None:
+    load_unanalyzed(engine, PRUNE_ROWS)
     policies.set_policy(engine, "day", keep="1d")
     # auto_explain sends the plan of every statement the prune functions run
     # to the client, as a notice.
@@ -140,15 +146,26 @@ def test_each_prune_batch_reads_envelopes_through_the_index(pg_url: str, engine:
         dbapi_connection.add_notice_handler(lambda notice: notices.append(notice.message_primary))
 
     try:
-        report = prune(explained, batch_size=BLOCK)
+        report = prune(explained, batch_size=PRUNE_BATCH)
     finally:
         explained.dispose()
 
-    assert report.deleted_total == ROWS
+    assert report.deleted_total == PRUNE_ROWS
     plans = [json.loads(text.split("plan:", 1)[1]) for text in notices if "plan:" in text]
     listing = [
         plan for plan in plans if "ORDER BY e.received_at, e.envelope_id" in plan["Query Text"]
     ]
-    assert len(listing) == ROWS // BLOCK + 1  # and the one that finds nothing left
+    assert len(listing) == PRUNE_ROWS // PRUNE_BATCH + 1  # and the one that finds nothing left
     for plan in listing:
         assert envelope_reads(plan["Plan"]) == [("Index Scan", "ix_envelopes_received_at")]
+    # Each batch is then found again by id (``e``, locked before the delete),
+    # through the primary key.
+    removals = [plan for plan in plans if plan["Query Text"].startswith("WITH batch AS")]
+    assert len(removals) == PRUNE_ROWS // PRUNE_BATCH
+    for plan in removals:
+        lookups = [
+            (node["Node Type"], node.get("Index Name"))
+            for node in plan_nodes(plan["Plan"])
+            if node.get("Relation Name") == "envelopes" and node.get("Alias") == "e"
+        ]
+        assert lookups == [("Index Scan", "pk_envelopes")]
