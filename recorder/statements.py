@@ -1710,3 +1710,38 @@ WHERE NOT EXISTS (
 ORDER BY s.block_no, s.position
 """
 )
+
+
+def uncertified_deletions(match_columns: Sequence[str]) -> sa.TextClause:
+    """Deletion log rows PostgreSQL cannot certify (``recorder.prune_checks``), in key order.
+
+    Parameters: ``run_ids``, ``policies``, ``cutoffs``, ``started`` (parallel
+    arrays: the (run, policy) pairs that pass, the policy's cutoff and the
+    run's start), ``in_force_after`` and ``released_before`` (intervals: how
+    long after it was placed a hold counts, how long before its release it
+    stops counting).
+    """
+    matched = " ".join(f"AND (h.{name} IS NULL OR h.{name} = p.{name})" for name in match_columns)
+    extra = "".join(f", p.{name}" for name in match_columns)
+    return sa.text(
+        f"""
+SELECT p.prune_run_id, p.envelope_id, p.received_at, p.policy_name, p.pruned_at{extra}
+FROM pruned_envelopes p
+LEFT JOIN unnest(CAST(:run_ids AS integer[]), CAST(:policies AS text[]),
+                 CAST(:cutoffs AS timestamptz[]), CAST(:started AS timestamptz[]))
+          AS ok(run_id, policy, cutoff, started_at)
+       ON ok.run_id = p.prune_run_id AND ok.policy = p.policy_name
+WHERE ok.run_id IS NULL
+   OR (p.received_at < ok.cutoff) IS NOT TRUE
+   OR EXISTS (
+       SELECT 1 FROM legal_holds h
+       WHERE h.created_at + CAST(:in_force_after AS interval) <= coalesce(p.pruned_at, ok.started_at)
+         AND (h.released_at IS NULL
+              OR h.released_at - CAST(:released_before AS interval)
+                 > coalesce(p.pruned_at, ok.started_at))
+         {matched}
+         AND (h.since IS NULL OR p.received_at >= h.since)
+         AND (h.until IS NULL OR p.received_at < h.until))
+ORDER BY p.prune_run_id, p.envelope_id
+"""
+    )

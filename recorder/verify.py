@@ -54,10 +54,10 @@ from recorder.seal import (
     block_digest,
     sealed_through,
     text_sha256,
-    timestamp_text,
     utc_now,
 )
 from recorder.sealed_logs import LogEntry
+from recorder.timespec import timestamp_text
 from recorder.wording import counted
 
 _FETCH_CHUNK = 1_000
@@ -149,7 +149,9 @@ def verify(
         plain reference the fast walks are tested against). On SQLite the
         fast walk streams each table once and rechecks only what a quick
         test cannot pass (:mod:`recorder.verify_sqlite`), and digests the
-        chain from the members' stored times.
+        chain from the members' stored times. On PostgreSQL the server also
+        certifies the logged deletions that plainly pass
+        (:func:`recorder.prune_checks.check_deletion_log`).
     workers
         PostgreSQL: how many connections share the work, each importing the
         verifier's snapshot (default: the server's
@@ -204,7 +206,7 @@ def verify(
         _check_stray_members(conn, blocks, report)
         _check_anchors(blocks, anchors, report)
         check_erasure_log(conn, ledger, report)
-        check_covered_logs(conn, report, sealed)
+        check_covered_logs(conn, report, sealed, server_side=server_side)
     return report
 
 
@@ -217,12 +219,16 @@ def check_erasure_log(conn: Connection, ledger: ErasureLedger, report: VerifyRep
 
 
 def check_covered_logs(
-    conn: Connection, report: VerifyReport, sealed: dict[int, list[LogEntry]]
+    conn: Connection,
+    report: VerifyReport,
+    sealed: dict[int, list[LogEntry]],
+    *,
+    server_side: bool = True,
 ) -> None:
     """Every logged deletion against its run; every sealed log entry against its log."""
     report.findings.extend(
         Finding("prune_log", problem.envelope_id, problem.detail)
-        for problem in check_deletion_log(conn)
+        for problem in check_deletion_log(conn, server_side=server_side)
     )
     report.findings.extend(
         Finding("sealed_log", None, problem.detail, problem.block_no or None)
