@@ -40,6 +40,7 @@ from recorder import sealed_logs, statements
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import RecorderError
 from recorder.sealed_logs import LogEntry
+from recorder.timespec import timestamp_text
 from recorder.wording import counted
 
 GENESIS_DIGEST = "0" * 64
@@ -130,15 +131,6 @@ class SealReport:
 
 
 # -- the digest
-
-
-def timestamp_text(value: dt.datetime) -> str:
-    """A time as the digest spells it: UTC, microseconds, ``Z``."""
-    value = value.astimezone(dt.timezone.utc)
-    if value.year < 1000:  # strftime does not pad the year; keep its spelling
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    # isoformat spells the same thing several times faster than strftime
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _optional_timestamp(value: dt.datetime | None) -> str | None:

@@ -2,6 +2,7 @@
 
 Pure functions, shared by ``recorder query``, retention and holds. Every
 result is a timezone-aware UTC datetime; a time without an offset is UTC.
+And the one spelling of a time that digests use (:func:`timestamp_text`).
 """
 
 from __future__ import annotations
@@ -101,3 +102,12 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
         raise InvalidTimeSpec(
             f"{text!r} is outside the years 1-9999 in UTC, which is as far as times go here"
         ) from None
+
+
+def timestamp_text(value: dt.datetime) -> str:
+    """A time as the digests spell it (seal blocks, sealed logs): UTC, microseconds, ``Z``."""
+    value = value.astimezone(UTC)
+    if value.year < 1000:  # strftime does not pad the year; keep its spelling
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat spells the same thing several times faster than strftime
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

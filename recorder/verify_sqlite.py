@@ -51,9 +51,9 @@ from recorder.seal import (
     SealedThrough,
     block_header,
     member_line_at,
-    timestamp_text,
 )
 from recorder.sealed_logs import LogEntry
+from recorder.timespec import timestamp_text
 from recorder.verify import (
     Finding,
     VerifyReport,

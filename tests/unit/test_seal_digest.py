@@ -1,4 +1,4 @@
-"""The block digest's member lines: the fast spelling equals the JSON one for any id and time."""
+"""The digests' lines (block members, sealed log entries): the fast spellings equal the JSON ones."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recorder.seal import header_parts, member_line
+from recorder.sealed_logs import _line
 
 UTC = dt.timezone.utc
 
@@ -42,3 +43,24 @@ def test_header_parts_put_back_together_are_the_header() -> None:
         "first": ["t1", "e1"],
         "last": ["t2", "e2"],
     }
+
+
+LOG_VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=20),
+    st.text(alphabet="abcXYZ019-_.:", max_size=20),  # the plain strings of a deletion log row
+    st.datetimes(timezones=st.just(UTC)),
+    st.integers(),
+    st.booleans(),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@given(values=st.lists(LOG_VALUES, max_size=9))
+def test_log_line_is_the_json_line(values: list[object]) -> None:
+    """A sealed log entry's line: the fast spelling of plain rows equals json.dumps's."""
+    spelled = [
+        v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(v, dt.datetime) else v for v in values
+    ]
+    expected = json.dumps(spelled, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    assert _line(values) == expected
