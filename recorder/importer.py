@@ -31,8 +31,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Final
 
 from recorder.errors import InvalidEnvelope, RecorderError, SchemaMissing, StorageUnavailable
@@ -231,6 +233,8 @@ def import_envelopes(
 #: Inputs of at most this many chunks are parsed in the importing process:
 #: starting worker processes costs more than parsing them.
 _INLINE_CHUNKS = 2
+#: Seconds between checks that every parsing worker is still alive.
+_LIVENESS_POLL = 1.0
 
 
 def _prepare_with_own_workers(
@@ -327,14 +331,52 @@ class ImportParsers:
                     raise _worker_died(window[0][0] if window else chunk.first_line) from exc
                 window.append((chunk.first_line, future))
                 if len(window) >= self.WINDOW_PER_JOB * self.jobs:
-                    yield _result(*window.popleft())
+                    yield self._result(*window.popleft())
             while window:
-                yield _result(*window.popleft())
+                yield self._result(*window.popleft())
         finally:
             for _, future in window:
                 future.cancel()
 
+    def _result(self, first_line: int, future: Future[PreparedChunk]) -> PreparedChunk:
+        while True:
+            try:
+                return future.result(timeout=_LIVENESS_POLL)
+            except BrokenProcessPool as exc:
+                raise _worker_died(first_line) from exc
+            except FuturesTimeout:
+                # The pool itself may never notice (see _unjam): ask the processes.
+                if self._died():
+                    raise _worker_died(first_line) from None
+
+    def _processes(self) -> list[BaseProcess]:
+        return list((getattr(self._pool, "_processes", None) or {}).values())
+
+    def _died(self) -> bool:
+        return any(process.exitcode not in (None, 0) for process in self._processes())
+
+    def _unjam(self) -> None:
+        """Let a pool whose worker was killed mid-result shut down.
+
+        A worker killed while it sends a result leaves half a message in the
+        pool's result pipe and that pipe's lock held: CPython's pool thread
+        (3.11) then waits for the rest forever, and so would shutdown. With
+        the other workers ended and this process's end of the pipe closed,
+        that thread reads end-of-file, declares the pool broken and exits.
+        """
+        processes = self._processes()
+        for process in processes:
+            if process.exitcode is None:
+                process.kill()
+        for process in processes:
+            process.join(timeout=5)
+        writer = getattr(getattr(self._pool, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            writer.close()
+
     def close(self) -> None:
+        if self._died():
+            self._unjam()
         # Workers that never got a chunk (the input ended while they started)
         # are left to exit on their own: waiting for an interpreter to finish
         # starting would only delay the caller.
@@ -345,13 +387,6 @@ class ImportParsers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _result(first_line: int, future: Future[PreparedChunk]) -> PreparedChunk:
-    try:
-        return future.result()
-    except BrokenProcessPool as exc:
-        raise _worker_died(first_line) from exc
 
 
 def _worker_died(first_line: int) -> RecorderError:

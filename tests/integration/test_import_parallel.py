@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -239,6 +240,34 @@ def test_a_worker_killed_mid_import_is_a_clear_error_and_a_rerun_completes(
         report = import_envelopes(buffer, [line(envelope(n)) for n in range(3000)], jobs=1)
     assert report.new + report.duplicate == 3000
     assert len(stored_texts(sqlite_url)) == 3000
+
+
+@pytest.mark.timeout(120, method="thread")  # a hang here fails the run loudly
+def test_a_worker_killed_while_sending_its_result_does_not_hang_the_import(
+    sqlite_url: str,
+) -> None:
+    """Killed halfway through sending a result, a worker leaves the pool's result
+    pipe with half a message and its lock held; the pool's own thread then waits
+    for the rest forever (CPython 3.11), and the import and its shutdown with it
+    (seen once in CI). Here the half message and the held lock are made by hand."""
+    with ImportParsers(2) as workers:
+
+        def lines() -> Iterator[bytes]:
+            for n in range(3000):
+                if n == 1500:
+                    results: Any = workers._pool._result_queue
+                    results._wlock.acquire()  # the dying worker's: no other can send
+                    # A length header for a megabyte, and three bytes of it.
+                    os.write(results._writer.fileno(), struct.pack("!i", 1 << 20) + b"abc")
+                    os.kill(next(iter(workers._pool._processes)), signal.SIGKILL)
+                yield line(envelope(n))
+
+        with (
+            SQLEventBuffer(sqlite_url) as buffer,
+            pytest.raises(RecorderError, match="a worker process of the import ended"),
+        ):
+            import_envelopes(buffer, lines(), batch_size=100, parsers=workers)
+    assert workers._pool._processes is None  # shut down: close() returned
 
 
 def test_worker_chunks_apply_the_buffers_redaction_and_strict_parsing(
