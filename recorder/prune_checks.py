@@ -244,7 +244,5 @@ def _uncertified_rows(
         "in_force_after": tolerance - _SLACK,
         "released_before": tolerance - _SLACK,
     }
-    result = conn.execution_options(stream_results=True, yield_per=_FETCH_CHUNK).execute(
-        stmt, params
-    )
-    yield from result
+    # Streamed: yield_per on the statement (set on the connection, it would stay).
+    yield from conn.execute(stmt.execution_options(yield_per=_FETCH_CHUNK), params)

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from recorder import statements
+from recorder.engine import is_sqlite
 from recorder.schema import (
     archive_files,
     erased_envelopes,
@@ -141,10 +143,20 @@ class PruneRunsLog:
                 found[str(run.id)] = self._digest(conn, run)
         return found
 
+    _ROW_TIMESTAMPS = ("received_at", "pruned_at")
+
+    def __init__(self, *, server_side: bool = True, chunk_size: int = _FETCH_CHUNK) -> None:
+        # server_side False: every row's line spelled in Python (the reference
+        # the server-rendered lines are tested against).
+        self.server_side = server_side
+        self.chunk_size = chunk_size
+
     def _digest(self, conn: Connection, run: Any) -> str:
         digest = hashlib.sha256()
         digest.update(_line([_DIGEST_VERSION, self.name]))
         digest.update(_line(getattr(run, name) for name in self._RUN_COLUMNS))
+        if self.server_side and not is_sqlite(conn):
+            return self._digest_server_side(conn, run.id, digest)
         after: str | None = None
         while True:
             stmt = sa.select(*(pruned_envelopes.c[name] for name in self._ROW_COLUMNS)).where(
@@ -160,6 +172,30 @@ class PruneRunsLog:
             if len(rows) < _FETCH_CHUNK:
                 return digest.hexdigest()
             after = rows[-1].envelope_id
+
+    def _digest_server_side(self, conn: Connection, run_id: int, digest: Any) -> str:
+        """The rest of the digest from lines PostgreSQL renders, Python only hashing them.
+
+        A run can log millions of rows, streamed once (no page re-reads the
+        rest) and joined by the server in chunks; when a chunk holds a value
+        json.dumps would escape, the run is streamed again row by row and
+        those rows are spelled here.
+        """
+        start = digest.copy()
+        params = {"run_id": run_id, "chunk_size": self.chunk_size}
+        # Streamed: yield_per on each statement (set on the connection, it would stay).
+        chunks = statements.pruned_rows_lines(self._ROW_COLUMNS, self._ROW_TIMESTAMPS, chunked=True)
+        for chunk in conn.execute(chunks.execution_options(yield_per=4), params):
+            if not chunk.plain:
+                break
+            digest.update(chunk.lines.encode())
+        else:
+            return str(digest.hexdigest())
+        digest = start
+        rows = statements.pruned_rows_lines(self._ROW_COLUMNS, self._ROW_TIMESTAMPS, chunked=False)
+        for row in conn.execute(rows.execution_options(yield_per=_FETCH_CHUNK), params):
+            digest.update(row.line.encode() if row.line is not None else _line(row[1:]))
+        return str(digest.hexdigest())
 
 
 class _RowLog:

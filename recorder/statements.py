@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -1743,5 +1743,63 @@ WHERE ok.run_id IS NULL
          AND (h.since IS NULL OR p.received_at >= h.since)
          AND (h.until IS NULL OR p.received_at < h.until))
 ORDER BY p.prune_run_id, p.envelope_id
+"""
+    )
+
+
+def _pg_json_value(column: str, *, timestamp: bool = False) -> str:
+    """A nullable column as ``recorder.sealed_logs._line`` spells it (plain values only)."""
+    value = _PG_TIMESTAMP.format(column) if timestamp else column
+    return f"""CASE WHEN {column} IS NULL THEN 'null' ELSE '"' || {value} || '"' END"""
+
+
+def _pg_plain_value(column: str, *, timestamp: bool = False) -> str:
+    """Whether :func:`_pg_json_value` spells the column exactly as json.dumps would."""
+    if timestamp:
+        return (
+            f"({column} IS NULL OR ({column} >= TIMESTAMPTZ '1000-01-01 00:00:00+00' "
+            f"AND {column} < TIMESTAMPTZ '9999-01-01 00:00:00+00'))"
+        )
+    return f"coalesce({_PG_JSON_PLAIN.format(column)}, true)"
+
+
+def pruned_rows_lines(
+    row_columns: Sequence[str], timestamps: Collection[str], *, chunked: bool
+) -> sa.TextClause:
+    """One prune run's deletion log rows in ``envelope_id`` order, with their digest lines.
+
+    Not ``chunked``: one row per logged deletion, its ``line`` (the row's line
+    of the run's sealed-log digest, rendered by the server) beside its
+    columns; ``line`` is NULL where a value is not plain (json.dumps would
+    escape it), for the caller to spell. ``chunked``: the same lines joined
+    in ``chunk`` rows of ``chunk_size`` deletions, in order, each with
+    ``plain``, whether every line of the chunk could be rendered (when one
+    could not, the caller takes the rows instead). Parameters: ``run_id``,
+    ``chunk_size`` (chunked).
+    """
+    values = [_pg_json_value(c, timestamp=c in timestamps) for c in row_columns]
+    plain = " AND ".join(_pg_plain_value(c, timestamp=c in timestamps) for c in row_columns)
+    line = f"""CASE WHEN {plain} THEN '[' || {" || ',' || ".join(values)} || E']\\n' END"""
+    if not chunked:
+        return sa.text(
+            f"""
+SELECT {line} AS line, {", ".join(row_columns)}
+FROM pruned_envelopes
+WHERE prune_run_id = :run_id
+ORDER BY envelope_id
+"""
+        )
+    return sa.text(
+        f"""
+SELECT chunk, bool_and(line IS NOT NULL) AS plain, string_agg(line, '' ORDER BY n) AS lines
+FROM (
+    SELECT row_number() OVER (ORDER BY envelope_id) AS n,
+           (row_number() OVER (ORDER BY envelope_id) - 1) / :chunk_size AS chunk,
+           {line} AS line
+    FROM pruned_envelopes
+    WHERE prune_run_id = :run_id
+) numbered
+GROUP BY chunk
+ORDER BY chunk
 """
     )

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from recorder.engine import create_engine
 from recorder.prune_checks import DEFAULT_HOLD_TOLERANCE, check_deletion_log
 from recorder.schema import legal_holds, prune_runs, pruned_envelopes
+from recorder.sealed_logs import PruneRunsLog
 
 UTC = dt.timezone.utc
 CUTOFF = dt.datetime(2026, 3, 1, tzinfo=UTC)
@@ -249,3 +250,61 @@ def test_a_forged_row_at_each_edge_is_named_by_both_paths(engine: Engine) -> Non
     assert "legal hold 'hold-1'" in fast[2][2]
     assert "legal hold 'hold-2'" in fast[3][2]
     assert fast == problems(engine, server_side=False)
+
+
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
+PLAIN = st.text(alphabet="abcXYZ019-_.:", min_size=1, max_size=12)
+TIMES = st.datetimes(
+    min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+
+
+def pruned_rows(text: st.SearchStrategy[str]) -> st.SearchStrategy[list[dict[str, Any]]]:
+    return st.lists(
+        st.fixed_dictionaries(
+            {
+                "envelope_id": text.filter(bool),
+                "envelope_sha256": text,
+                "received_at": st.sampled_from([CUTOFF]) | TIMES,
+                "policy_name": text,
+                "team_id": st.none() | text,
+                "channel_id": st.none() | PLAIN,
+                "user_id": st.none() | PLAIN,
+                "pruned_at": st.none() | st.sampled_from([PRUNED]) | TIMES,
+            }
+        ),
+        max_size=30,
+        unique_by=lambda row: row["envelope_id"],
+    )
+
+
+# Plain runs (the server joins every line) and runs with values json.dumps escapes.
+PRUNED_ROWS = pruned_rows(PLAIN) | pruned_rows(PLAIN | TEXT)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rows=PRUNED_ROWS)
+def test_the_server_renders_each_deletion_line_as_python_spells_it(
+    engine: Engine, rows: list[dict[str, Any]]
+) -> None:
+    """A run's sealed-log digest from the lines PostgreSQL renders equals Python's own."""
+    with engine.begin() as conn:
+        for table in (pruned_envelopes, prune_runs):
+            conn.execute(table.delete())
+        conn.execute(
+            prune_runs.insert().values(
+                id=1, started_at=STARTED, status="completed", dry_run=False, cutoffs={}
+            )
+        )
+        if rows:
+            conn.execute(pruned_envelopes.insert(), [{**row, "prune_run_id": 1} for row in rows])
+    with engine.connect() as conn:
+        spelled = PruneRunsLog(server_side=False).unsealed(conn)
+        # Joined by the server whole, and in chunks of three lines.
+        for chunk_size in (5000, 3):
+            assert PruneRunsLog(chunk_size=chunk_size).unsealed(conn) == spelled
+    assert len(spelled) == 1
