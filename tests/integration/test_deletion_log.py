@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from recorder import holds, policies, prune
@@ -127,6 +128,37 @@ def test_a_logged_prune_verifies(engine: Engine) -> None:
     pruned_world(engine)
     record(engine, 9, age=dt.timedelta(0))
     seal_all(engine)
+    assert verify(engine).ok
+
+
+def test_a_seal_with_nothing_new_leaves_the_log_for_the_next_block_unread(
+    engine: Engine,
+) -> None:
+    """No block, nothing to carry the run's digest: a seal must not read the log for it.
+
+    Reading it costs a pass over every row a prune logged (a million rows a
+    large prune), repeated by every scheduled seal while no envelope arrives.
+    """
+    pruned_world(engine)
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    report = seal(engine)
+    event.remove(engine, "before_cursor_execute", seen)
+
+    assert report.sealed == 0
+    assert statements  # it did look for something to seal
+    assert not [text for text in statements if "pruned_envelopes" in text]
+    record(engine, 9, age=dt.timedelta(0))
+    seal_all(engine)  # the next block carries the run
+    with engine.connect() as conn:
+        sealed = conn.execute(
+            sa.text("SELECT count(*) FROM sealed_log_entries WHERE log_name = 'prune_runs'")
+        ).scalar_one()
+    assert sealed == 1
     assert verify(engine).ok
 
 
