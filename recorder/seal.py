@@ -375,13 +375,17 @@ def _seal_range_block_postgresql(
     now: dt.datetime,
 ) -> tuple[SealBlock | None, bool]:
     """The next range block sealed by the server (None: nothing to seal), and whether it was."""
-    _read_in_key_order(conn)
-    after = ~_through_condition(conn, through) if through.started else None
-    if conn.execute(statements.select_next_range(conn.dialect, after, cutoff, 1)).first() is None:
+    variant: str | None = None
+    where: dict[str, Any] = {"cutoff": cutoff}
+    if through.cutoff is not None:
+        variant, where["through_cutoff"] = "cutoff", through.cutoff
+    elif through.last is not None:
+        variant = "key"
+        where["through_at"], where["through_id"] = through.last
+    if conn.execute(statements.seal_probe_postgresql(variant), where).first() is None:
         # Nothing to seal, so no block to carry the logs: their digests
         # (a pass over every row a large prune logged) would be thrown away.
         return None, True
-    _read_in_key_order(conn, False)  # the logs' own queries plan as usual
     last = _last_block(conn)
     block_no = 1 if last is None else last.block_no + 1
     prev = GENESIS_DIGEST if last is None else last.digest
@@ -400,7 +404,7 @@ def _seal_range_block_postgresql(
         for name, at in (("final", cutoff), ("open", None))
     }
     params: dict[str, Any] = {
-        "cutoff": cutoff,
+        **where,
         "lookahead": block_size + 1,
         "block_size": block_size,
         "block_no": block_no,
@@ -412,12 +416,6 @@ def _seal_range_block_postgresql(
         "mid_last": parts["final"][2],
         "tail": parts["final"][3],
     }
-    variant: str | None = None
-    if through.cutoff is not None:
-        variant, params["through_cutoff"] = "cutoff", through.cutoff
-    elif through.last is not None:
-        variant = "key"
-        params["through_at"], params["through_id"] = through.last
     _read_in_key_order(conn)
     row = conn.execute(statements.seal_range_block_postgresql(variant), params).one()
     if row.n == 0:
@@ -428,7 +426,7 @@ def _seal_range_block_postgresql(
     return SealBlock(**{name: getattr(row, name) for name in SealBlock.__slots__}), True
 
 
-def _read_in_key_order(conn: Connection, on: bool = True) -> None:
+def _read_in_key_order(conn: Connection) -> None:
     """Make this transaction read the next block through ``ix_envelopes_received_at``.
 
     A block is the next rows in key order, so the index scan that stops after
@@ -436,12 +434,10 @@ def _read_in_key_order(conn: Connection, on: bool = True) -> None:
     import, before autovacuum analyzes the table) the planner chose instead a
     scan of the whole table and a sort of every row with its text, once per
     block: sealing slowed with the square of the table's size (1M envelopes,
-    BENCHMARKS.md). SET LOCAL ends with the block's transaction; ``on`` False
-    gives the planner its usual choices back before then.
+    BENCHMARKS.md). SET LOCAL ends with the block's transaction.
     """
-    value = "off" if on else "DEFAULT"
-    conn.exec_driver_sql(f"SET LOCAL enable_seqscan = {value}")
-    conn.exec_driver_sql(f"SET LOCAL enable_bitmapscan = {value}")
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
 
 
 def _adopt(engine: Engine, ids: list[str], block_size: int, now: dt.datetime) -> list[SealBlock]:

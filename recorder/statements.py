@@ -1170,6 +1170,31 @@ _PG_TIMESTAMP = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z
 _PG_JSON_PLAIN = r"""{0} !~ '[^ !#-\[\]-~]'"""
 
 
+def _pg_seal_after(through: str | None) -> str:
+    """The condition for rows after the sealed point ("cutoff", "key" or None: all)."""
+    return {
+        None: "",
+        "cutoff": "AND received_at > CAST(:through_cutoff AS timestamptz)",
+        # received_at >= bounds the index scan; the row comparison does the rest.
+        "key": "AND received_at >= CAST(:through_at AS timestamptz) "
+        'AND (received_at, envelope_id COLLATE "C") '
+        '> (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
+    }[through]
+
+
+def seal_probe_postgresql(through: str | None) -> sa.TextClause:
+    """Whether any row waits to be sealed: one index probe (parameters as below).
+
+    The order makes it one: the first row of the index range, where an
+    unordered LIMIT 1 may be planned as a scan through every sealed row.
+    """
+    return sa.text(
+        "SELECT 1 FROM envelopes "
+        f"WHERE received_at <= CAST(:cutoff AS timestamptz) {_pg_seal_after(through)} "
+        "ORDER BY received_at LIMIT 1"
+    )
+
+
 def seal_range_block_postgresql(through: str | None) -> sa.TextClause:
     """The statement for the next range block; ``through`` is None, "cutoff" or "key".
 
@@ -1178,14 +1203,7 @@ def seal_range_block_postgresql(through: str | None) -> sa.TextClause:
     ``mid_final``, ``mid_open``, ``mid_last``, ``tail``; ``through_cutoff``
     or ``through_at`` and ``through_id`` as ``through`` says.
     """
-    after = {
-        None: "",
-        "cutoff": "AND received_at > CAST(:through_cutoff AS timestamptz)",
-        # received_at >= bounds the index scan; the row comparison does the rest.
-        "key": "AND received_at >= CAST(:through_at AS timestamptz) "
-        'AND (received_at, envelope_id COLLATE "C") '
-        '> (CAST(:through_at AS timestamptz), CAST(:through_id AS text) COLLATE "C")',
-    }[through]
+    after = _pg_seal_after(through)
     ts = _PG_TIMESTAMP.format("received_at")
     plain = _PG_JSON_PLAIN.format("envelope_id")
     # One pass in key order numbers the rows as it reads them (no second

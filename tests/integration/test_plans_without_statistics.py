@@ -109,7 +109,7 @@ def test_each_seal_block_reads_envelopes_through_the_index(engine: Engine) -> No
         # EXPLAIN in the block's own transaction, with the settings seal made there.
         if "WITH picked AS MATERIALIZED" in statement:
             kind = "block"
-        elif "FROM envelopes" in statement and "ORDER BY envelopes.received_at" in statement:
+        elif statement.startswith("SELECT 1 FROM envelopes"):
             kind = "probe"  # is there anything to seal?
         else:
             return
@@ -121,8 +121,12 @@ def test_each_seal_block_reads_envelopes_through_the_index(engine: Engine) -> No
     assert report.sealed == ROWS
     assert len(plans["block"]) == ROWS // BLOCK
     assert len(plans["probe"]) == ROWS // BLOCK + 1  # and the one that finds nothing left
-    for plan in plans["block"] + plans["probe"]:
+    for plan in plans["block"]:
         assert envelope_reads(plan) == [("Index Scan", "ix_envelopes_received_at")]
+    for plan in plans["probe"]:
+        [(node, index)] = envelope_reads(plan)
+        assert node in ("Index Scan", "Index Only Scan")
+        assert index == "ix_envelopes_received_at"
     assert verify(engine).ok
 
 
