@@ -74,7 +74,7 @@ def _line(values: Iterable[Any]) -> bytes:
     """One entry's line of a log digest: its values as a JSON array (sorted keys, ASCII)."""
     normal = [timestamp_text(v) if isinstance(v, dt.datetime) else v for v in values]
     # Deletion log rows (a line each, millions of them) are plain strings and
-    # NULLs: spelled here as json.dumps would, five times faster.
+    # NULLs: spelled here as json.dumps would, in half the time.
     parts = []
     for value in normal:
         if value is None:
@@ -116,6 +116,13 @@ class PruneRunsLog:
         "user_id",
         "pruned_at",
     )
+    _ROW_TIMESTAMPS = ("received_at", "pruned_at")
+
+    def __init__(self, *, server_side: bool = True, chunk_size: int = _FETCH_CHUNK) -> None:
+        # server_side False: every row's line spelled in Python (the reference
+        # the server-rendered lines are tested against).
+        self.server_side = server_side
+        self.chunk_size = chunk_size
 
     def unsealed(self, conn: Connection) -> list[LogEntry]:
         sealed = sa.exists().where(
@@ -142,14 +149,6 @@ class PruneRunsLog:
             for run in conn.execute(stmt).all():
                 found[str(run.id)] = self._digest(conn, run)
         return found
-
-    _ROW_TIMESTAMPS = ("received_at", "pruned_at")
-
-    def __init__(self, *, server_side: bool = True, chunk_size: int = _FETCH_CHUNK) -> None:
-        # server_side False: every row's line spelled in Python (the reference
-        # the server-rendered lines are tested against).
-        self.server_side = server_side
-        self.chunk_size = chunk_size
 
     def _digest(self, conn: Connection, run: Any) -> str:
         digest = hashlib.sha256()
