@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from recorder import sealed_logs, statements
 from recorder.engine import is_sqlite, storage_errors
 from recorder.errors import RecorderError
-from recorder.sealed_logs import LogEntry
+from recorder.sealed_logs import JSON_PLAIN, LogEntry
 from recorder.timespec import timestamp_text
 from recorder.wording import counted
 
@@ -97,6 +96,14 @@ class SealedThrough:
     def started(self) -> bool:
         return self.cutoff is not None or self.last is not None
 
+    def sql_params(self) -> tuple[str | None, dict[str, Any]]:
+        """How PostgreSQL statements take this point: "cutoff", "key" or None, and its values."""
+        if self.cutoff is not None:
+            return "cutoff", {"through_cutoff": self.cutoff}
+        if self.last is not None:
+            return "key", {"through_at": self.last[0], "through_id": self.last[1]}
+        return None, {}
+
     def describe(self) -> str:
         if self.cutoff is not None:
             return f"sealed up to {timestamp_text(self.cutoff)}"
@@ -137,10 +144,6 @@ def _optional_timestamp(value: dt.datetime | None) -> str | None:
     return None if value is None else timestamp_text(value)
 
 
-#: What json.dumps copies as is: printable ASCII but the quote and the backslash.
-_JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
-
-
 def member_line(envelope_id: str, received_at: dt.datetime, sha256: str) -> bytes:
     """One member's line of the block digest (JSON, ASCII-escaped, newline-terminated)."""
     return member_line_at(envelope_id, timestamp_text(received_at), sha256)
@@ -148,7 +151,7 @@ def member_line(envelope_id: str, received_at: dt.datetime, sha256: str) -> byte
 
 def member_line_at(envelope_id: str, at: str, sha256: str) -> bytes:
     """:func:`member_line` with the time already spelled by :func:`timestamp_text`."""
-    if _JSON_PLAIN.match(envelope_id) and _JSON_PLAIN.match(sha256):
+    if JSON_PLAIN.match(envelope_id) and JSON_PLAIN.match(sha256):
         return f'["{envelope_id}","{at}","{sha256}"]\n'.encode()
     return json.dumps([envelope_id, at, sha256], separators=(",", ":")).encode() + b"\n"
 
@@ -375,13 +378,8 @@ def _seal_range_block_postgresql(
     now: dt.datetime,
 ) -> tuple[SealBlock | None, bool]:
     """The next range block sealed by the server (None: nothing to seal), and whether it was."""
-    variant: str | None = None
-    where: dict[str, Any] = {"cutoff": cutoff}
-    if through.cutoff is not None:
-        variant, where["through_cutoff"] = "cutoff", through.cutoff
-    elif through.last is not None:
-        variant = "key"
-        where["through_at"], where["through_id"] = through.last
+    variant, where = through.sql_params()
+    where["cutoff"] = cutoff
     if conn.execute(statements.seal_probe_postgresql(variant), where).first() is None:
         # Nothing to seal, so no block to carry the logs: their digests
         # (a pass over every row a large prune logged) would be thrown away.

@@ -67,7 +67,7 @@ class CoveredLog(Protocol):
 
 
 #: What json.dumps copies as is: printable ASCII but the quote and the backslash.
-_JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
+JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
 
 
 def _line(values: Iterable[Any]) -> bytes:
@@ -79,7 +79,7 @@ def _line(values: Iterable[Any]) -> bytes:
     for value in normal:
         if value is None:
             parts.append("null")
-        elif type(value) is str and _JSON_PLAIN.match(value):
+        elif type(value) is str and JSON_PLAIN.match(value):
             parts.append(f'"{value}"')
         else:
             return json.dumps(normal, sort_keys=True, separators=(",", ":")).encode() + b"\n"

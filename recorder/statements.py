@@ -1166,6 +1166,10 @@ def finish_replay_run(run_id: int, status: str, finished_at: dt.datetime) -> Upd
 # ``plain`` false: nothing is written then, and the caller seals that block
 # in Python.
 _PG_TIMESTAMP = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+#: The years ``_PG_TIMESTAMP`` spells as ``recorder.timespec.timestamp_text`` does.
+_PG_SPELLABLE_TIME = (
+    "{0} >= TIMESTAMPTZ '1000-01-01 00:00:00+00' AND {0} < TIMESTAMPTZ '9999-01-01 00:00:00+00'"
+)
 #: Printable ASCII but the quote and the backslash: what json.dumps copies as is.
 _PG_JSON_PLAIN = r"""{0} !~ '[^ !#-\[\]-~]'"""
 
@@ -1224,9 +1228,7 @@ WITH picked AS MATERIALIZED (
 summary AS (
     SELECT count(*) FILTER (WHERE position < :block_size) AS n,
            count(*) <= :block_size AS final,
-           coalesce(bool_and({plain}
-               AND received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
-               AND received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00')
+           coalesce(bool_and({plain} AND {_PG_SPELLABLE_TIME.format("received_at")})
                FILTER (WHERE position < :block_size), false) AS plain,
            string_agg('["' || envelope_id || '","' || {ts} || '","' || sha || E'"]\\n', ''
                       ORDER BY position) FILTER (WHERE position < :block_size) AS lines,
@@ -1669,9 +1671,8 @@ WITH h AS (
 ),
 agg AS (
     SELECT m.block_no, count(*) AS n,
-           coalesce(bool_and({plain}
-               AND m.received_at >= TIMESTAMPTZ '1000-01-01 00:00:00+00'
-               AND m.received_at < TIMESTAMPTZ '9999-01-01 00:00:00+00'), false) AS plain,
+           coalesce(bool_and({plain} AND {_PG_SPELLABLE_TIME.format("m.received_at")}),
+                    false) AS plain,
            string_agg('["' || m.envelope_id || '","' || {ts.format("m")} || '","'
                       || m.envelope_sha256 || E'"]\\n', '' ORDER BY m.position) AS lines,
            min(m.position) AS first_position, max(m.position) AS last_position
@@ -1774,10 +1775,7 @@ def _pg_json_value(column: str, *, timestamp: bool = False) -> str:
 def _pg_plain_value(column: str, *, timestamp: bool = False) -> str:
     """Whether :func:`_pg_json_value` spells the column exactly as json.dumps would."""
     if timestamp:
-        return (
-            f"({column} IS NULL OR ({column} >= TIMESTAMPTZ '1000-01-01 00:00:00+00' "
-            f"AND {column} < TIMESTAMPTZ '9999-01-01 00:00:00+00'))"
-        )
+        return f"({column} IS NULL OR ({_PG_SPELLABLE_TIME.format(column)}))"
     return f"coalesce({_PG_JSON_PLAIN.format(column)}, true)"
 
 

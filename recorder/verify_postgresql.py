@@ -349,13 +349,8 @@ def _fetch(
     pages: Pages = (None, None),
 ) -> Any | None:
     """The scan's row for the rows in ``bounds`` and ``pages``; None when a text cannot be cast."""
-    variant: str | None = None
-    params: dict[str, Any] = {"latest_plausible": latest_plausible}
-    if through.cutoff is not None:
-        variant, params["through_cutoff"] = "cutoff", through.cutoff
-    elif through.last is not None:
-        variant = "key"
-        params["through_at"], params["through_id"] = through.last
+    variant, params = through.sql_params()
+    params["latest_plausible"] = latest_plausible
     by_page = pages != (None, None)
     ends: tuple[Any, Any] = (_tid(pages[0]), _tid(pages[1])) if by_page else bounds
     names = ("first_tid", "end_tid") if by_page else ("lo", "hi")
