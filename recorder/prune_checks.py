@@ -99,22 +99,10 @@ def _row_columns() -> list[sa.ColumnElement[Any]]:
 
 
 def _rows(conn: Connection) -> Iterator[Any]:
-    after: tuple[int, str] | None = None
     p = pruned_envelopes.c
-    while True:
-        stmt = sa.select(*_row_columns())
-        if after is not None:
-            stmt = stmt.where(
-                sa.or_(
-                    p.prune_run_id > after[0],
-                    sa.and_(p.prune_run_id == after[0], p.envelope_id > after[1]),
-                )
-            )
-        rows = conn.execute(stmt.order_by(p.prune_run_id, p.envelope_id).limit(_FETCH_CHUNK)).all()
-        yield from rows
-        if len(rows) < _FETCH_CHUNK:
-            return
-        after = (rows[-1].prune_run_id, rows[-1].envelope_id)
+    stmt = sa.select(*_row_columns()).order_by(p.prune_run_id, p.envelope_id)
+    # One stream, in key order: pages found again by key re-read the rest.
+    yield from conn.execute(stmt.execution_options(yield_per=_FETCH_CHUNK))
 
 
 def check_deletion_log(
@@ -244,5 +232,5 @@ def _uncertified_rows(
         "in_force_after": tolerance - _SLACK,
         "released_before": tolerance - _SLACK,
     }
-    # Streamed: yield_per on the statement (set on the connection, it would stay).
+    # yield_per on the statement: set on the connection, it would stay set.
     yield from conn.execute(stmt.execution_options(yield_per=_FETCH_CHUNK), params)
